@@ -1,0 +1,153 @@
+"""The notebook's CvT with a convolutional token embedding (`CvTSimplifiedEmbedding`).
+
+A 7x7/4 convolution turns a 64x64 image into 16x16 = 256 tokens of 64 channels, two
+pre-norm transformer blocks (1-head attention, MLP ratio 4, GELU, dropout 0.1) mix them,
+and the mean token goes through a linear head. Parameter names and shapes are the
+notebook's, so its state_dict loads with strict=True; attention runs through
+F.scaled_dot_product_attention instead of nn.MultiheadAttention's slow path.
+
+    python model.py                   # parameters and FLOPs per image (200 classes)
+"""
+import argparse
+from dataclasses import asdict, dataclass
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from einops import rearrange
+
+
+@dataclass
+class CvTConfig:
+    num_classes: int  # from the data (200 for Tiny ImageNet), never a constant
+    in_channels: int = 3
+    embed_dim: int = 64
+    depth: int = 2
+    num_heads: int = 1
+    mlp_ratio: float = 4.0
+    dropout: float = 0.1
+    patch_size: int = 7
+    stride: int = 4
+    padding: int = 3
+
+
+class EmbeddingBlock(nn.Module):
+    """Convolution to embed_dim channels, then one token per output pixel, layer-normed."""
+
+    def __init__(self, config):
+        super().__init__()
+        self.proj = nn.Conv2d(
+            config.in_channels, config.embed_dim,
+            kernel_size=config.patch_size, stride=config.stride, padding=config.padding,
+        )
+        self.norm = nn.LayerNorm(config.embed_dim)
+
+    def forward(self, x):
+        x = rearrange(self.proj(x), "b c h w -> b (h w) c")
+        return self.norm(x)
+
+
+class SelfAttention(nn.Module):
+    """nn.MultiheadAttention(batch_first=True) for query = key = value, with its parameter
+    names (in_proj_weight, in_proj_bias, out_proj) and initialisation, computed by one
+    fused projection and scaled_dot_product_attention."""
+
+    def __init__(self, embed_dim, num_heads, dropout):
+        super().__init__()
+        if embed_dim % num_heads:
+            raise ValueError(f"embed_dim {embed_dim} is not divisible by num_heads {num_heads}")
+        self.num_heads = num_heads
+        self.dropout = dropout
+        self.in_proj_weight = nn.Parameter(torch.empty(3 * embed_dim, embed_dim))
+        self.in_proj_bias = nn.Parameter(torch.zeros(3 * embed_dim))
+        self.out_proj = nn.Linear(embed_dim, embed_dim)
+        nn.init.xavier_uniform_(self.in_proj_weight)  # as nn.MultiheadAttention._reset_parameters
+        nn.init.zeros_(self.out_proj.bias)
+
+    def forward(self, x):
+        q, k, v = F.linear(x, self.in_proj_weight, self.in_proj_bias).chunk(3, dim=-1)
+        q, k, v = (rearrange(t, "b n (h d) -> b h n d", h=self.num_heads) for t in (q, k, v))
+        # Dropout on the attention weights, as nn.MultiheadAttention(dropout=...) does.
+        x = F.scaled_dot_product_attention(q, k, v, dropout_p=self.dropout if self.training else 0.0)
+        return self.out_proj(rearrange(x, "b h n d -> b n (h d)"))
+
+
+class TransformerBlock(nn.Module):
+    def __init__(self, config):
+        super().__init__()
+        hidden_dim = int(config.embed_dim * config.mlp_ratio)
+        self.norm1 = nn.LayerNorm(config.embed_dim)
+        self.attn = SelfAttention(config.embed_dim, config.num_heads, config.dropout)
+        self.norm2 = nn.LayerNorm(config.embed_dim)
+        self.mlp = nn.Sequential(
+            nn.Linear(config.embed_dim, hidden_dim),
+            nn.GELU(),
+            nn.Dropout(config.dropout),
+            nn.Linear(hidden_dim, config.embed_dim),
+            nn.Dropout(config.dropout),
+        )
+
+    def forward(self, x):
+        x = x + self.attn(self.norm1(x))
+        return x + self.mlp(self.norm2(x))
+
+
+class CvTSimplifiedEmbedding(nn.Module):
+    def __init__(self, config):
+        super().__init__()
+        self.config = config
+        self.embedding = EmbeddingBlock(config)
+        self.transformer_blocks = nn.Sequential(*[TransformerBlock(config) for _ in range(config.depth)])
+        # The notebook's head, kept as a Sequential so its keys (head.2.weight) match.
+        self.head = nn.Sequential(nn.AdaptiveAvgPool1d(1), nn.Flatten(1), nn.Linear(config.embed_dim, config.num_classes))
+
+    def forward(self, x):
+        x = self.transformer_blocks(self.embedding(x))
+        return self.head(x.transpose(1, 2))
+
+
+def config_from_state_dict(state_dict):
+    """Rebuild the config of a checkpoint that carries none (the notebook's Lightning run)."""
+    depth = 1 + max(int(key.split(".")[1]) for key in state_dict if key.startswith("transformer_blocks."))
+    embed_dim, in_channels, patch_size, _ = state_dict["embedding.proj.weight"].shape
+    hidden_dim = state_dict["transformer_blocks.0.mlp.0.weight"].shape[0]
+    return CvTConfig(
+        num_classes=state_dict["head.2.weight"].shape[0],
+        in_channels=in_channels,
+        embed_dim=embed_dim,
+        depth=depth,
+        mlp_ratio=hidden_dim / embed_dim,
+        patch_size=patch_size,
+    )
+
+
+def count_parameters(model):
+    return sum(p.numel() for p in model.parameters())
+
+
+def flops_per_image(model, image_size=64, backward=False):
+    """Matmul/conv FLOPs for one image, counted by torch's FlopCounterMode."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    x = torch.randn(1, model.config.in_channels, image_size, image_size)
+    with FlopCounterMode(display=False) as counter:
+        out = model(x)
+        if backward:
+            out.sum().backward()
+    return counter.get_total_flops()
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description="Print the model's size and cost.")
+    parser.add_argument("--num-classes", type=int, default=200, help="200 for Tiny ImageNet")
+    args = parser.parse_args(argv)
+    model = CvTSimplifiedEmbedding(CvTConfig(num_classes=args.num_classes))
+    print(model)
+    print(f"config: {asdict(model.config)}")
+    print(f"parameters: {count_parameters(model):,}")
+    print(f"FLOPs per 64x64 image: {flops_per_image(model) / 1e6:.1f} M forward, "
+          f"{flops_per_image(model, backward=True) / 1e6:.1f} M forward + backward")
+
+
+if __name__ == "__main__":
+    main()

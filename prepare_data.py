@@ -1,0 +1,509 @@
+"""Get Tiny ImageNet ready for training: download (or take a local zip), extract once,
+restructure val/ into class folders once, and pack the images into uint8 arrays.
+
+    python prepare_data.py                                  # download into data/
+    python prepare_data.py --zip ~/tiny-imagenet-200.zip    # use a local zip as given
+    python prepare_data.py --synthetic --data-dir data-smoke  # generated data, no download
+
+Every stage writes to a temporary path, renames it into place and writes its marker last,
+so a run killed at any point is completed by the next one, and a second run does nothing.
+"""
+import argparse
+import hashlib
+import json
+import multiprocessing
+import os
+import shutil
+import sys
+import time
+import urllib.error
+import urllib.request
+import zipfile
+import zlib
+
+import numpy as np
+from PIL import Image
+from tqdm import tqdm
+
+from layout import (
+    DATASET_DIR,
+    EXTRACTED_MARKER,
+    META_FILE,
+    PACK_FORMAT,
+    PACKED_ARRAYS,
+    VAL_PROCESSED_DIR,
+    VAL_PROCESSED_MARKER,
+    ZIP_NAME,
+    DataError,
+    array_path,
+    packed_dir,
+    read_meta,
+)
+
+OFFICIAL_URL = "http://cs231n.stanford.edu/tiny-imagenet-200.zip"
+OFFICIAL_MD5 = "90528d7ca1a48142e341f4ef8d21d0de"
+SYNTHETIC_ZIP_NAME = "tiny-imagenet-200-synthetic.zip"
+IMAGE_SIZE = 64
+# torchvision's IMG_EXTENSIONS: the files ImageFolder takes as images.
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
+MAX_UNCOMPRESSED_BYTES = 4 << 30  # the real zip expands to ~0.5 GB; refuse zip bombs
+MAX_ENTRIES = 500_000
+DECODE_CHUNK = 512
+
+
+# ---------------------------------------------------------------- getting the zip
+
+
+def md5_of(path):
+    digest = hashlib.md5()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def download(url, dest, expected_md5):
+    """Download url to dest through dest.part (resumed when the server allows), check the MD5,
+    and only then rename it into place."""
+    part = dest + ".part"
+    have = os.path.getsize(part) if os.path.exists(part) else 0
+    request = urllib.request.Request(url, headers={"Range": f"bytes={have}-"} if have else {})
+    try:
+        response = urllib.request.urlopen(request, timeout=60)
+    except urllib.error.HTTPError as error:
+        if error.code == 416 and have:  # the .part is already complete
+            response = None
+        else:
+            raise DataError(f"cannot download {url}: HTTP {error.code} {error.reason}") from None
+    except (urllib.error.URLError, OSError) as error:
+        reason = getattr(error, "reason", error)
+        raise DataError(
+            f"cannot download {url} ({reason}); download it elsewhere and pass --zip PATH"
+        ) from None
+    if response is not None:
+        with response:
+            resumed = response.status == 206
+            total = int(response.headers.get("Content-Length") or 0) + (have if resumed else 0)
+            mode = "ab" if resumed else "wb"
+            with open(part, mode) as f, tqdm(
+                total=total or None, initial=have if resumed else 0, unit="B", unit_scale=True,
+                desc="download",
+            ) as bar:
+                for block in iter(lambda: response.read(1 << 20), b""):
+                    f.write(block)
+                    bar.update(len(block))
+    actual_md5 = md5_of(part)
+    if expected_md5 and actual_md5 != expected_md5.lower():
+        os.remove(part)  # a bad download must not be resumed from
+        raise DataError(f"MD5 of the download from {url} is {actual_md5}, expected {expected_md5}")
+    os.replace(part, dest)
+    return dest
+
+
+def find_zip(args):
+    """The zip to extract: --zip as given, the one already in the data dir, or a download."""
+    if args.zip:
+        if not os.path.isfile(args.zip):
+            raise DataError(f"--zip {args.zip}: no such file")
+        if args.md5 and md5_of(args.zip) != args.md5.lower():
+            raise DataError(f"MD5 of {args.zip} is {md5_of(args.zip)}, expected {args.md5}")
+        return args.zip
+    default = os.path.join(args.data_dir, ZIP_NAME)
+    if os.path.isfile(default):
+        return default
+    print(f"downloading {args.url} to {default}")
+    return download(args.url, default, args.md5 or (OFFICIAL_MD5 if args.url == OFFICIAL_URL else None))
+
+
+# ---------------------------------------------------------------- extraction
+
+
+def zip_identity(zip_path):
+    return {"zip": os.path.basename(zip_path), "bytes": os.path.getsize(zip_path)}
+
+
+def read_json(path):
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except (OSError, ValueError):
+        return None
+
+
+def write_json(path, value):
+    """Write through a temporary file so a reader never sees half a file."""
+    with open(path + ".tmp", "w") as f:
+        json.dump(value, f, indent=1)
+    os.replace(path + ".tmp", path)
+
+
+def dataset_members(archive):
+    """(root prefix, file members under it) of a Tiny ImageNet zip, after safety checks."""
+    infos = archive.infolist()
+    if len(infos) > MAX_ENTRIES:
+        raise DataError(f"the zip has {len(infos):,} entries, more than a Tiny ImageNet zip ({MAX_ENTRIES:,} max)")
+    total = 0
+    for info in infos:
+        name = info.filename
+        parts = name.replace("\\", "/").split("/")
+        if name.startswith(("/", "\\")) or ".." in parts or ":" in parts[0]:
+            raise DataError(f"the zip has an entry that escapes the target directory: {name!r}")
+        total += info.file_size
+    if total > MAX_UNCOMPRESSED_BYTES:
+        raise DataError(f"the zip would expand to {total / 1e9:.1f} GB, more than the {MAX_UNCOMPRESSED_BYTES / 1e9:.1f} GB allowed")
+    names = {info.filename for info in infos}
+    roots = [n[: -len("wnids.txt")] for n in names if n.endswith("wnids.txt") and n.count("/") <= 1]
+    if not roots:
+        raise DataError("this zip is not Tiny ImageNet: it has no wnids.txt")
+    root = min(roots, key=len)
+    for required in ("val/val_annotations.txt", "words.txt"):
+        if root + required not in names:
+            raise DataError(f"this zip is not Tiny ImageNet: it has no {required}")
+    if not any(n.startswith(root + "train/") for n in names):
+        raise DataError("this zip is not Tiny ImageNet: it has no train/ folder")
+    members = [info for info in infos if info.filename.startswith(root) and not info.is_dir()]
+    return root, members, total
+
+
+def check_free_space(directory, needed_bytes):
+    free = shutil.disk_usage(directory).free
+    if free < needed_bytes:
+        raise DataError(f"not enough disk space in {directory}: {needed_bytes / 1e9:.2f} GB needed, {free / 1e9:.2f} GB free")
+
+
+def replace_dir(tmp, target):
+    """Move a finished tmp directory onto target, replacing whatever was there."""
+    if os.path.exists(target):
+        trash = target + ".old"
+        shutil.rmtree(trash, ignore_errors=True)
+        os.replace(target, trash)
+        os.replace(tmp, target)
+        shutil.rmtree(trash, ignore_errors=True)
+    else:
+        os.replace(tmp, target)
+
+
+def extract(zip_path, target):
+    """Extract the zip's dataset folder to target via target.partial."""
+    try:
+        archive = zipfile.ZipFile(zip_path)
+    except (zipfile.BadZipFile, OSError) as error:
+        raise DataError(f"{zip_path} is not a readable zip ({error}): truncated or corrupt? delete it and retry") from None
+    with archive:
+        root, members, total = dataset_members(archive)
+        # Room for the extracted files, the val copies and the packed arrays.
+        check_free_space(os.path.dirname(os.path.abspath(target)), int(total * 2.5))
+        tmp = target + ".partial"
+        shutil.rmtree(tmp, ignore_errors=True)
+        made = set()
+        for info in tqdm(members, desc="extract", unit="file", mininterval=0.5):
+            dest = os.path.join(tmp, info.filename[len(root):])
+            folder = os.path.dirname(dest)
+            if folder not in made:
+                os.makedirs(folder, exist_ok=True)
+                made.add(folder)
+            try:
+                with archive.open(info) as src, open(dest, "wb") as out:
+                    shutil.copyfileobj(src, out)
+            except (zipfile.BadZipFile, EOFError, zlib.error) as error:
+                raise DataError(f"{zip_path} is corrupt at {info.filename} ({error}): delete it and retry") from None
+    write_json(os.path.join(tmp, EXTRACTED_MARKER), zip_identity(zip_path))
+    replace_dir(tmp, target)
+
+
+def folder_matches_zip(folder, zip_path):
+    """True when every file of the zip's dataset folder is in folder with its size."""
+    try:
+        with zipfile.ZipFile(zip_path) as archive:
+            root, members, _ = dataset_members(archive)
+    except zipfile.BadZipFile:
+        return False
+    for info in members:
+        path = os.path.join(folder, info.filename[len(root) :])
+        if not os.path.exists(path) or os.path.getsize(path) != info.file_size:
+            return False
+    return True
+
+
+def folder_looks_complete(folder):
+    """Without a zip to compare with: every class has training images and every annotated
+    val image exists."""
+    try:
+        wnids = read_wnids(folder)
+        if not all(os.listdir(os.path.join(folder, "train", w, "images")) for w in wnids):
+            return False
+        return all(os.path.exists(os.path.join(folder, "val", "images", f)) for f, _ in read_val_annotations(folder))
+    except (OSError, DataError):
+        return False
+
+
+def ensure_extracted(args, fresh):
+    """The extracted dataset folder, extracting the zip only when needed (always when fresh)."""
+    target = os.path.join(args.data_dir, DATASET_DIR)
+    marker = read_json(os.path.join(target, EXTRACTED_MARKER))
+    if fresh:
+        pass
+    elif marker is not None and (not args.zip or marker == zip_identity(args.zip)):
+        return target
+    elif os.path.isdir(target):
+        # Extracted by someone else (the notebook, unzip): reuse it when it is complete.
+        default_zip = os.path.join(args.data_dir, ZIP_NAME)
+        reference = args.zip or (default_zip if os.path.isfile(default_zip) else None)
+        complete = folder_matches_zip(target, reference) if reference else folder_looks_complete(target)
+        if complete:
+            print(f"reusing the extracted folder {target}")
+            write_json(os.path.join(target, EXTRACTED_MARKER), {"zip": None, "reused": True})
+            return target
+        print(f"{target} is incomplete: extracting again")
+    extract(find_zip(args), target)
+    return target
+
+
+# ---------------------------------------------------------------- the val restructuring
+
+
+def read_wnids(root):
+    with open(os.path.join(root, "wnids.txt")) as f:
+        wnids = [line.strip() for line in f if line.strip()]
+    if not wnids:
+        raise DataError(f"{root}/wnids.txt lists no classes")
+    return wnids
+
+
+def read_val_annotations(root):
+    """[(file name, wnid)] from val/val_annotations.txt, checked against wnids.txt."""
+    wnids = set(read_wnids(root))
+    path = os.path.join(root, "val", "val_annotations.txt")
+    pairs = []
+    with open(path) as f:
+        for number, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            fields = line.rstrip("\n").split("\t")
+            if len(fields) < 2:
+                raise DataError(f"{path}:{number}: expected '<file>\\t<wnid>...', got {line.strip()!r}")
+            if fields[1] not in wnids:
+                raise DataError(f"{path}:{number}: {fields[0]} is labelled {fields[1]}, which is not in wnids.txt")
+            pairs.append((fields[0], fields[1]))
+    return pairs
+
+
+def link_or_copy(src, dst):
+    try:
+        os.link(src, dst)  # same bytes, no extra space; the notebook copies
+    except OSError:
+        shutil.copyfile(src, dst)
+
+
+def ensure_val_restructured(root):
+    """val/images + val_annotations.txt -> val_processed/<wnid>/<file>, like the notebook."""
+    target = os.path.join(root, VAL_PROCESSED_DIR)
+    marker = os.path.join(target, VAL_PROCESSED_MARKER)
+    if os.path.exists(marker):
+        return target
+    pairs = read_val_annotations(root)
+    if os.path.isdir(target) and all(os.path.exists(os.path.join(target, w, f)) for f, w in pairs):
+        open(marker, "w").close()  # made by the notebook, and complete
+        return target
+    tmp = target + ".partial"
+    shutil.rmtree(tmp, ignore_errors=True)
+    for wnid in {w for _, w in pairs}:
+        os.makedirs(os.path.join(tmp, wnid))
+    for file_name, wnid in pairs:
+        src = os.path.join(root, "val", "images", file_name)
+        if not os.path.exists(src):
+            raise DataError(f"val_annotations.txt names {file_name}, which is not in {root}/val/images")
+        link_or_copy(src, os.path.join(tmp, wnid, file_name))
+    open(os.path.join(tmp, VAL_PROCESSED_MARKER), "w").close()
+    replace_dir(tmp, target)
+    return target
+
+
+# ---------------------------------------------------------------- packing
+
+
+def image_files(folder):
+    """Image files below folder, in ImageFolder's order (sorted os.walk, sorted names)."""
+    files = []
+    for directory, _, names in sorted(os.walk(folder, followlinks=True)):
+        files += [os.path.join(directory, n) for n in sorted(names) if n.lower().endswith(IMAGE_EXTENSIONS)]
+    return files
+
+
+def labelled_files(folder, classes):
+    """[(path, label)] for an ImageFolder-style folder, labels indexing the sorted class list."""
+    pairs = []
+    for label, wnid in enumerate(classes):
+        class_dir = os.path.join(folder, wnid)
+        if os.path.isdir(class_dir):
+            pairs += [(path, label) for path in image_files(class_dir)]
+    return pairs
+
+
+def decode(path):
+    """64x64x3 uint8 pixels, converted to RGB like ImageFolder's loader (grayscale -> 3 channels)."""
+    try:
+        with Image.open(path) as image:
+            pixels = np.asarray(image.convert("RGB"))
+    except Exception as error:  # PIL raises many types for bad files
+        raise DataError(f"cannot decode {path}: {error}") from None
+    if pixels.shape != (IMAGE_SIZE, IMAGE_SIZE, 3):
+        raise DataError(f"{path} is {pixels.shape[1]}x{pixels.shape[0]}, expected {IMAGE_SIZE}x{IMAGE_SIZE}")
+    return pixels
+
+
+def decode_chunk(paths):
+    try:
+        return np.stack([decode(p) for p in paths]), None
+    except DataError as error:
+        return None, str(error)
+
+
+def pack_split(data_dir, name, pairs, pool):
+    """Write <name>_x.npy and <name>_y.npy (via .tmp files); return their sizes in bytes."""
+    if not pairs:
+        raise DataError(f"no {name} images found")
+    x_path, y_path = array_path(data_dir, name + "_x"), array_path(data_dir, name + "_y")
+    x = np.lib.format.open_memmap(x_path + ".tmp", mode="w+", dtype=np.uint8, shape=(len(pairs), IMAGE_SIZE, IMAGE_SIZE, 3))
+    chunks = [[p for p, _ in pairs[i : i + DECODE_CHUNK]] for i in range(0, len(pairs), DECODE_CHUNK)]
+    with tqdm(total=len(pairs), desc=f"pack {name}", unit="img", mininterval=0.5) as bar:
+        for i, (pixels, error) in enumerate(pool.imap(decode_chunk, chunks)):
+            if error:
+                raise DataError(error)
+            x[i * DECODE_CHUNK : i * DECODE_CHUNK + len(pixels)] = pixels
+            bar.update(len(pixels))
+    x.flush()
+    del x
+    with open(y_path + ".tmp", "wb") as f:
+        np.save(f, np.array([label for _, label in pairs], dtype=np.int64))
+    os.replace(x_path + ".tmp", x_path)
+    os.replace(y_path + ".tmp", y_path)
+    return {name + "_x": os.path.getsize(x_path), name + "_y": os.path.getsize(y_path)}
+
+
+def read_class_names(root, classes):
+    names = {}
+    words = os.path.join(root, "words.txt")
+    if os.path.exists(words):
+        with open(words) as f:
+            for line in f:
+                wnid, _, name = line.rstrip("\n").partition("\t")
+                names[wnid] = name
+    return [names.get(wnid, wnid) for wnid in classes]
+
+
+def pack(data_dir, root, val_dir, source):
+    """Decode train and restructured val into arrays; meta.json is written last."""
+    classes = sorted(read_wnids(root))  # ImageFolder's class_to_idx: sorted folder names
+    train_dirs = sorted(e.name for e in os.scandir(os.path.join(root, "train")) if e.is_dir())
+    if train_dirs != classes:
+        missing = sorted(set(classes) - set(train_dirs)) or sorted(set(train_dirs) - set(classes))
+        raise DataError(f"train/ folders and wnids.txt disagree, e.g. on {missing[0]}")
+    splits = {"train": labelled_files(os.path.join(root, "train"), classes), "val": labelled_files(val_dir, classes)}
+    os.makedirs(packed_dir(data_dir), exist_ok=True)
+    check_free_space(packed_dir(data_dir), sum(len(p) for p in splits.values()) * IMAGE_SIZE * IMAGE_SIZE * 3)
+    sizes = {}
+    with multiprocessing.get_context("fork").Pool(os.cpu_count()) as pool:
+        for name, pairs in splits.items():
+            sizes.update(pack_split(data_dir, name, pairs, pool))
+    meta = {
+        "format": PACK_FORMAT,
+        "classes": classes,
+        "class_names": read_class_names(root, classes),
+        "counts": {name: len(pairs) for name, pairs in splits.items()},
+        "bytes": sizes,
+        "synthetic": os.path.exists(os.path.join(root, "SYNTHETIC")),
+        "source": source,
+    }
+    write_json(os.path.join(packed_dir(data_dir), META_FILE), meta)
+    return meta
+
+
+# ---------------------------------------------------------------- the command
+
+
+def requested_source(args):
+    """What the packed data must come from: a given zip, synthetic parameters, or (None) the
+    default zip of the data dir."""
+    if args.synthetic:
+        keys = ("classes", "train_per_class", "val_per_class", "seed")
+        return {"synthetic": {key: getattr(args, key) for key in keys}}
+    return zip_identity(args.zip) if args.zip else None
+
+
+def is_prepared_from(meta, source):
+    if meta is None:
+        return False
+    if source is None:
+        return not meta["synthetic"]
+    return meta["source"] == source
+
+
+def prepare(args):
+    start = time.perf_counter()
+    try:
+        os.makedirs(args.data_dir, exist_ok=True)
+    except OSError as error:
+        raise DataError(f"cannot create the data directory {args.data_dir}: {error.strerror}") from None
+    if not os.access(args.data_dir, os.W_OK):
+        raise DataError(f"the data directory {args.data_dir} is not writable")
+    source = requested_source(args)
+    if not args.force and is_prepared_from(read_meta(args.data_dir), source):
+        print(f"{args.data_dir}/ is already prepared: nothing to do (--force redoes it)")
+        return
+    meta_path = os.path.join(packed_dir(args.data_dir), META_FILE)
+    if os.path.exists(meta_path):
+        os.remove(meta_path)  # the old arrays are about to be replaced: never pair them with new ones
+    if args.synthetic:
+        from synthetic import write_synthetic_zip
+
+        args.zip = os.path.join(args.data_dir, SYNTHETIC_ZIP_NAME)
+        write_synthetic_zip(args.zip, args.classes, args.train_per_class, args.val_per_class, seed=args.seed)
+    root = ensure_extracted(args, fresh=args.force or args.synthetic)
+    val_dir = ensure_val_restructured(root)
+    meta = pack(args.data_dir, root, val_dir, source)
+    counts = meta["counts"]
+    print(
+        f"prepared {args.data_dir}/: {counts['train']:,} train and {counts['val']:,} val images, "
+        f"{len(meta['classes'])} classes{' (SYNTHETIC)' if meta['synthetic'] else ''}, "
+        f"{sum(meta['bytes'].values()) / 1e6:.1f} MB packed, in {time.perf_counter() - start:.1f} s"
+    )
+
+
+def parse_args(argv):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data-dir", default="data", help="where the zip, the extracted folder and the packed arrays go")
+    parser.add_argument("--zip", help="a local tiny-imagenet-200.zip, used as given (no download)")
+    parser.add_argument("--url", default=OFFICIAL_URL, help="where to download the zip from")
+    parser.add_argument("--md5", help=f"expected MD5 of the zip (default for the official URL: {OFFICIAL_MD5})")
+    parser.add_argument("--force", action="store_true", help="extract, restructure and pack again")
+    synthetic = parser.add_argument_group("synthetic data (an offline smoke run)")
+    synthetic.add_argument("--synthetic", action="store_true", help="generate a small learnable dataset instead")
+    synthetic.add_argument("--classes", type=int, default=10)
+    synthetic.add_argument("--train-per-class", type=int, default=200)
+    synthetic.add_argument("--val-per-class", type=int, default=50)
+    synthetic.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+    if args.synthetic and args.zip:
+        parser.error("--synthetic and --zip exclude each other")
+    for flag in ("classes", "train_per_class", "val_per_class"):
+        if getattr(args, flag) < 1:
+            parser.error(f"--{flag.replace('_', '-')} must be at least 1")
+    return args
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    try:
+        prepare(args)
+    except DataError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("\ninterrupted: run the same command again to finish", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
