@@ -35,7 +35,6 @@ from layout import (
     VAL_PROCESSED_MARKER,
     ZIP_NAME,
     DataError,
-    array_path,
     packed_dir,
     read_meta,
 )
@@ -103,8 +102,6 @@ def download(url, dest, expected_md5):
 def find_zip(args):
     """The zip to extract: --zip as given, the one already in the data dir, or a download."""
     if args.zip:
-        if not os.path.isfile(args.zip):
-            raise DataError(f"--zip {args.zip}: no such file")
         if args.md5 and md5_of(args.zip) != args.md5.lower():
             raise DataError(f"MD5 of {args.zip} is {md5_of(args.zip)}, expected {args.md5}")
         return args.zip
@@ -359,12 +356,12 @@ def decode_chunk(paths):
         return None, str(error)
 
 
-def pack_split(data_dir, name, pairs, pool):
-    """Write <name>_x.npy and <name>_y.npy (via .tmp files); return their sizes in bytes."""
+def pack_split(out_dir, name, pairs, pool):
+    """Write <name>_x.npy and <name>_y.npy into out_dir; return their sizes in bytes."""
     if not pairs:
         raise DataError(f"no {name} images found")
-    x_path, y_path = array_path(data_dir, name + "_x"), array_path(data_dir, name + "_y")
-    x = np.lib.format.open_memmap(x_path + ".tmp", mode="w+", dtype=np.uint8, shape=(len(pairs), IMAGE_SIZE, IMAGE_SIZE, 3))
+    x_path, y_path = os.path.join(out_dir, name + "_x.npy"), os.path.join(out_dir, name + "_y.npy")
+    x = np.lib.format.open_memmap(x_path, mode="w+", dtype=np.uint8, shape=(len(pairs), IMAGE_SIZE, IMAGE_SIZE, 3))
     chunks = [[p for p, _ in pairs[i : i + DECODE_CHUNK]] for i in range(0, len(pairs), DECODE_CHUNK)]
     with tqdm(total=len(pairs), desc=f"pack {name}", unit="img", mininterval=0.5) as bar:
         for i, (pixels, error) in enumerate(pool.imap(decode_chunk, chunks)):
@@ -374,10 +371,7 @@ def pack_split(data_dir, name, pairs, pool):
             bar.update(len(pixels))
     x.flush()
     del x
-    with open(y_path + ".tmp", "wb") as f:
-        np.save(f, np.array([label for _, label in pairs], dtype=np.int64))
-    os.replace(x_path + ".tmp", x_path)
-    os.replace(y_path + ".tmp", y_path)
+    np.save(y_path, np.array([label for _, label in pairs], dtype=np.int64))
     return {name + "_x": os.path.getsize(x_path), name + "_y": os.path.getsize(y_path)}
 
 
@@ -393,19 +387,22 @@ def read_class_names(root, classes):
 
 
 def pack(data_dir, root, val_dir, source):
-    """Decode train and restructured val into arrays; meta.json is written last."""
+    """Decode train and restructured val into arrays in packed.partial/, write meta.json last,
+    then swap the directory in: the previous arrays stay usable until the new ones are complete."""
     classes = sorted(read_wnids(root))  # ImageFolder's class_to_idx: sorted folder names
     train_dirs = sorted(e.name for e in os.scandir(os.path.join(root, "train")) if e.is_dir())
     if train_dirs != classes:
         missing = sorted(set(classes) - set(train_dirs)) or sorted(set(train_dirs) - set(classes))
         raise DataError(f"train/ folders and wnids.txt disagree, e.g. on {missing[0]}")
     splits = {"train": labelled_files(os.path.join(root, "train"), classes), "val": labelled_files(val_dir, classes)}
-    os.makedirs(packed_dir(data_dir), exist_ok=True)
-    check_free_space(packed_dir(data_dir), sum(len(p) for p in splits.values()) * IMAGE_SIZE * IMAGE_SIZE * 3)
+    tmp = packed_dir(data_dir) + ".partial"
+    shutil.rmtree(tmp, ignore_errors=True)
+    os.makedirs(tmp)
+    check_free_space(tmp, sum(len(p) for p in splits.values()) * IMAGE_SIZE * IMAGE_SIZE * 3)
     sizes = {}
     with multiprocessing.get_context("fork").Pool(os.cpu_count()) as pool:
         for name, pairs in splits.items():
-            sizes.update(pack_split(data_dir, name, pairs, pool))
+            sizes.update(pack_split(tmp, name, pairs, pool))
     meta = {
         "format": PACK_FORMAT,
         "classes": classes,
@@ -415,7 +412,8 @@ def pack(data_dir, root, val_dir, source):
         "synthetic": os.path.exists(os.path.join(root, "SYNTHETIC")),
         "source": source,
     }
-    write_json(os.path.join(packed_dir(data_dir), META_FILE), meta)
+    write_json(os.path.join(tmp, META_FILE), meta)
+    replace_dir(tmp, packed_dir(data_dir))
     return meta
 
 
@@ -434,8 +432,8 @@ def requested_source(args):
 def is_prepared_from(meta, source):
     if meta is None:
         return False
-    if source is None:
-        return not meta["synthetic"]
+    if source is None:  # a plain run keeps data from any zip, but replaces --synthetic data
+        return "synthetic" not in (meta["source"] or {})
     return meta["source"] == source
 
 
@@ -447,13 +445,12 @@ def prepare(args):
         raise DataError(f"cannot create the data directory {args.data_dir}: {error.strerror}") from None
     if not os.access(args.data_dir, os.W_OK):
         raise DataError(f"the data directory {args.data_dir} is not writable")
+    if args.zip and not os.path.isfile(args.zip):
+        raise DataError(f"--zip {args.zip}: no such file")
     source = requested_source(args)
     if not args.force and is_prepared_from(read_meta(args.data_dir), source):
         print(f"{args.data_dir}/ is already prepared: nothing to do (--force redoes it)")
         return
-    meta_path = os.path.join(packed_dir(args.data_dir), META_FILE)
-    if os.path.exists(meta_path):
-        os.remove(meta_path)  # the old arrays are about to be replaced: never pair them with new ones
     if args.synthetic:
         from synthetic import write_synthetic_zip
 

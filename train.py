@@ -98,6 +98,7 @@ def train_one_epoch(model, loader, optimizer, scaler, device, dtype, start_step,
     loss_sum = torch.zeros((), device=device)
     correct = torch.zeros(2, device=device)
     count = 0
+    start = time.perf_counter()
     for step, (x, y) in enumerate(loader.iterate(start_step), start_step):
         with autocast(device, dtype):
             logits = model(x)
@@ -117,7 +118,7 @@ def train_one_epoch(model, loader, optimizer, scaler, device, dtype, start_step,
                     f"the loss became {mean_loss} at step {step + 1} of epoch {loader.epoch + 1}; "
                     "try a lower --lr or --no-amp (the last good checkpoint is kept)"
                 )
-            bar.set_postfix(loss=f"{mean_loss:.3f}", img_s=f"{bar.format_dict['rate'] * len(y) if bar.format_dict['rate'] else 0:.0f}")
+            bar.set_postfix(loss=f"{mean_loss:.3f}", img_s=f"{count / (time.perf_counter() - start):.0f}")
     loss, (top1, top5) = (loss_sum / max(count, 1)).item(), (correct / max(count, 1)).tolist()
     return {"loss": loss, "top1": top1, "top5": top5, "images": count}
 

@@ -1,0 +1,48 @@
+"""Shared fixtures: tiny Tiny-ImageNet zips made by synthetic.py (the same generator as
+`prepare_data.py --synthetic`), prepared once per session, and the real mini zip when present."""
+import os
+import shutil
+import sys
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+import prepare_data  # noqa: E402
+from synthetic import write_synthetic_zip  # noqa: E402
+
+MINI_ZIP = os.path.join(ROOT, "..", "shared", "data", "tiny-imagenet-200-mini.zip")
+needs_mini_zip = pytest.mark.skipif(not os.path.exists(MINI_ZIP), reason="../shared/data/tiny-imagenet-200-mini.zip is absent")
+
+# 4 classes x 24 train images, 40 val images (split 8 val / 32 test), 3 grayscale JPEGs.
+TINY = dict(classes=4, train_per_class=24, val_per_class=10, test_images=4, seed=1)
+
+
+@pytest.fixture(scope="session")
+def tiny_zip(tmp_path_factory):
+    return write_synthetic_zip(str(tmp_path_factory.mktemp("zip") / "tiny.zip"), **TINY)
+
+
+@pytest.fixture(scope="session")
+def prepared_once(tmp_path_factory, tiny_zip):
+    data_dir = str(tmp_path_factory.mktemp("prepared") / "data")
+    assert prepare_data.main(["--zip", tiny_zip, "--data-dir", data_dir]) == 0
+    return data_dir
+
+
+@pytest.fixture
+def prepared(prepared_once, tmp_path):
+    """A private copy of the prepared tiny data, free to modify."""
+    data_dir = str(tmp_path / "data")
+    shutil.copytree(prepared_once, data_dir, symlinks=True)
+    return data_dir
+
+
+@pytest.fixture(scope="session")
+def mini_prepared(tmp_path_factory):
+    if not os.path.exists(MINI_ZIP):
+        pytest.skip("../shared/data/tiny-imagenet-200-mini.zip is absent")
+    data_dir = str(tmp_path_factory.mktemp("mini") / "data")
+    assert prepare_data.main(["--zip", MINI_ZIP, "--data-dir", data_dir]) == 0
+    return data_dir

@@ -1,0 +1,290 @@
+"""prepare_data.py: packing, idempotence, crash recovery, download, and bad inputs."""
+import functools
+import hashlib
+import http.server
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+import zipfile
+
+import numpy as np
+import pytest
+from conftest import ROOT, TINY
+from PIL import Image
+
+import prepare_data
+from layout import read_meta
+from synthetic import write_synthetic_zip
+
+
+def run_prepare(*argv):
+    return prepare_data.main([str(a) for a in argv])
+
+
+def arrays(data_dir):
+    return {name: np.load(os.path.join(data_dir, "packed", name + ".npy")) for name in ("train_x", "train_y", "val_x", "val_y")}
+
+
+def test_packs_every_image_with_sorted_wnid_labels(prepared_once):
+    meta = read_meta(prepared_once)
+    a = arrays(prepared_once)
+    n_train = TINY["classes"] * TINY["train_per_class"]
+    assert a["train_x"].shape == (n_train, 64, 64, 3) and a["train_x"].dtype == np.uint8
+    assert a["val_x"].shape == (TINY["classes"] * TINY["val_per_class"], 64, 64, 3)
+    assert meta["classes"] == sorted(meta["classes"]) and len(meta["classes"]) == TINY["classes"]
+    assert meta["synthetic"] is True
+    assert np.bincount(a["train_y"]).tolist() == [TINY["train_per_class"]] * TINY["classes"]
+    assert meta["class_names"][0].startswith("synthetic")
+
+
+def test_grayscale_jpegs_become_three_equal_channels(prepared_once):
+    root = os.path.join(prepared_once, "tiny-imagenet-200", "train")
+    gray = [
+        os.path.join(d, f) for d, _, files in sorted(os.walk(root)) for f in sorted(files)
+        if f.endswith(".JPEG") and Image.open(os.path.join(d, f)).mode == "L"
+    ]
+    assert gray, "the tiny zip should hold a grayscale JPEG"
+    files = prepare_data.labelled_files(root, read_meta(prepared_once)["classes"])
+    index = [path for path, _ in files].index(gray[0])
+    pixels = arrays(prepared_once)["train_x"][index]
+    assert (pixels[..., 0] == pixels[..., 1]).all() and (pixels[..., 1] == pixels[..., 2]).all()
+    assert (pixels[..., 0] == np.asarray(Image.open(gray[0]))).all()
+
+
+def test_second_run_is_a_fast_no_op(prepared, capsys):
+    before = {f: os.stat(os.path.join(prepared, "packed", f)).st_mtime_ns for f in os.listdir(os.path.join(prepared, "packed"))}
+    start = time.perf_counter()
+    assert run_prepare("--data-dir", prepared) == 0
+    assert time.perf_counter() - start < 1.0
+    assert "nothing to do" in capsys.readouterr().out
+    after = {f: os.stat(os.path.join(prepared, "packed", f)).st_mtime_ns for f in os.listdir(os.path.join(prepared, "packed"))}
+    assert before == after
+
+
+def test_no_op_run_from_the_command_line_is_under_a_second(prepared):
+    start = time.perf_counter()
+    result = subprocess.run([sys.executable, "prepare_data.py", "--data-dir", prepared], cwd=ROOT, capture_output=True, text=True)
+    assert result.returncode == 0 and "nothing to do" in result.stdout
+    assert time.perf_counter() - start < 1.5  # includes the interpreter's own start-up
+
+
+def test_force_redoes_everything(prepared, tiny_zip):
+    marker = os.path.join(prepared, "tiny-imagenet-200", ".extracted.json")
+    os.remove(os.path.join(prepared, "tiny-imagenet-200", "wnids.txt"))  # damage that only re-extraction repairs
+    assert run_prepare("--zip", tiny_zip, "--data-dir", prepared, "--force") == 0
+    assert os.path.exists(marker) and read_meta(prepared) is not None
+    assert os.path.exists(os.path.join(prepared, "tiny-imagenet-200", "wnids.txt"))
+
+
+def test_folder_extracted_by_the_notebook_is_reused_without_a_zip(tmp_path, tiny_zip, prepared_once):
+    data_dir = tmp_path / "data"
+    with zipfile.ZipFile(tiny_zip) as archive:  # what shutil.unpack_archive leaves: no markers
+        archive.extractall(data_dir)
+    assert run_prepare("--data-dir", data_dir) == 0  # no zip here, no download attempted
+    for name, values in arrays(prepared_once).items():
+        assert (arrays(data_dir)[name] == values).all()
+
+
+def test_half_extracted_folder_is_extracted_again(tmp_path, tiny_zip):
+    data_dir = tmp_path / "data"
+    with zipfile.ZipFile(tiny_zip) as archive:
+        archive.extractall(data_dir, members=archive.namelist()[: len(archive.namelist()) // 2])
+    shutil.copy(tiny_zip, data_dir / "tiny-imagenet-200.zip")
+    assert run_prepare("--data-dir", data_dir) == 0
+    assert read_meta(data_dir)["counts"]["train"] == TINY["classes"] * TINY["train_per_class"]
+
+
+@pytest.mark.parametrize("leftover", ["extract", "restructure", "pack"])
+def test_leftovers_of_an_interrupted_run_are_completed(prepared, tiny_zip, prepared_once, leftover):
+    """Recreate what a kill leaves behind at each stage; the next run must finish the job."""
+    root = os.path.join(prepared, "tiny-imagenet-200")
+    if leftover != "pack":
+        os.remove(os.path.join(prepared, "packed", "meta.json"))
+    if leftover == "extract":
+        os.rename(root, root + ".partial")
+        os.remove(os.path.join(root + ".partial", ".extracted.json"))
+    elif leftover == "restructure":
+        os.rename(os.path.join(root, "val_processed"), os.path.join(root, "val_processed.partial"))
+    else:
+        os.rename(os.path.join(prepared, "packed"), os.path.join(prepared, "packed.partial"))
+        with open(os.path.join(prepared, "packed.partial", "val_x.npy"), "r+b") as f:
+            f.truncate(1000)
+    assert run_prepare("--zip", tiny_zip, "--data-dir", prepared) == 0
+    for name, values in arrays(prepared_once).items():
+        assert (arrays(prepared)[name] == values).all()
+
+
+def test_killed_at_any_moment_the_next_run_finishes_correctly(tmp_path, prepared_once):
+    """SIGKILL a real run at several moments, then run again: the result equals a clean run."""
+    big_zip = write_synthetic_zip(str(tmp_path / "big.zip"), classes=4, train_per_class=400, val_per_class=100, seed=1)
+    command = [sys.executable, "prepare_data.py", "--zip", big_zip, "--data-dir", str(tmp_path / "data")]
+    for delay in (0.3, 0.6, 0.9, 1.2):
+        process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        time.sleep(delay)
+        process.send_signal(signal.SIGKILL)
+        process.wait()
+        meta = read_meta(tmp_path / "data")
+        assert meta is None or meta["counts"]["train"] == 1600  # never a half-written array
+    assert subprocess.run(command, cwd=ROOT, capture_output=True).returncode == 0
+    clean = tmp_path / "clean"
+    assert run_prepare("--zip", big_zip, "--data-dir", clean) == 0
+    for name, values in arrays(clean).items():
+        assert (arrays(tmp_path / "data")[name] == values).all(), name
+
+
+# ---------------------------------------------------------------- download
+
+
+@pytest.fixture
+def http_server(tmp_path):
+    """Serve tmp_path/www on 127.0.0.1 for the download tests."""
+    www = tmp_path / "www"
+    www.mkdir()
+    handler = functools.partial(QuietHandler, directory=str(www))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield www, f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+
+
+class QuietHandler(http.server.SimpleHTTPRequestHandler):
+    def log_message(self, *args):
+        pass
+
+
+def md5(path):
+    return hashlib.md5(open(path, "rb").read()).hexdigest()
+
+
+def test_download_checks_md5_and_prepares(http_server, tiny_zip, tmp_path):
+    www, url = http_server
+    shutil.copy(tiny_zip, www / "t.zip")
+    data_dir = tmp_path / "data"
+    assert run_prepare("--data-dir", data_dir, "--url", f"{url}/t.zip", "--md5", md5(tiny_zip)) == 0
+    assert md5(data_dir / "tiny-imagenet-200.zip") == md5(tiny_zip)
+    assert not (data_dir / "tiny-imagenet-200.zip.part").exists()
+    assert read_meta(data_dir) is not None
+
+
+def test_download_with_wrong_md5_keeps_nothing(http_server, tiny_zip, tmp_path, capsys):
+    www, url = http_server
+    shutil.copy(tiny_zip, www / "t.zip")
+    data_dir = tmp_path / "data"
+    assert run_prepare("--data-dir", data_dir, "--url", f"{url}/t.zip", "--md5", "0" * 32) == 2
+    assert "MD5" in capsys.readouterr().err
+    assert not (data_dir / "tiny-imagenet-200.zip").exists() and not (data_dir / "tiny-imagenet-200.zip.part").exists()
+
+
+def test_offline_download_fails_with_one_clear_line(tmp_path, capsys):
+    assert run_prepare("--data-dir", tmp_path / "data", "--url", "http://127.0.0.1:9/none.zip") == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: cannot download") and "--zip" in err and "\n" not in err
+
+
+# ---------------------------------------------------------------- bad inputs
+
+
+def rewrite_zip(src, dst, drop=(), replace=None, add=None):
+    """Copy a zip, dropping entries whose name ends with any of `drop` and replacing/adding some."""
+    replace = replace or {}
+    with zipfile.ZipFile(src) as zin, zipfile.ZipFile(dst, "w") as zout:
+        for info in zin.infolist():
+            if info.filename.endswith(tuple(drop)):
+                continue
+            data = next((v for k, v in replace.items() if info.filename.endswith(k)), None)
+            zout.writestr(info.filename, data if data is not None else zin.read(info))
+        for name, data in (add or {}).items():
+            zout.writestr(name, data)
+    return dst
+
+
+def expect_error(capsys, argv, *fragments):
+    assert run_prepare(*argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]  # after any progress bars
+    assert err.startswith("error: "), err
+    for fragment in fragments:
+        assert fragment in err, err
+    return err
+
+
+def test_missing_zip(tmp_path, capsys):
+    expect_error(capsys, ["--zip", tmp_path / "nope.zip", "--data-dir", tmp_path / "d"], "no such file")
+
+
+def test_truncated_zip(tmp_path, tiny_zip, capsys):
+    truncated = tmp_path / "t.zip"
+    truncated.write_bytes(open(tiny_zip, "rb").read()[:5000])
+    expect_error(capsys, ["--zip", truncated, "--data-dir", tmp_path / "d"], "not a readable zip")
+
+
+def test_local_zip_with_wrong_md5(tmp_path, tiny_zip, capsys):
+    expect_error(capsys, ["--zip", tiny_zip, "--md5", "0" * 32, "--data-dir", tmp_path / "d"], "MD5")
+
+
+@pytest.mark.parametrize("missing", ["wnids.txt", "val_annotations.txt"])
+def test_zip_that_is_not_tiny_imagenet(tmp_path, tiny_zip, capsys, missing):
+    bad = rewrite_zip(tiny_zip, tmp_path / "bad.zip", drop=[missing])
+    expect_error(capsys, ["--zip", bad, "--data-dir", tmp_path / "d"], "not Tiny ImageNet", missing.split("/")[-1])
+
+
+@pytest.mark.parametrize("name", ["../evil.txt", "/etc/evil.txt", "tiny-imagenet-200/../../evil.txt"])
+def test_zip_entries_that_escape_the_target(tmp_path, tiny_zip, capsys, name):
+    bad = rewrite_zip(tiny_zip, tmp_path / "bad.zip", add={name: "x"})
+    expect_error(capsys, ["--zip", bad, "--data-dir", tmp_path / "d"], "escapes")
+    assert not (tmp_path / "evil.txt").exists()
+
+
+def test_zip_bomb_is_refused(tmp_path, tiny_zip, capsys, monkeypatch):
+    monkeypatch.setattr(prepare_data, "MAX_UNCOMPRESSED_BYTES", 1000)
+    expect_error(capsys, ["--zip", tiny_zip, "--data-dir", tmp_path / "d"], "would expand")
+
+
+def test_undecodable_jpeg_is_named(tmp_path, tiny_zip, capsys):
+    wnid = "n90000000"
+    bad = rewrite_zip(tiny_zip, tmp_path / "bad.zip", replace={f"{wnid}_3.JPEG": b"not a jpeg"})
+    expect_error(capsys, ["--zip", bad, "--data-dir", tmp_path / "d"], "cannot decode", f"{wnid}_3.JPEG")
+
+
+def test_annotation_with_unknown_class(tmp_path, tiny_zip, capsys):
+    with zipfile.ZipFile(tiny_zip) as z:
+        annotations = z.read("tiny-imagenet-200/val/val_annotations.txt").decode()
+    annotations = annotations.replace("n90000001", "n12345678", 1)
+    bad = rewrite_zip(tiny_zip, tmp_path / "bad.zip", replace={"val_annotations.txt": annotations})
+    expect_error(capsys, ["--zip", bad, "--data-dir", tmp_path / "d"], "n12345678", "not in wnids.txt")
+
+
+def test_not_enough_disk_space(tmp_path, tiny_zip, capsys, monkeypatch):
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: shutil._ntuple_diskusage(10**9, 10**9 - 1000, 1000))
+    expect_error(capsys, ["--zip", tiny_zip, "--data-dir", tmp_path / "d"], "not enough disk space")
+
+
+def test_data_dir_that_is_not_writable(tmp_path, tiny_zip, capsys):
+    blocker = tmp_path / "file"
+    blocker.write_text("a file, not a directory")
+    expect_error(capsys, ["--zip", tiny_zip, "--data-dir", blocker / "data"], "cannot create the data directory")
+
+
+def test_meta_records_its_source(prepared_once, tiny_zip):
+    assert read_meta(prepared_once)["source"] == {"zip": os.path.basename(tiny_zip), "bytes": os.path.getsize(tiny_zip)}
+    assert json.load(open(os.path.join(prepared_once, "tiny-imagenet-200", ".extracted.json")))["zip"] == "tiny.zip"
+
+
+def test_a_failed_prepare_keeps_the_previous_data(prepared, tmp_path, tiny_zip, capsys):
+    bad = rewrite_zip(tiny_zip, tmp_path / "bad.zip", replace={"n90000000_3.JPEG": b"not a jpeg"})
+    before = arrays(prepared)
+    expect_error(capsys, ["--zip", bad, "--data-dir", prepared], "cannot decode")
+    assert read_meta(prepared) is not None
+    for name, values in arrays(prepared).items():
+        assert (values == before[name]).all()
+
+
+def test_truncated_array_is_never_used(prepared):
+    with open(os.path.join(prepared, "packed", "train_x.npy"), "r+b") as f:
+        f.truncate(4096)
+    assert read_meta(prepared) is None
