@@ -1,0 +1,86 @@
+"""model.py: the notebook's architecture and parameters, with faster attention."""
+import pytest
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from benchmarks.notebook import CvTSimplifiedEmbedding as NotebookModel
+from model import CvTConfig, CvTSimplifiedEmbedding, SelfAttention, config_from_state_dict, count_parameters, flops_per_image
+
+
+def test_notebook_state_dict_loads_strictly_and_gives_the_same_outputs():
+    torch.manual_seed(0)
+    notebook = NotebookModel().eval()
+    ours = CvTSimplifiedEmbedding(CvTConfig(num_classes=200)).eval()
+    ours.load_state_dict(notebook.state_dict(), strict=True)
+    x = torch.randn(4, 3, 64, 64)
+    assert torch.allclose(ours(x), notebook(x), atol=1e-5)
+    assert {k: v.shape for k, v in ours.state_dict().items()} == {k: v.shape for k, v in notebook.state_dict().items()}
+
+
+@pytest.mark.parametrize("embed_dim,num_heads", [(64, 1), (32, 4), (48, 2)])
+def test_attention_equals_multihead_attention(embed_dim, num_heads):
+    torch.manual_seed(0)
+    reference = nn.MultiheadAttention(embed_dim, num_heads, dropout=0.1, batch_first=True).eval()
+    ours = SelfAttention(embed_dim, num_heads, dropout=0.1).eval()
+    ours.load_state_dict(reference.state_dict(), strict=True)
+    x = torch.randn(3, 17, embed_dim)
+    assert torch.allclose(ours(x), reference(x, x, x)[0], atol=1e-5)
+
+
+def test_hyper_parameters_are_passed_through():
+    """The notebook's blocks ignore embed_dim; ours use every field of the config."""
+    config = CvTConfig(num_classes=10, embed_dim=32, depth=3, num_heads=2, mlp_ratio=2.0)
+    model = CvTSimplifiedEmbedding(config)
+    assert len(model.transformer_blocks) == 3
+    block = model.transformer_blocks[0]
+    assert block.attn.in_proj_weight.shape == (96, 32) and block.attn.num_heads == 2
+    assert block.mlp[0].weight.shape == (64, 32)
+    assert model(torch.randn(2, 3, 64, 64)).shape == (2, 10)
+    assert config_from_state_dict(model.state_dict()) == CvTConfig(num_classes=10, embed_dim=32, depth=3, mlp_ratio=2.0)
+
+
+def test_size_and_cost_are_the_notebooks():
+    model = CvTSimplifiedEmbedding(CvTConfig(num_classes=200))
+    assert count_parameters(model) == count_parameters(NotebookModel()) == 122_568
+    assert abs(flops_per_image(model) / 1e6 - 88.7) < 0.1
+
+
+def test_initialisation_matches_multihead_attention():
+    torch.manual_seed(0)
+    reference = nn.MultiheadAttention(64, 1, batch_first=True)
+    torch.manual_seed(0)
+    ours = SelfAttention(64, 1, 0.0)
+    assert torch.equal(ours.in_proj_weight, reference.in_proj_weight)
+    assert (ours.in_proj_bias == 0).all() and (ours.out_proj.bias == 0).all()
+
+
+def test_forward_is_finite_and_every_parameter_gets_a_gradient():
+    model = CvTSimplifiedEmbedding(CvTConfig(num_classes=7))
+    logits = model(torch.randn(3, 3, 64, 64))
+    assert logits.shape == (3, 7) and torch.isfinite(logits).all()
+    logits.sum().backward()
+    for name, parameter in model.named_parameters():
+        assert parameter.grad is not None and parameter.grad.abs().sum() > 0, name
+
+
+def test_dropout_is_active_in_training_only():
+    model = CvTSimplifiedEmbedding(CvTConfig(num_classes=5))
+    x = torch.randn(2, 3, 64, 64)
+    model.train()
+    assert not torch.equal(model(x), model(x))
+    model.eval()
+    assert torch.equal(model(x), model(x))
+
+
+def test_overfits_one_batch():
+    torch.manual_seed(0)
+    model = CvTSimplifiedEmbedding(CvTConfig(num_classes=8, dropout=0.0))
+    x, y = torch.randn(16, 3, 64, 64), torch.arange(16) % 8
+    optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
+    for _ in range(60):
+        loss = F.cross_entropy(model(x), y)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    assert loss.item() < 0.05
