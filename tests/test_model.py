@@ -4,6 +4,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+import model as model_module
 from benchmarks.notebook import CvTSimplifiedEmbedding as NotebookModel
 from model import CvTConfig, CvTSimplifiedEmbedding, SelfAttention, config_from_state_dict, count_parameters, flops_per_image
 
@@ -84,3 +85,41 @@ def test_overfits_one_batch():
         loss.backward()
         optimizer.step()
     assert loss.item() < 0.05
+
+
+def test_fast_dropout_mask_has_the_rate_and_keeps_the_expectation():
+    mask = model_module.dropout_mask(torch.empty(1000, 1000), 0.1)
+    dropped = (mask == 0).float().mean().item()
+    assert abs(dropped - 0.1) < 0.002
+    assert mask.unique().tolist() == [0.0, torch.tensor(65536 / (65536 - 6554), dtype=torch.float32).item()]
+    assert abs(mask.mean().item() - 1.0) < 0.003
+    assert model_module.dropout_mask(torch.empty(3, 5, dtype=torch.bfloat16), 0.5).dtype == torch.bfloat16
+
+
+def test_fast_dropout_follows_the_global_seed():
+    x = torch.ones(64, 64)
+    torch.manual_seed(1)
+    a = model_module.dropout(x, 0.1, training=True)
+    torch.manual_seed(1)
+    b = model_module.dropout(x, 0.1, training=True)
+    assert torch.equal(a, b) and not torch.equal(a, model_module.dropout(x, 0.1, training=True))
+
+
+def test_cpu_training_attention_is_sdpa_when_nothing_is_dropped(monkeypatch):
+    """The explicit CPU training path computes the same attention as SDPA (mask of ones)."""
+    torch.manual_seed(0)
+    model = CvTSimplifiedEmbedding(CvTConfig(num_classes=5, num_heads=2)).train()
+    x = torch.randn(2, 3, 64, 64)
+    monkeypatch.setattr(model_module, "dropout_mask", lambda like, p: torch.ones_like(like))
+    training_output = model(x)
+    assert torch.allclose(training_output, model.eval()(x), atol=1e-5)
+
+
+@pytest.mark.slow
+def test_compiled_model_with_dropout_trains_on_cpu():
+    torch.manual_seed(0)
+    model = CvTSimplifiedEmbedding(CvTConfig(num_classes=5, depth=1))
+    compiled = torch.compile(model)
+    loss = F.cross_entropy(compiled(torch.randn(4, 3, 64, 64)), torch.arange(4))
+    loss.backward()
+    assert torch.isfinite(loss) and model.head[2].weight.grad is not None

@@ -1,0 +1,304 @@
+"""Side-by-side speed of the notebook's pipeline and ours, in one run on one machine.
+
+    python benchmarks/bench.py --data-dir data-mini --zip ../shared/data/tiny-imagenet-200-mini.zip
+
+Prints a markdown table: loading, the train step in each mode, end-to-end training, the
+share of the machine's matmul peak, and prepare_data.py's wall time. Ratios are what to read:
+absolute numbers move with the machine and its load.
+"""
+import argparse
+import contextlib
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import warnings
+
+import torch
+import torch.nn.functional as F
+import torchvision
+from tqdm import tqdm
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+from benchmarks import notebook  # noqa: E402
+from data import BatchLoader, load_packed, make_splits  # noqa: E402
+from model import CvTConfig, CvTSimplifiedEmbedding, flops_per_image  # noqa: E402
+from runtime import autocast, maybe_compile  # noqa: E402
+from train import build_optimizer, train_one_epoch  # noqa: E402
+
+warnings.filterwarnings("ignore")
+
+
+def synchronize(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def timed(fn, device):
+    synchronize(device)
+    start = time.perf_counter()
+    fn()
+    synchronize(device)
+    return time.perf_counter() - start
+
+
+# ---------------------------------------------------------------- the limit
+
+
+def matmul_peak(dtype, device, size=2048, repeats=10):
+    """FLOP/s of a large square matmul: what the machine can do at best."""
+    a = torch.randn(size, size, device=device, dtype=dtype)
+    b = torch.randn(size, size, device=device, dtype=dtype)
+    for _ in range(3):
+        a @ b
+    seconds = timed(lambda: [a @ b for _ in range(repeats)], device)
+    return 2 * size**3 * repeats / seconds
+
+
+# ---------------------------------------------------------------- loading
+
+
+def notebook_loader_rate(dataset_root, batch_size, workers, batches):
+    loader = notebook.notebook_train_loader(dataset_root, batch_size, workers)
+    iterator = iter(loader)
+    for _ in range(3):  # worker start-up is not counted
+        next(iterator)
+    start = time.perf_counter()
+    for _ in range(batches):
+        next(iterator)
+    return batches * batch_size / (time.perf_counter() - start)
+
+
+def our_loader_rate(train_split, batch_size, device, batches):
+    loader = BatchLoader(*train_split, batch_size, device, train=True, seed=0)
+    iterator = loader.iterate()
+    for _ in range(3):
+        next(iterator)
+
+    def run():
+        for _ in range(batches):
+            x, _ = next(iterator)
+        return x
+
+    return batches * batch_size / timed(run, device)
+
+
+# ---------------------------------------------------------------- the train step
+
+
+class RepeatedBatch:
+    """A loader that yields one batch `steps` times: the step without data loading."""
+
+    def __init__(self, x, y, steps):
+        self.x, self.y, self.steps, self.epoch = x, y, steps, 0
+
+    def __len__(self):
+        return self.steps
+
+    def iterate(self, start_step=0):
+        for _ in range(start_step, self.steps):
+            yield self.x, self.y
+
+
+def notebook_steps(model, optimizer, batches):
+    """The notebook's training_step body: forward, cross-entropy, backward, Adam."""
+    model.train()
+    for x, y in batches:
+        loss = F.cross_entropy(model(x), y)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+
+
+def notebook_step_rate(batch_size, num_classes, device, steps):
+    torch.manual_seed(0)
+    model = notebook.CvTSimplifiedEmbedding(num_classes=num_classes).to(device)
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+    x = torch.randn(batch_size, 3, 64, 64, device=device)
+    y = torch.randint(0, num_classes, (batch_size,), device=device)
+    notebook_steps(model, optimizer, [(x, y)] * 3)
+    return steps * batch_size / timed(lambda: notebook_steps(model, optimizer, [(x, y)] * steps), device)
+
+
+def our_training(num_classes, device, amp, compile_model):
+    torch.manual_seed(0)
+    model = CvTSimplifiedEmbedding(CvTConfig(num_classes=num_classes)).to(device)
+    optimizer = build_optimizer(model, "adam", 1e-3, 0.0, device)
+    dtype = torch.bfloat16 if amp else None
+    scaler = torch.amp.GradScaler(device.type, enabled=False)
+    return maybe_compile(model, compile_model), optimizer, scaler, dtype
+
+
+def run_epoch(model, loader, optimizer, scaler, device, dtype):
+    with tqdm(total=len(loader), disable=True) as bar:
+        return train_one_epoch(model, loader, optimizer, scaler, device, dtype, 0, 10**9, bar)
+
+
+def our_step_rate(batch_size, num_classes, device, steps, amp, compile_model):
+    model, optimizer, scaler, dtype = our_training(num_classes, device, amp, compile_model)
+    x = torch.randn(batch_size, 3, 64, 64, device=device)
+    y = torch.randint(0, num_classes, (batch_size,), device=device)
+    run_epoch(model, RepeatedBatch(x, y, 3), optimizer, scaler, device, dtype)  # warm-up, compilation
+    seconds = timed(lambda: run_epoch(model, RepeatedBatch(x, y, steps), optimizer, scaler, device, dtype), device)
+    return steps * batch_size / seconds
+
+
+# ---------------------------------------------------------------- end to end
+
+
+def notebook_end_to_end(dataset_root, batch_size, workers, num_classes, device, steps):
+    """The notebook's loop: its DataLoader (workers share the CPU with training), its model, Adam."""
+    torch.manual_seed(0)
+    model = notebook.CvTSimplifiedEmbedding(num_classes=num_classes).to(device)
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+    iterator = iter(notebook.notebook_train_loader(dataset_root, batch_size, workers))
+
+    def batches(n):
+        for _ in range(n):
+            x, y = next(iterator)
+            yield x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+
+    notebook_steps(model, optimizer, batches(3))
+    return steps * batch_size / timed(lambda: notebook_steps(model, optimizer, batches(steps)), device)
+
+
+def our_end_to_end(train_split, batch_size, num_classes, device, steps, amp, compile_model):
+    """train.py's loop (train_one_epoch + BatchLoader) over steps batches of real data."""
+    model, optimizer, scaler, dtype = our_training(num_classes, device, amp, compile_model)
+    x, y = train_split
+    loader = BatchLoader(x[: steps * batch_size], y[: steps * batch_size], batch_size, device, train=True, seed=0)
+    warm = BatchLoader(x[: 3 * batch_size], y[: 3 * batch_size], batch_size, device, train=True, seed=1)
+    run_epoch(model, warm, optimizer, scaler, device, dtype)
+    return steps * batch_size / timed(lambda: run_epoch(model, loader, optimizer, scaler, device, dtype), device)
+
+
+# ---------------------------------------------------------------- preparation
+
+
+def notebook_prepare_seconds(zip_path):
+    """The notebook's extract_data + process_validation_set on a fresh copy of the zip."""
+    with tempfile.TemporaryDirectory() as tmp:
+        start = time.perf_counter()
+        shutil.unpack_archive(zip_path, tmp)
+        root = os.path.join(tmp, "tiny-imagenet-200")
+        with open(os.path.join(root, "val", "val_annotations.txt")) as f:
+            img_to_class = {line.split("\t")[0]: line.split("\t")[1] for line in f}
+        for img_name, class_name in img_to_class.items():
+            class_folder = os.path.join(root, "val_processed", class_name)
+            os.makedirs(class_folder, exist_ok=True)
+            shutil.copy(os.path.join(root, "val", "images", img_name), os.path.join(class_folder, img_name))
+        return time.perf_counter() - start
+
+
+def our_prepare_seconds(zip_path):
+    """prepare_data.py as a user runs it: cold, then the second (no-op) run."""
+    with tempfile.TemporaryDirectory() as tmp:
+        command = [sys.executable, os.path.join(ROOT, "prepare_data.py"), "--zip", zip_path, "--data-dir", tmp]
+        times = []
+        for _ in range(2):
+            start = time.perf_counter()
+            subprocess.run(command, check=True, capture_output=True)
+            times.append(time.perf_counter() - start)
+        return times
+
+
+# ---------------------------------------------------------------- the report
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--data-dir", required=True, help="prepared by prepare_data.py (its extracted folder is used too)")
+    parser.add_argument("--zip", help="time prepare_data.py and the notebook's extraction on this zip")
+    parser.add_argument("--steps", type=int, default=30, help="timed steps per measurement")
+    parser.add_argument("--large-batch", type=int, default=256)
+    parser.add_argument("--workers", type=int, default=2, help="DataLoader workers for the notebook's loader")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--json", help="also write the numbers as JSON")
+    args = parser.parse_args(argv)
+    device = torch.device(args.device)
+    data = load_packed(args.data_dir)
+    train_split = make_splits(data)["train"]
+    num_classes = len(data.classes)
+    dataset_root = os.path.join(args.data_dir, "tiny-imagenet-200")
+    results = {"machine": machine_description(device)}
+    rows = []
+
+    def row(what, notebook_value, our_value, unit, note=""):
+        ratio = our_value / notebook_value if notebook_value else float("nan")
+        if unit == "s":
+            ratio = notebook_value / our_value
+        rows.append((what, notebook_value, our_value, unit, ratio, note))
+        results[what] = {"notebook": notebook_value, "ours": our_value, "unit": unit, "speed-up": ratio}
+        print(f"  {what}: notebook {notebook_value:,.1f}, ours {our_value:,.1f} {unit} ({ratio:.1f}x) {note}", flush=True)
+
+    print("measuring (a few minutes on 2 CPU cores)...", flush=True)
+    batches = max(args.steps, 20)
+    row("loading, batch 64", notebook_loader_rate(dataset_root, 64, args.workers, batches),
+        our_loader_rate(train_split, 64, device, batches * 5), "img/s", f"notebook: {args.workers} workers")
+
+    flops = flops_per_image(CvTSimplifiedEmbedding(CvTConfig(num_classes=num_classes)), backward=True)
+    peaks = {"fp32": matmul_peak(torch.float32, device), "bf16": matmul_peak(torch.bfloat16, device)}
+    results["flops_per_image_train"] = flops
+    results["matmul_peak"] = peaks
+    modes = [("eager fp32 (CPU default)", False, False), ("eager bf16", True, False),
+             ("compiled fp32", False, True), ("compiled bf16", True, True)]
+    step_rates = {}
+    for batch_size in (64, args.large_batch):
+        baseline = notebook_step_rate(batch_size, num_classes, device, args.steps)
+        steps = max(4, args.steps * 64 // batch_size)
+        for name, amp, compile_model in modes:
+            rate = our_step_rate(batch_size, num_classes, device, steps, amp, compile_model)
+            step_rates[(name, batch_size)] = rate
+            share = flops * rate / peaks["fp32"]
+            row(f"train step, batch {batch_size}, {name}", baseline, rate, "img/s", f"{share:.0%} of fp32 peak")
+        results[f"notebook step share of fp32 peak, batch {batch_size}"] = flops * baseline / peaks["fp32"]
+
+    baseline = notebook_end_to_end(dataset_root, 64, args.workers, num_classes, device, args.steps)
+    for name, amp, compile_model in modes:
+        rate = our_end_to_end(train_split, 64, num_classes, device, args.steps, amp, compile_model)
+        row(f"end to end, batch 64, {name}", baseline, rate, "img/s")
+
+    if args.zip:
+        notebook_seconds = notebook_prepare_seconds(args.zip)
+        cold, again = our_prepare_seconds(args.zip)
+        images = data.meta["counts"]["train"] + data.meta["counts"]["val"]
+        row("prepare (notebook: extract + restructure only)", notebook_seconds, cold, "s",
+            f"ours packs too; {cold / images * 1e6:.0f} us/image; second run {again:.2f} s")
+        results["prepare_second_run_s"] = again
+
+    print_table(rows, results, flops, peaks)
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(results, f, indent=1, default=str)
+
+
+def machine_description(device):
+    if device.type == "cuda":
+        hardware = torch.cuda.get_device_name(device)
+    else:
+        hardware = f"{os.cpu_count()} CPU cores ({platform.processor() or platform.machine()}), {torch.get_num_threads()} threads"
+    return f"{hardware}; torch {torch.__version__}, torchvision {torchvision.__version__}, Python {platform.python_version()}"
+
+
+def print_table(rows, results, flops, peaks):
+    print(f"\n{results['machine']}")
+    print(f"model: {flops / 1e6:.1f} MFLOP per image (forward + backward); matmul peak: "
+          f"fp32 {peaks['fp32'] / 1e9:.0f} GFLOP/s, bf16 {peaks['bf16'] / 1e9:.0f} GFLOP/s\n")
+    print("| measurement | notebook | ours | unit | ours vs notebook | note |")
+    print("| --- | ---: | ---: | --- | ---: | --- |")
+    for what, notebook_value, our_value, unit, ratio, note in rows:
+        print(f"| {what} | {notebook_value:,.1f} | {our_value:,.1f} | {unit} | {ratio:.1f}x | {note} |")
+    for key, value in results.items():
+        if key.startswith("notebook step share"):
+            print(f"\n{key}: {value:.0%}", end="")
+    print()
+
+
+if __name__ == "__main__":
+    main()
