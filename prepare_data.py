@@ -47,7 +47,8 @@ IMAGE_SIZE = 64
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
 MAX_UNCOMPRESSED_BYTES = 4 << 30  # the real zip expands to ~0.5 GB; refuse zip bombs
 MAX_ENTRIES = 500_000
-DECODE_CHUNK = 512
+DECODE_CHUNK = 256
+EXTRACT_CHUNK = 1000
 
 
 # ---------------------------------------------------------------- getting the zip
@@ -188,24 +189,49 @@ def extract(zip_path, target):
         raise DataError(f"{zip_path} is not a readable zip ({error}): truncated or corrupt? delete it and retry") from None
     with archive:
         root, members, total = dataset_members(archive)
-        # Room for the extracted files, the val copies and the packed arrays.
-        check_free_space(os.path.dirname(os.path.abspath(target)), int(total * 2.5))
-        tmp = target + ".partial"
-        shutil.rmtree(tmp, ignore_errors=True)
-        made = set()
-        for info in tqdm(members, desc="extract", unit="file", mininterval=0.5):
-            dest = os.path.join(tmp, info.filename[len(root):])
-            folder = os.path.dirname(dest)
-            if folder not in made:
-                os.makedirs(folder, exist_ok=True)
-                made.add(folder)
-            try:
-                with archive.open(info) as src, open(dest, "wb") as out:
-                    shutil.copyfileobj(src, out)
-            except (zipfile.BadZipFile, EOFError, zlib.error) as error:
-                raise DataError(f"{zip_path} is corrupt at {info.filename} ({error}): delete it and retry") from None
+    # Room for the extracted files, the val copies and the packed arrays.
+    check_free_space(os.path.dirname(os.path.abspath(target)), int(total * 2.5))
+    tmp = target + ".partial"
+    shutil.rmtree(tmp, ignore_errors=True)
+    for folder in {os.path.dirname(info.filename[len(root) :]) for info in members}:
+        os.makedirs(os.path.join(tmp, folder), exist_ok=True)
+    # Both cores write files: each worker opens the zip once and takes chunks of members.
+    names = [info.filename for info in members]
+    chunks = [names[i : i + EXTRACT_CHUNK] for i in range(0, len(names), EXTRACT_CHUNK)]
+    with process_pool(initializer=open_worker_zip, initargs=(zip_path, root, tmp)) as pool, tqdm(
+        total=len(names), desc="extract", unit="file", mininterval=0.5
+    ) as bar:
+        for done, error in pool.imap_unordered(extract_chunk, chunks):
+            if error:
+                raise DataError(f"{zip_path} is corrupt at {error}: delete it and retry")
+            bar.update(done)
     write_json(os.path.join(tmp, EXTRACTED_MARKER), zip_identity(zip_path))
     replace_dir(tmp, target)
+
+
+def process_pool(**kwargs):
+    return multiprocessing.get_context("fork").Pool(os.cpu_count(), **kwargs)
+
+
+_worker_zip = None  # (archive, root prefix, destination) in each extraction worker
+
+
+def open_worker_zip(zip_path, root, destination):
+    global _worker_zip
+    _worker_zip = (zipfile.ZipFile(zip_path), root, destination)
+
+
+def extract_chunk(names):
+    """Write these members; return (count, None) or (0, "member (reason)")."""
+    archive, root, destination = _worker_zip
+    for name in names:
+        try:
+            data = archive.read(name)
+        except (zipfile.BadZipFile, EOFError, zlib.error) as error:
+            return 0, f"{name} ({error})"
+        with open(os.path.join(destination, name[len(root) :]), "wb") as out:
+            out.write(data)
+    return len(names), None
 
 
 def folder_matches_zip(folder, zip_path):
@@ -349,11 +375,20 @@ def decode(path):
     return pixels
 
 
-def decode_chunk(paths):
+def decode_chunk(job):
+    """Decode images and write them at their byte offset in the .npy being packed: no pixels
+    go back through the pool's pipe, and one write per chunk is cheaper than page faults on a
+    shared memory map. Returns (count, None) or (0, error message)."""
+    x_path, offset, paths = job
+    pixels = np.empty((len(paths), IMAGE_SIZE, IMAGE_SIZE, 3), dtype=np.uint8)
     try:
-        return np.stack([decode(p) for p in paths]), None
+        for i, path in enumerate(paths):
+            pixels[i] = decode(path)
     except DataError as error:
-        return None, str(error)
+        return 0, str(error)
+    with open(x_path, "r+b") as f:
+        os.pwrite(f.fileno(), pixels.data, offset)
+    return len(paths), None
 
 
 def pack_split(out_dir, name, pairs, pool):
@@ -361,16 +396,18 @@ def pack_split(out_dir, name, pairs, pool):
     if not pairs:
         raise DataError(f"no {name} images found")
     x_path, y_path = os.path.join(out_dir, name + "_x.npy"), os.path.join(out_dir, name + "_y.npy")
-    x = np.lib.format.open_memmap(x_path, mode="w+", dtype=np.uint8, shape=(len(pairs), IMAGE_SIZE, IMAGE_SIZE, 3))
-    chunks = [[p for p, _ in pairs[i : i + DECODE_CHUNK]] for i in range(0, len(pairs), DECODE_CHUNK)]
+    header = np.lib.format.open_memmap(x_path, mode="w+", dtype=np.uint8, shape=(len(pairs), IMAGE_SIZE, IMAGE_SIZE, 3))
+    data_offset, image_bytes = header.offset, IMAGE_SIZE * IMAGE_SIZE * 3
+    del header
+    jobs = [
+        (x_path, data_offset + i * image_bytes, [p for p, _ in pairs[i : i + DECODE_CHUNK]])
+        for i in range(0, len(pairs), DECODE_CHUNK)
+    ]
     with tqdm(total=len(pairs), desc=f"pack {name}", unit="img", mininterval=0.5) as bar:
-        for i, (pixels, error) in enumerate(pool.imap(decode_chunk, chunks)):
+        for done, error in pool.imap_unordered(decode_chunk, jobs):
             if error:
                 raise DataError(error)
-            x[i * DECODE_CHUNK : i * DECODE_CHUNK + len(pixels)] = pixels
-            bar.update(len(pixels))
-    x.flush()
-    del x
+            bar.update(done)
     np.save(y_path, np.array([label for _, label in pairs], dtype=np.int64))
     return {name + "_x": os.path.getsize(x_path), name + "_y": os.path.getsize(y_path)}
 
@@ -400,7 +437,7 @@ def pack(data_dir, root, val_dir, source):
     os.makedirs(tmp)
     check_free_space(tmp, sum(len(p) for p in splits.values()) * IMAGE_SIZE * IMAGE_SIZE * 3)
     sizes = {}
-    with multiprocessing.get_context("fork").Pool(os.cpu_count()) as pool:
+    with process_pool() as pool:
         for name, pairs in splits.items():
             sizes.update(pack_split(tmp, name, pairs, pool))
     meta = {
