@@ -164,11 +164,11 @@ class BatchLoader:
 
     def iterate(self, start_step=0):
         """Yield (x, y) for steps start_step, start_step + 1, ... of the current epoch."""
-        order = self._order()
+        order = self._order().to(self.images.device)  # once per epoch: no per-step host-to-device copy
         for step in range(start_step, len(self)):
             # A batch is a set: sorting its indices makes reads from the memory map sequential.
             index = order[step * self.batch_size : (step + 1) * self.batch_size].sort().values
-            x = self.images.index_select(0, index.to(self.images.device)).to(self.device, non_blocking=True)
+            x = self.images.index_select(0, index).to(self.device, non_blocking=True)
             y = self.labels.index_select(0, index.to(self.device))
             if self.train:
                 x = random_crop_flip(x, self._augment_generator(step))

@@ -27,6 +27,16 @@ def resolve_device(name):
     return device
 
 
+def default_amp(device):
+    """Mixed precision by default where the hardware does bf16 natively: CUDA, and CPUs with
+    AMX or AVX512-BF16 (there bf16 autocast trains ~1.5x faster and its loss curve matches
+    fp32 within seed noise; see the README). Elsewhere bf16 is emulated and slower: fp32."""
+    if device.type == "cuda":
+        return True
+    native = ("_is_amx_tile_supported", "_is_avx512_bf16_supported")  # private but stable since torch 2.1
+    return any(getattr(torch.cpu, name, lambda: False)() for name in native)
+
+
 def amp_dtype(device, amp):
     """The autocast dtype, or None for fp32. bf16 where supported (no scaler needed), else fp16."""
     if not amp:

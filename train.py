@@ -26,7 +26,7 @@ from data import BatchLoader, load_packed, make_splits
 from evaluate import evaluate, load_checkpoint, model_from_checkpoint, topk_correct
 from layout import DataError
 from model import CvTConfig, CvTSimplifiedEmbedding
-from runtime import amp_dtype, autocast, configure_backends, maybe_compile, resolve_device
+from runtime import amp_dtype, autocast, configure_backends, default_amp, maybe_compile, resolve_device
 
 METRIC_FIELDS = (
     "epoch", "train_loss", "train_top1", "train_top5", "val_loss", "val_top1", "val_top5",
@@ -59,7 +59,8 @@ def parse_args(argv):
     system = parser.add_argument_group("system")
     system.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda, cuda:N")
     system.add_argument("--amp", action=argparse.BooleanOptionalAction, default=None,
-                        help="bf16 autocast (fp16 + GradScaler on GPUs without bf16); default: on for CUDA")
+                        help="bf16 autocast for training (fp16 + GradScaler on GPUs without bf16); "
+                             "default: on for CUDA and for CPUs with native bf16 (AMX, AVX512-BF16)")
     system.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
                         help="torch.compile the model; default: on for CUDA")
     system.add_argument("--compile-mode", default="default", choices=("default", "reduce-overhead", "max-autotune"))
@@ -207,7 +208,7 @@ def main(argv=None):
 
 def run(args):
     device = resolve_device(args.device)
-    args.amp = device.type == "cuda" if args.amp is None else args.amp
+    args.amp = default_amp(device) if args.amp is None else args.amp
     args.compile = device.type == "cuda" if args.compile is None else args.compile
     dtype = amp_dtype(device, args.amp)
     configure_backends(device)
@@ -263,7 +264,7 @@ def run(args):
         with tqdm(total=len(train_loader), desc=f"epoch {epoch + 1}/{args.epochs}", leave=False, mininterval=1, disable=None) as bar:
             train = train_one_epoch(compiled, train_loader, optimizer, scaler, device, dtype, 0, args.log_every, bar)
         seconds = time.perf_counter() - start
-        val = evaluate(compiled, val_loader, device, dtype, pad_to)
+        val = evaluate(compiled, val_loader, device, None, pad_to)  # always fp32: metrics independent of --amp
         row = {
             "epoch": epoch + 1, **{f"train_{k}": train[k] for k in ("loss", "top1", "top5")},
             **{f"val_{k}": val[k] for k in ("loss", "top1", "top5")},
@@ -285,20 +286,20 @@ def run(args):
               f"val loss {val['loss']:.4f} top-1 {val['top1']:.2%} top-5 {val['top5']:.2%} | "
               f"{seconds:.0f} s, {row['images_per_s']:.0f} img/s{'  *best*' if improved else ''}")
 
-    test_metrics = evaluate_test(model, compiled, splits["test"], progress, run_dir, device, dtype, args, pad_to)
+    test_metrics = evaluate_test(model, compiled, splits["test"], progress, run_dir, device, args, pad_to)
     write_json(os.path.join(run_dir, "test_metrics.json"), test_metrics)
     print(f"run saved in {run_dir}/ (evaluate again: python evaluate.py {run_dir}/best.pt)")
     return test_metrics
 
 
-def evaluate_test(model, compiled, test_split, progress, run_dir, device, dtype, args, pad_to):
+def evaluate_test(model, compiled, test_split, progress, run_dir, device, args, pad_to):
     """The test split, once, with the final weights (the notebook's trainer.test) and with
     best.pt when the best epoch was not the last."""
     loader = BatchLoader(*test_split, args.eval_batch_size, device)
-    results = {"final": {**evaluate(compiled, loader, device, dtype, pad_to), "epoch": progress["epoch"]}}
+    results = {"final": {**evaluate(compiled, loader, device, None, pad_to), "epoch": progress["epoch"]}}
     if progress["best_epoch"] not in (0, progress["epoch"]):
         best = model_from_checkpoint(load_checkpoint(os.path.join(run_dir, "best.pt"))).to(device)
-        results["best"] = {**evaluate(best, loader, device, dtype), "epoch": progress["best_epoch"]}
+        results["best"] = {**evaluate(best, loader, device), "epoch": progress["best_epoch"]}
     else:
         results["best"] = results["final"]
     names = ("final", "best") if results["best"] is not results["final"] else ("final",)

@@ -7,7 +7,6 @@ share of the machine's matmul peak, and prepare_data.py's wall time. Ratios are 
 absolute numbers move with the machine and its load.
 """
 import argparse
-import contextlib
 import json
 import os
 import platform
@@ -29,7 +28,7 @@ sys.path.insert(0, ROOT)
 from benchmarks import notebook  # noqa: E402
 from data import BatchLoader, load_packed, make_splits  # noqa: E402
 from model import CvTConfig, CvTSimplifiedEmbedding, flops_per_image  # noqa: E402
-from runtime import autocast, maybe_compile  # noqa: E402
+from runtime import default_amp, maybe_compile  # noqa: E402
 from train import build_optimizer, train_one_epoch  # noqa: E402
 
 warnings.filterwarnings("ignore")
@@ -246,8 +245,12 @@ def main(argv=None):
     peaks = {"fp32": matmul_peak(torch.float32, device), "bf16": matmul_peak(torch.bfloat16, device)}
     results["flops_per_image_train"] = flops
     results["matmul_peak"] = peaks
-    modes = [("eager fp32 (CPU default)", False, False), ("eager bf16", True, False),
-             ("compiled fp32", False, True), ("compiled bf16", True, True)]
+    default = (default_amp(device), device.type == "cuda")  # what train.py does without flags here
+    modes = [
+        (f"{'compiled' if compile_model else 'eager'} {'bf16' if amp else 'fp32'}"
+         f"{' (train.py default here)' if (amp, compile_model) == default else ''}", amp, compile_model)
+        for compile_model in (False, True) for amp in (False, True)
+    ]
     step_rates = {}
     for batch_size in (64, args.large_batch):
         baseline = notebook_step_rate(batch_size, num_classes, device, args.steps)

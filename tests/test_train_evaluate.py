@@ -10,6 +10,7 @@ import torch
 import evaluate
 import train
 from evaluate import load_checkpoint
+from runtime import default_amp
 
 FAST = ["--batch-size", "16", "--eval-batch-size", "16", "--log-every", "2"]
 
@@ -31,7 +32,8 @@ def test_a_run_writes_config_metrics_checkpoints_and_test_results(finished_run):
     assert [int(r["epoch"]) for r in rows] == [1, 2]
     assert set(rows[0]) >= {"train_loss", "train_top1", "train_top5", "val_loss", "val_top1", "val_top5", "lr", "seconds", "images_per_s"}
     config = json.load(open(finished_run / "config.json"))
-    assert config["optimizer"] == "adam" and config["lr"] == 1e-3 and config["amp_dtype"] is None
+    assert config["optimizer"] == "adam" and config["lr"] == 1e-3 and config["batch_size"] == 16
+    assert config["amp_dtype"] == ("bfloat16" if default_amp(torch.device("cpu")) else None)
     test = json.load(open(finished_run / "test_metrics.json"))
     assert test["final"]["images"] == 32 and 0 <= test["final"]["top1"] <= test["final"]["top5"] <= 1
 
@@ -83,10 +85,11 @@ def test_resume_with_a_different_model_is_refused(prepared_once, finished_run, c
     assert "embed_dim: 64 -> 32" in capsys.readouterr().err
 
 
-def test_bf16_autocast_on_cpu(prepared_once, tmp_path):
-    assert train_run(prepared_once, tmp_path / "r", "--epochs", "1", "--amp") == 0
+@pytest.mark.parametrize("flag,dtype", [("--amp", "bfloat16"), ("--no-amp", None)])
+def test_amp_flags_on_cpu(prepared_once, tmp_path, flag, dtype):
+    assert train_run(prepared_once, tmp_path / "r", "--epochs", "1", flag) == 0
     config = json.load(open(tmp_path / "r" / "config.json"))
-    assert config["amp_dtype"] == "bfloat16"
+    assert config["amp_dtype"] == dtype
     assert torch.isfinite(torch.tensor(json.load(open(tmp_path / "r" / "test_metrics.json"))["final"]["loss"]))
 
 
