@@ -63,9 +63,15 @@ def matmul_peak(dtype, device, size=2048, repeats=10):
 # ---------------------------------------------------------------- loading
 
 
+def endless(make_epoch):
+    """Batches from epoch after epoch, so a small dataset serves any number of steps."""
+    while True:
+        yield from make_epoch()
+
+
 def notebook_loader_rate(dataset_root, batch_size, workers, batches):
     loader = notebook.notebook_train_loader(dataset_root, batch_size, workers)
-    iterator = iter(loader)
+    iterator = endless(lambda: iter(loader))
     for _ in range(3):  # worker start-up is not counted
         next(iterator)
     start = time.perf_counter()
@@ -76,7 +82,7 @@ def notebook_loader_rate(dataset_root, batch_size, workers, batches):
 
 def our_loader_rate(train_split, batch_size, device, batches):
     loader = BatchLoader(*train_split, batch_size, device, train=True, seed=0)
-    iterator = loader.iterate()
+    iterator = endless(loader.iterate)
     for _ in range(3):
         next(iterator)
 
@@ -156,7 +162,8 @@ def notebook_end_to_end(dataset_root, batch_size, workers, num_classes, device, 
     torch.manual_seed(0)
     model = notebook.CvTSimplifiedEmbedding(num_classes=num_classes).to(device)
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
-    iterator = iter(notebook.notebook_train_loader(dataset_root, batch_size, workers))
+    loader = notebook.notebook_train_loader(dataset_root, batch_size, workers)
+    iterator = endless(lambda: iter(loader))
 
     def batches(n):
         for _ in range(n):
@@ -171,6 +178,7 @@ def our_end_to_end(train_split, batch_size, num_classes, device, steps, amp, com
     """train.py's loop (train_one_epoch + BatchLoader) over steps batches of real data."""
     model, optimizer, scaler, dtype = our_training(num_classes, device, amp, compile_model)
     x, y = train_split
+    steps = min(steps, len(y) // batch_size)
     loader = BatchLoader(x[: steps * batch_size], y[: steps * batch_size], batch_size, device, train=True, seed=0)
     warm = BatchLoader(x[: 3 * batch_size], y[: 3 * batch_size], batch_size, device, train=True, seed=1)
     run_epoch(model, warm, optimizer, scaler, device, dtype)
@@ -218,6 +226,7 @@ def main(argv=None):
     parser.add_argument("--large-batch", type=int, default=256)
     parser.add_argument("--workers", type=int, default=2, help="DataLoader workers for the notebook's loader")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--no-compile", action="store_true", help="skip the torch.compile modes (quick check)")
     parser.add_argument("--json", help="also write the numbers as JSON")
     args = parser.parse_args(argv)
     device = torch.device(args.device)
@@ -249,7 +258,7 @@ def main(argv=None):
     modes = [
         (f"{'compiled' if compile_model else 'eager'} {'bf16' if amp else 'fp32'}"
          f"{' (train.py default here)' if (amp, compile_model) == default else ''}", amp, compile_model)
-        for compile_model in (False, True) for amp in (False, True)
+        for compile_model in ((False,) if args.no_compile else (False, True)) for amp in (False, True)
     ]
     step_rates = {}
     for batch_size in (64, args.large_batch):

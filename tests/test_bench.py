@@ -1,0 +1,24 @@
+"""benchmarks/bench.py runs and reports every measurement (a quick run without compilation)."""
+import json
+import subprocess
+import sys
+
+from conftest import ROOT
+
+
+def test_bench_prints_the_side_by_side_table(prepared_once, tiny_zip, tmp_path):
+    out = tmp_path / "bench.json"
+    command = [sys.executable, "benchmarks/bench.py", "--data-dir", prepared_once, "--zip", tiny_zip,
+               "--steps", "2", "--large-batch", "32", "--no-compile", "--device", "cpu", "--json", str(out)]
+    result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-2000:]
+    table = [line for line in result.stdout.splitlines() if line.startswith("| ")]
+    assert table[0].startswith("| measurement | notebook | ours")
+    names = [line.split(" | ")[0].strip("| ") for line in table[2:]]
+    assert names[0] == "loading, batch 64"
+    assert sum(name.startswith("train step") for name in names) == 4
+    assert sum(name.startswith("end to end") for name in names) == 2
+    assert names[-1].startswith("prepare")
+    results = json.load(open(out))
+    assert results["flops_per_image_train"] > 0 and results["matmul_peak"]["fp32"] > 0
+    assert all(value["ours"] > 0 and value["notebook"] > 0 for key, value in results.items() if isinstance(value, dict) and "ours" in value)
