@@ -93,13 +93,21 @@ def model_from_checkpoint(checkpoint, path="checkpoint"):
     return model
 
 
+def class_difference(saved, classes):
+    """'' when the class lists agree, else a short description of how they differ."""
+    saved, classes = list(saved), list(classes)
+    if saved == classes:
+        return ""
+    if len(saved) != len(classes):
+        return f"{len(saved)} classes in the checkpoint, {len(classes)} in the data"
+    index = next(i for i, (a, b) in enumerate(zip(saved, classes)) if a != b)
+    return f"class {index} is {saved[index]} in the checkpoint, {classes[index]} in the data"
+
+
 def check_classes(checkpoint, classes, path):
     saved = checkpoint.get("classes")
-    if saved is not None and list(saved) != list(classes):
-        raise DataError(
-            f"{path} was trained on {len(saved)} classes that differ from the prepared data's "
-            f"{len(classes)} (first difference: {next((a, b) for a, b in zip(saved + [None], classes + [None]) if a != b)})"
-        )
+    if saved is not None and class_difference(saved, classes):
+        raise DataError(f"{path} was trained on other classes than the prepared data: {class_difference(saved, classes)}")
 
 
 def parse_args(argv):

@@ -37,10 +37,13 @@ def default_amp(device):
     return any(getattr(torch.cpu, name, lambda: False)() for name in native)
 
 
-def amp_dtype(device, amp):
-    """The autocast dtype, or None for fp32. bf16 where supported (no scaler needed), else fp16."""
+def amp_dtype(device, amp, requested="auto"):
+    """The autocast dtype, or None for fp32. bf16 where supported (no scaler needed), else fp16
+    (with a GradScaler); `requested` (bfloat16 or float16) overrides the choice."""
     if not amp:
         return None
+    if requested != "auto":
+        return getattr(torch, requested)
     if device.type == "cuda" and not torch.cuda.is_bf16_supported():  # CUDA only: pre-Ampere GPUs
         return torch.float16
     return torch.bfloat16

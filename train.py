@@ -14,6 +14,7 @@ import csv
 import json
 import math
 import os
+import signal
 import sys
 import time
 from dataclasses import asdict
@@ -23,14 +24,14 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from data import BatchLoader, load_packed, make_splits
-from evaluate import evaluate, load_checkpoint, model_from_checkpoint, topk_correct
+from evaluate import class_difference, evaluate, load_checkpoint, model_from_checkpoint, topk_correct
 from layout import DataError
 from model import CvTConfig, CvTSimplifiedEmbedding
 from runtime import amp_dtype, autocast, configure_backends, default_amp, maybe_compile, resolve_device
 
 METRIC_FIELDS = (
     "epoch", "train_loss", "train_top1", "train_top5", "val_loss", "val_top1", "val_top5",
-    "lr", "seconds", "images_per_s",
+    "lr", "seconds", "images_per_s", "skipped_steps",
 )
 
 
@@ -61,6 +62,8 @@ def parse_args(argv):
     system.add_argument("--amp", action=argparse.BooleanOptionalAction, default=None,
                         help="bf16 autocast for training (fp16 + GradScaler on GPUs without bf16); "
                              "default: on for CUDA and for CPUs with native bf16 (AMX, AVX512-BF16)")
+    system.add_argument("--amp-dtype", default="auto", choices=("auto", "bfloat16", "float16"),
+                        help="auto: bf16 where supported, else fp16 with a GradScaler")
     system.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
                         help="torch.compile the model; default: on for CUDA")
     system.add_argument("--compile-mode", default="default", choices=("default", "reduce-overhead", "max-autotune"))
@@ -90,16 +93,27 @@ def build_optimizer(model, name, lr, weight_decay, device):
     return optimizer_class(model.parameters(), lr=lr, weight_decay=weight_decay, fused=fused or None)
 
 
-def train_one_epoch(model, loader, optimizer, scaler, device, dtype, start_step, log_every, bar):
-    """One pass over the loader; returns {"loss", "top1", "top5", "images"}.
+def new_totals(device):
+    """Running sums of one epoch's training metrics, kept on the device."""
+    zero = torch.zeros((), device=device)
+    return {"loss_sum": zero, "correct": torch.zeros(2, device=device), "count": 0, "skipped": zero.clone()}
+
+
+def summarize(totals):
+    count = max(totals["count"], 1)
+    loss, (top1, top5) = (totals["loss_sum"] / count).item(), (totals["correct"] / count).tolist()
+    return {"loss": loss, "top1": top1, "top5": top5, "images": totals["count"], "skipped_steps": int(totals["skipped"].item())}
+
+
+def train_one_epoch(model, loader, optimizer, scaler, device, dtype, totals, start_step, log_every, bar, stop=None):
+    """Train on the loader's batches from start_step on, adding to totals; return the next step
+    (len(loader) unless stop() asked to stop early, which is checked after each step).
 
     Metrics accumulate on the device; they are read (a CPU-GPU sync) only every log_every steps.
     """
     model.train()
-    loss_sum = torch.zeros((), device=device)
-    correct = torch.zeros(2, device=device)
-    count = 0
     start = time.perf_counter()
+    step = start_step
     for step, (x, y) in enumerate(loader.iterate(start_step), start_step):
         with autocast(device, dtype):
             logits = model(x)
@@ -107,27 +121,68 @@ def train_one_epoch(model, loader, optimizer, scaler, device, dtype, start_step,
         optimizer.zero_grad(set_to_none=True)
         scaler.scale(loss).backward()
         scaler.step(optimizer)
+        if scaler.is_enabled():  # fp16: steps skipped for inf/NaN gradients, normal while the scale calibrates
+            totals["skipped"] += sum(scaler._found_inf_per_device(optimizer).values())
         scaler.update()
-        loss_sum += loss.detach() * len(y)
-        correct += topk_correct(logits.detach().float(), y)
-        count += len(y)
+        totals["loss_sum"] += loss.detach() * len(y)
+        totals["correct"] += topk_correct(logits.detach().float(), y)
+        totals["count"] += len(y)
         bar.update(1)
         if (step + 1) % log_every == 0 or step + 1 == len(loader):
-            mean_loss = (loss_sum / count).item()  # the sync point
+            mean_loss = (totals["loss_sum"] / totals["count"]).item()  # the sync point
             if not math.isfinite(mean_loss):
                 raise TrainingError(
                     f"the loss became {mean_loss} at step {step + 1} of epoch {loader.epoch + 1}; "
                     "try a lower --lr or --no-amp (the last good checkpoint is kept)"
                 )
-            bar.set_postfix(loss=f"{mean_loss:.3f}", img_s=f"{count / (time.perf_counter() - start):.0f}")
-    loss, (top1, top5) = (loss_sum / max(count, 1)).item(), (correct / max(count, 1)).tolist()
-    return {"loss": loss, "top1": top1, "top5": top5, "images": count}
+            bar.set_postfix(loss=f"{mean_loss:.3f}", img_s=f"{(step + 1 - start_step) * len(y) / (time.perf_counter() - start):.0f}")
+        if stop is not None and stop():
+            return step + 1
+    return len(loader)
+
+
+class StopSignal:
+    """SIGINT (Ctrl-C) or SIGTERM asks the loop to stop after the current step; a second
+    SIGINT stops at once (every file is written atomically, so nothing is left half-written)."""
+
+    EXIT_CODES = {signal.SIGINT: 130, signal.SIGTERM: 143}
+
+    def __init__(self):
+        self.received = None
+        self.previous = {}
+
+    def __enter__(self):
+        for signum in self.EXIT_CODES:
+            self.previous[signum] = signal.signal(signum, self.handle)
+        return self
+
+    def __exit__(self, *exc_info):
+        for signum, handler in self.previous.items():
+            signal.signal(signum, handler)
+
+    def handle(self, signum, frame):
+        if self.received is not None and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        self.received = signum
+        print(f"\n{signal.Signals(signum).name}: stopping after this step (Ctrl-C again to quit at once)", file=sys.stderr)
+
+    def __call__(self):
+        return self.received is not None
+
+    @property
+    def exit_code(self):
+        return self.EXIT_CODES.get(self.received, 0)
 
 
 def save_atomically(payload, path):
     """Write to a temporary file and rename, so a crash leaves the previous file intact."""
-    torch.save(payload, path + ".tmp")
-    os.replace(path + ".tmp", path)
+    try:
+        torch.save(payload, path + ".tmp")
+        os.replace(path + ".tmp", path)
+    except OSError as error:
+        if os.path.exists(path + ".tmp"):
+            os.remove(path + ".tmp")
+        raise DataError(f"cannot write {path} ({error.strerror or error}); the previous file is intact") from None
 
 
 def write_metrics_csv(path, history):
@@ -167,14 +222,14 @@ def prepare_run_dir(run_dir, resuming):
 
 def restore(checkpoint, model, optimizer, scaler, model_config, classes, path):
     """Load a run's state for --resume; refuse a different model or class list."""
-    if checkpoint.get("model_config") != asdict(model_config):
-        saved = checkpoint.get("model_config") or {}
+    if not {"optimizer", "progress", "model_config", "classes"} <= checkpoint.keys():
+        raise DataError(f"cannot resume {path}: it is not a train.py checkpoint (no optimizer state or progress)")
+    if checkpoint["model_config"] != asdict(model_config):
+        saved = checkpoint["model_config"]
         differences = [f"{k}: {saved.get(k)} -> {v}" for k, v in asdict(model_config).items() if saved.get(k) != v]
         raise DataError(f"cannot resume {path}: the model configuration differs ({', '.join(differences)})")
-    if checkpoint.get("classes") != classes:
-        raise DataError(f"cannot resume {path}: it was trained on a different class list than the prepared data")
-    if "optimizer" not in checkpoint:
-        raise DataError(f"cannot resume {path}: it holds no optimizer state (not a train.py checkpoint)")
+    if class_difference(checkpoint["classes"], classes):
+        raise DataError(f"cannot resume {path}: it was trained on a different class list ({class_difference(checkpoint['classes'], classes)})")
     model.load_state_dict(checkpoint["model"])
     optimizer.load_state_dict(checkpoint["optimizer"])
     scaler.load_state_dict(checkpoint["scaler"])
@@ -196,21 +251,25 @@ def resolved_config(args, device, dtype, run_dir):
 def main(argv=None):
     args = parse_args(argv)
     try:
-        run(args)
+        with StopSignal() as stop:
+            run(args, stop)
     except DataError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     except TrainingError as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
-    return 0
+    except KeyboardInterrupt:
+        print("\nstopped at once; the last checkpoint is intact", file=sys.stderr)
+        return 130
+    return stop.exit_code
 
 
-def run(args):
+def run(args, stop):
     device = resolve_device(args.device)
     args.amp = default_amp(device) if args.amp is None else args.amp
     args.compile = device.type == "cuda" if args.compile is None else args.compile
-    dtype = amp_dtype(device, args.amp)
+    dtype = amp_dtype(device, args.amp, args.amp_dtype)
     configure_backends(device)
     checkpoint = load_checkpoint(args.resume) if args.resume else None
     data = load_packed(args.data_dir)
@@ -230,10 +289,14 @@ def run(args):
     model = CvTSimplifiedEmbedding(model_config).to(device)
     optimizer = build_optimizer(model, args.optimizer, args.lr, args.weight_decay, device)
     scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
-    progress = {"epoch": 0, "step": 0, "best_val_top1": -1.0, "best_epoch": 0, "history": []}
+    progress = {
+        "epoch": 0, "step": 0, "best_val_top1": -1.0, "best_epoch": 0, "history": [],
+        "step_in_epoch": 0, "partial": None,  # set when a run is interrupted mid-epoch
+    }
     if checkpoint is not None:
         progress = restore(checkpoint, model, optimizer, scaler, model_config, data.classes, args.resume)
-        print(f"resuming {args.resume} after epoch {progress['epoch']}")
+        where = f", step {progress['step_in_epoch']}" if progress["step_in_epoch"] else ""
+        print(f"resuming {args.resume} after epoch {progress['epoch']}{where}")
     compiled = maybe_compile(model, args.compile, args.compile_mode)
     config = resolved_config(args, device, dtype, run_dir)
     write_json(os.path.join(run_dir, "config.json"), config)
@@ -260,20 +323,31 @@ def run(args):
           f"{len(data.classes)} classes, {args.epochs} epochs -> {run_dir}")
     for epoch in range(progress["epoch"], args.epochs):
         train_loader.set_epoch(epoch)
+        start_step, totals, seconds_before = resume_point(progress, device)
         start = time.perf_counter()
-        with tqdm(total=len(train_loader), desc=f"epoch {epoch + 1}/{args.epochs}", leave=False, mininterval=1, disable=None) as bar:
-            train = train_one_epoch(compiled, train_loader, optimizer, scaler, device, dtype, 0, args.log_every, bar)
-        seconds = time.perf_counter() - start
+        with tqdm(total=len(train_loader), initial=start_step, desc=f"epoch {epoch + 1}/{args.epochs}",
+                  leave=False, mininterval=1, disable=None) as bar:
+            next_step = train_one_epoch(compiled, train_loader, optimizer, scaler, device, dtype, totals,
+                                        start_step, args.log_every, bar, stop)
+        seconds = seconds_before + time.perf_counter() - start
+        progress["step"] += next_step - start_step
+        if next_step < len(train_loader):  # interrupted mid-epoch
+            progress.update(step_in_epoch=next_step, partial={**plain_totals(totals), "seconds": seconds})
+            save_atomically(checkpoint_payload(), os.path.join(run_dir, "last.pt"))
+            print(f"interrupted at step {next_step} of epoch {epoch + 1}; continue with: "
+                  f"python train.py --resume {run_dir}/last.pt", file=sys.stderr)
+            return None
+        progress.update(step_in_epoch=0, partial=None)
+        train = summarize(totals)
         val = evaluate(compiled, val_loader, device, None, pad_to)  # always fp32: metrics independent of --amp
         row = {
             "epoch": epoch + 1, **{f"train_{k}": train[k] for k in ("loss", "top1", "top5")},
             **{f"val_{k}": val[k] for k in ("loss", "top1", "top5")},
             "lr": optimizer.param_groups[0]["lr"], "seconds": round(seconds, 2),
-            "images_per_s": round(train["images"] / seconds, 1),
+            "images_per_s": round(train["images"] / seconds, 1), "skipped_steps": train["skipped_steps"],
         }
         progress["history"].append(row)
         progress["epoch"] = epoch + 1
-        progress["step"] += len(train_loader)
         improved = val["top1"] > progress["best_val_top1"]
         if improved:
             progress.update(best_val_top1=val["top1"], best_epoch=epoch + 1)
@@ -282,14 +356,39 @@ def run(args):
         save_atomically(payload, os.path.join(run_dir, "last.pt"))
         if improved:
             save_atomically(payload, os.path.join(run_dir, "best.pt"))
+        skipped = f", {train['skipped_steps']} fp16 steps skipped by the GradScaler" if train["skipped_steps"] else ""
         print(f"epoch {epoch + 1}/{args.epochs}: train loss {train['loss']:.4f} top-1 {train['top1']:.2%} | "
               f"val loss {val['loss']:.4f} top-1 {val['top1']:.2%} top-5 {val['top5']:.2%} | "
-              f"{seconds:.0f} s, {row['images_per_s']:.0f} img/s{'  *best*' if improved else ''}")
+              f"{seconds:.0f} s, {row['images_per_s']:.0f} img/s{skipped}{'  *best*' if improved else ''}")
+        if stop():
+            print(f"stopped after epoch {epoch + 1}; continue with: python train.py --resume {run_dir}/last.pt",
+                  file=sys.stderr)
+            return None
 
     test_metrics = evaluate_test(model, compiled, splits["test"], progress, run_dir, device, args, pad_to)
     write_json(os.path.join(run_dir, "test_metrics.json"), test_metrics)
     print(f"run saved in {run_dir}/ (evaluate again: python evaluate.py {run_dir}/best.pt)")
     return test_metrics
+
+
+def resume_point(progress, device):
+    """(first step, metric totals, seconds already spent) for the epoch about to run."""
+    partial = progress["partial"]
+    if not partial:
+        return 0, new_totals(device), 0.0
+    totals = {
+        "loss_sum": torch.tensor(partial["loss_sum"], device=device),
+        "correct": torch.tensor(partial["correct"], device=device),
+        "count": partial["count"],
+        "skipped": torch.tensor(partial["skipped"], device=device),
+    }
+    return progress["step_in_epoch"], totals, partial["seconds"]
+
+
+def plain_totals(totals):
+    """Totals as plain numbers for the checkpoint (float32 values survive the round trip exactly)."""
+    return {"loss_sum": totals["loss_sum"].item(), "correct": totals["correct"].tolist(), "count": totals["count"],
+            "skipped": totals["skipped"].item()}
 
 
 def evaluate_test(model, compiled, test_split, progress, run_dir, device, args, pad_to):

@@ -29,7 +29,7 @@ from benchmarks import notebook  # noqa: E402
 from data import BatchLoader, load_packed, make_splits  # noqa: E402
 from model import CvTConfig, CvTSimplifiedEmbedding, flops_per_image  # noqa: E402
 from runtime import default_amp, maybe_compile  # noqa: E402
-from train import build_optimizer, train_one_epoch  # noqa: E402
+from train import build_optimizer, new_totals, train_one_epoch  # noqa: E402
 
 warnings.filterwarnings("ignore")
 
@@ -142,7 +142,7 @@ def our_training(num_classes, device, amp, compile_model):
 
 def run_epoch(model, loader, optimizer, scaler, device, dtype):
     with tqdm(total=len(loader), disable=True) as bar:
-        return train_one_epoch(model, loader, optimizer, scaler, device, dtype, 0, 10**9, bar)
+        return train_one_epoch(model, loader, optimizer, scaler, device, dtype, new_totals(device), 0, 10**9, bar)
 
 
 def our_step_rate(batch_size, num_classes, device, steps, amp, compile_model):
