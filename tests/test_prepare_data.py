@@ -1,6 +1,7 @@
 """prepare_data.py: packing, idempotence, crash recovery, download, and bad inputs."""
 import functools
 import hashlib
+import io
 import http.server
 import json
 import os
@@ -288,3 +289,42 @@ def test_truncated_array_is_never_used(prepared):
     with open(os.path.join(prepared, "packed", "train_x.npy"), "r+b") as f:
         f.truncate(4096)
     assert read_meta(prepared) is None
+
+
+class RangeHandler(QuietHandler):
+    """Serves `Range: bytes=N-` requests with 206, like a real download server."""
+
+    range_starts = []
+
+    def send_head(self):
+        requested = self.headers.get("Range")
+        if not requested:
+            return super().send_head()
+        start = int(requested.split("=")[1].rstrip("-"))
+        RangeHandler.range_starts.append(start)
+        path = self.translate_path(self.path)
+        data = open(path, "rb").read()
+        self.send_response(206)
+        self.send_header("Content-Length", str(len(data) - start))
+        self.send_header("Content-Range", f"bytes {start}-{len(data) - 1}/{len(data)}")
+        self.end_headers()
+        return io.BytesIO(data[start:])
+
+
+def test_an_interrupted_download_resumes_from_its_part_file(tmp_path, tiny_zip):
+    www = tmp_path / "www"
+    www.mkdir()
+    shutil.copy(tiny_zip, www / "t.zip")
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(RangeHandler, directory=str(www)))
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        data_dir = tmp_path / "data"
+        data_dir.mkdir()
+        half = open(tiny_zip, "rb").read()[: os.path.getsize(tiny_zip) // 2]
+        (data_dir / "tiny-imagenet-200.zip.part").write_bytes(half)  # what a killed download leaves
+        url = f"http://127.0.0.1:{server.server_address[1]}/t.zip"
+        assert run_prepare("--data-dir", data_dir, "--url", url, "--md5", md5(tiny_zip)) == 0
+        assert md5(data_dir / "tiny-imagenet-200.zip") == md5(tiny_zip)
+        assert RangeHandler.range_starts == [len(half)]  # only the missing half was fetched
+    finally:
+        server.shutdown()
