@@ -130,11 +130,22 @@ class BatchLoader:
     randperm(seed, e) and batch s's augmentation is seeded by (seed, e, s). A run can
     therefore resume at any step, and every process of a distributed run sees the same order.
     Training drops the last partial batch (static shapes); evaluation keeps it.
+
+    Distributed (rank of world_size): batch_size is the global batch. For training, every rank
+    forms and augments the same global batch and keeps its contiguous slice, so N ranks see
+    exactly what one process with the same batch would. For evaluation, each rank takes a
+    contiguous shard of the split: every image is counted once, with no padding duplicates.
     """
 
-    def __init__(self, images, labels, batch_size, device, train=False, seed=0):
+    def __init__(self, images, labels, batch_size, device, train=False, seed=0, rank=0, world_size=1):
         if len(images) == 0:
             raise DataError("the split is empty: is the prepared data complete?")
+        if train and batch_size % world_size:
+            raise DataError(f"--batch-size {batch_size} (the global batch) is not divisible by the {world_size} processes")
+        if not train and world_size > 1:
+            shard = torch.tensor_split(torch.arange(len(labels)), world_size)[rank]
+            images, labels = images[shard], labels[shard]
+        self.rank, self.world_size = rank, world_size
         self.device = torch.device(device)
         # On CUDA the whole uint8 set lives on the GPU (1.2 GB for Tiny ImageNet's train split).
         self.images = images.to(self.device) if self.device.type == "cuda" else images
@@ -147,7 +158,7 @@ class BatchLoader:
     def __len__(self):
         if self.train:
             return len(self.labels) // self.batch_size
-        return -(-len(self.labels) // self.batch_size)
+        return -(-len(self.labels) // self.batch_size)  # may be 0 for a rank with an empty shard
 
     def set_epoch(self, epoch):
         self.epoch = epoch
@@ -172,6 +183,9 @@ class BatchLoader:
             y = self.labels.index_select(0, index.to(self.device))
             if self.train:
                 x = random_crop_flip(x, self._augment_generator(step))
+                if self.world_size > 1:
+                    mine = slice(self.rank * len(y) // self.world_size, (self.rank + 1) * len(y) // self.world_size)
+                    x, y = x[mine], y[mine]
             yield normalize(x), y
 
     def __iter__(self):

@@ -25,24 +25,26 @@ KEY_PREFIXES = ("model.", "_orig_mod.", "module.")  # Lightning, torch.compile, 
 
 
 @torch.no_grad()
-def evaluate(model, loader, device, dtype=None, pad_to=None):
+def evaluate(model, loader, device, dtype=None, pad_to=None, dist=None):
     """{"loss", "top1", "top5", "images"} over the loader. With pad_to, a last partial batch is
-    zero-padded to that size so a compiled model sees one static shape."""
+    zero-padded to that size so a compiled model sees one static shape. With dist, each rank
+    holds a shard of the split and the sums are added over ranks: the result is the single
+    process's, with every image counted once."""
     model.eval()
-    loss_sum = torch.zeros((), device=device)
-    correct = torch.zeros(2, device=device)
-    count = 0
+    sums = torch.zeros(4, device=device, dtype=torch.float64)  # loss, top-1 hits, top-5 hits, images
     for x, y in loader:
         n = len(y)
         if pad_to and n < pad_to:
             x = torch.cat([x, x.new_zeros((pad_to - n, *x.shape[1:]))])
         with autocast(device, dtype):
             logits = model(x)[:n].float()
-        loss_sum += F.cross_entropy(logits, y, reduction="sum")
-        correct += topk_correct(logits, y)
-        count += n
-    loss, (top1, top5) = (loss_sum / count).item(), (correct / count).tolist()  # one sync
-    return {"loss": loss, "top1": top1, "top5": top5, "images": count}
+        sums[0] += F.cross_entropy(logits, y, reduction="sum")
+        sums[1:3] += topk_correct(logits, y)
+        sums[3] += n
+    if dist is not None:
+        dist.all_reduce(sums)
+    loss, top1, top5, count = sums.tolist()  # one sync
+    return {"loss": loss / count, "top1": top1 / count, "top5": top5 / count, "images": int(count)}
 
 
 def topk_correct(logits, y, k=5):

@@ -4,8 +4,11 @@ The same code runs on CPU and CUDA: autocast is a context (a no-op when AMP is o
 GradScaler is only enabled for fp16, and the CUDA-only settings are marked below.
 """
 import contextlib
+import datetime
+import os
 import sys
 import warnings
+from dataclasses import dataclass
 
 import torch
 
@@ -77,3 +80,66 @@ def maybe_compile(model, enabled, mode="default"):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         return torch.compile(model, mode=mode)
+
+
+# ---------------------------------------------------------------- torchrun / DistributedDataParallel
+
+PROCESS_GROUP_TIMEOUT = datetime.timedelta(minutes=10)  # longest wait at a collective (eval, checkpoint)
+
+
+@dataclass
+class Distributed:
+    """This process's place in a torchrun launch (rank 0 of 1 when not launched by torchrun)."""
+
+    rank: int = 0
+    local_rank: int = 0
+    world_size: int = 1
+
+    @property
+    def enabled(self):
+        return self.world_size > 1
+
+    @property
+    def is_main(self):
+        return self.rank == 0
+
+    def all_reduce(self, tensor, op="sum"):
+        """Sum (or max) a tensor over all ranks, in place; a no-op for one process."""
+        if self.enabled:
+            torch.distributed.all_reduce(tensor, op=getattr(torch.distributed.ReduceOp, op.upper()))
+        return tensor
+
+    def all_gather(self, value):
+        """[value of rank 0, value of rank 1, ...] for a picklable value."""
+        if not self.enabled:
+            return [value]
+        values = [None] * self.world_size
+        torch.distributed.all_gather_object(values, value)
+        return values
+
+    def barrier(self):
+        if self.enabled:
+            torch.distributed.barrier()
+
+
+def setup_distributed(device_name):
+    """Join the process group when torchrun started us (RANK, LOCAL_RANK and WORLD_SIZE set):
+    NCCL with one GPU per local rank on CUDA, Gloo on CPU. Returns (Distributed, device)."""
+    if "RANK" not in os.environ or int(os.environ.get("WORLD_SIZE", "1")) == 1:
+        return Distributed(), resolve_device(device_name)
+    dist = Distributed(int(os.environ["RANK"]), int(os.environ["LOCAL_RANK"]), int(os.environ["WORLD_SIZE"]))
+    device = resolve_device(device_name)
+    if device.type == "cuda":  # CUDA only: one GPU per process
+        device = torch.device("cuda", dist.local_rank)
+        torch.cuda.set_device(device)
+    else:  # the ranks of one machine share its cores
+        local_world = int(os.environ.get("LOCAL_WORLD_SIZE", dist.world_size))
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // local_world))
+    backend = "nccl" if device.type == "cuda" else "gloo"
+    torch.distributed.init_process_group(backend, timeout=PROCESS_GROUP_TIMEOUT)
+    return dist, device
+
+
+def cleanup_distributed(dist):
+    if dist.enabled and torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()

@@ -21,13 +21,23 @@ from dataclasses import asdict
 
 import torch
 import torch.nn.functional as F
+from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 from data import BatchLoader, load_packed, make_splits
 from evaluate import class_difference, evaluate, load_checkpoint, model_from_checkpoint, topk_correct
 from layout import DataError
 from model import CvTConfig, CvTSimplifiedEmbedding
-from runtime import amp_dtype, autocast, configure_backends, default_amp, maybe_compile, resolve_device
+from runtime import (
+    Distributed,
+    amp_dtype,
+    autocast,
+    cleanup_distributed,
+    configure_backends,
+    default_amp,
+    maybe_compile,
+    setup_distributed,
+)
 
 METRIC_FIELDS = (
     "epoch", "train_loss", "train_top1", "train_top5", "val_loss", "val_top1", "val_top5",
@@ -105,12 +115,15 @@ def summarize(totals):
     return {"loss": loss, "top1": top1, "top5": top5, "images": totals["count"], "skipped_steps": int(totals["skipped"].item())}
 
 
-def train_one_epoch(model, loader, optimizer, scaler, device, dtype, totals, start_step, log_every, bar, stop=None):
+def train_one_epoch(model, loader, optimizer, scaler, device, dtype, totals, start_step, log_every, bar,
+                    stop=None, dist=None):
     """Train on the loader's batches from start_step on, adding to totals; return the next step
-    (len(loader) unless stop() asked to stop early, which is checked after each step).
+    (len(loader) unless stop() asked to stop early: checked after each step, or under torchrun
+    every log_every steps, where all ranks agree on it).
 
     Metrics accumulate on the device; they are read (a CPU-GPU sync) only every log_every steps.
     """
+    dist = dist or Distributed()
     model.train()
     start = time.perf_counter()
     step = start_step
@@ -128,15 +141,22 @@ def train_one_epoch(model, loader, optimizer, scaler, device, dtype, totals, sta
         totals["correct"] += topk_correct(logits.detach().float(), y)
         totals["count"] += len(y)
         bar.update(1)
+        stop_now = stop is not None and not dist.enabled and stop()
         if (step + 1) % log_every == 0 or step + 1 == len(loader):
-            mean_loss = (totals["loss_sum"] / totals["count"]).item()  # the sync point
+            # The sync point; under torchrun also where the ranks agree on the loss and on stopping,
+            # so that no rank leaves the others waiting in a collective.
+            shared = torch.stack([totals["loss_sum"].float(), torch.tensor(float(totals["count"]), device=device),
+                                  torch.tensor(float(stop is not None and stop()), device=device)])
+            loss_sum, count, stop_votes = dist.all_reduce(shared).tolist()
+            mean_loss = loss_sum / count
+            stop_now = stop_now or stop_votes > 0
             if not math.isfinite(mean_loss):
                 raise TrainingError(
                     f"the loss became {mean_loss} at step {step + 1} of epoch {loader.epoch + 1}; "
                     "try a lower --lr or --no-amp (the last good checkpoint is kept)"
                 )
             bar.set_postfix(loss=f"{mean_loss:.3f}", img_s=f"{(step + 1 - start_step) * len(y) / (time.perf_counter() - start):.0f}")
-        if stop is not None and stop():
+        if stop_now:
             return step + 1
     return len(loader)
 
@@ -220,7 +240,7 @@ def prepare_run_dir(run_dir, resuming):
         raise DataError(f"cannot create the run directory {run_dir}: {error.strerror}") from None
 
 
-def restore(checkpoint, model, optimizer, scaler, model_config, classes, path):
+def restore(checkpoint, model, optimizer, scaler, model_config, classes, path, dist):
     """Load a run's state for --resume; refuse a different model or class list."""
     if not {"optimizer", "progress", "model_config", "classes"} <= checkpoint.keys():
         raise DataError(f"cannot resume {path}: it is not a train.py checkpoint (no optimizer state or progress)")
@@ -233,16 +253,49 @@ def restore(checkpoint, model, optimizer, scaler, model_config, classes, path):
     model.load_state_dict(checkpoint["model"])
     optimizer.load_state_dict(checkpoint["optimizer"])
     scaler.load_state_dict(checkpoint["scaler"])
-    torch.set_rng_state(checkpoint["rng"]["torch"])
-    if torch.cuda.is_available() and checkpoint["rng"].get("cuda"):
-        torch.cuda.set_rng_state_all(checkpoint["rng"]["cuda"])
-    return checkpoint["progress"]
+    rng = checkpoint["rng"]
+    if dist.rank < len(rng["torch"]):  # a run resumed on more ranks than it had: the new ranks keep their seeds
+        torch.set_rng_state(rng["torch"][dist.rank])
+        if torch.cuda.is_available() and rng["cuda"][dist.rank]:
+            torch.cuda.set_rng_state_all(rng["cuda"][dist.rank])
+    progress = checkpoint["progress"]
+    if progress["partial"] and not dist.is_main:
+        progress = {**progress, "partial": None}  # partial sums are over all ranks: rank 0 carries them
+    return progress
 
 
-def resolved_config(args, device, dtype, run_dir):
+def resolved_config(args, device, dtype, run_dir, dist):
     config = {key: value for key, value in vars(args).items()}
-    config.update(device=str(device), amp_dtype=str(dtype).replace("torch.", "") if dtype else None, run_dir=run_dir)
+    config.update(device=str(device), amp_dtype=str(dtype).replace("torch.", "") if dtype else None,
+                  run_dir=run_dir, world_size=dist.world_size)
     return config
+
+
+def rng_states(device, dist):
+    """Every rank's RNG states (dropout draws from them), gathered for the checkpoint."""
+    mine = (torch.get_rng_state(), torch.cuda.get_rng_state_all() if device.type == "cuda" else [])
+    states = dist.all_gather(mine)
+    return {"torch": [torch_state for torch_state, _ in states], "cuda": [cuda_state for _, cuda_state in states]}
+
+
+def on_main(dist, action):
+    """Run action on rank 0 only; a DataError there is raised on every rank (none is left waiting)."""
+    error = None
+    if dist.is_main:
+        try:
+            action()
+        except DataError as raised:
+            error = str(raised)
+    error = dist.all_gather(error)[0]
+    if error:
+        raise DataError(error)
+
+
+def print_epoch(epoch, epochs, train, val, row, improved):
+    skipped = f", {train['skipped_steps']} fp16 steps skipped by the GradScaler" if train["skipped_steps"] else ""
+    print(f"epoch {epoch + 1}/{epochs}: train loss {train['loss']:.4f} top-1 {train['top1']:.2%} | "
+          f"val loss {val['loss']:.4f} top-1 {val['top1']:.2%} top-5 {val['top5']:.2%} | "
+          f"{row['seconds']:.0f} s, {row['images_per_s']:.0f} img/s{skipped}{'  *best*' if improved else ''}")
 
 
 # ---------------------------------------------------------------- main
@@ -250,9 +303,13 @@ def resolved_config(args, device, dtype, run_dir):
 
 def main(argv=None):
     args = parse_args(argv)
+    dist = Distributed()
     try:
+        dist, device = setup_distributed(args.device)
         with StopSignal() as stop:
-            run(args, stop)
+            run(args, stop, dist, device)
+        dist.barrier()  # every rank is done before the process group goes away
+        cleanup_distributed(dist)
     except DataError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
@@ -265,8 +322,8 @@ def main(argv=None):
     return stop.exit_code
 
 
-def run(args, stop):
-    device = resolve_device(args.device)
+def run(args, stop, dist, device):
+    log = print if dist.is_main else (lambda *args, **kwargs: None)  # only rank 0 talks and writes
     args.amp = default_amp(device) if args.amp is None else args.amp
     args.compile = device.type == "cuda" if args.compile is None else args.compile
     dtype = amp_dtype(device, args.amp, args.amp_dtype)
@@ -274,19 +331,21 @@ def run(args, stop):
     checkpoint = load_checkpoint(args.resume) if args.resume else None
     data = load_packed(args.data_dir)
     if data.synthetic:
-        print("warning: SYNTHETIC data (prepare_data.py --synthetic): a smoke test, not a result", file=sys.stderr)
+        log("warning: SYNTHETIC data (prepare_data.py --synthetic): a smoke test, not a result", file=sys.stderr)
     splits = make_splits(data)
     if len(splits["train"][1]) < args.batch_size:
         raise DataError(f"--batch-size {args.batch_size} is larger than the training set ({len(splits['train'][1])} images)")
-    run_dir = choose_run_dir(args)
-    prepare_run_dir(run_dir, resuming=checkpoint is not None)
+    run_dir = dist.all_gather(choose_run_dir(args))[0]  # rank 0's clock names the run
+    on_main(dist, lambda: prepare_run_dir(run_dir, resuming=checkpoint is not None))
 
-    torch.manual_seed(args.seed)
+    torch.manual_seed(args.seed)  # the same initial weights on every rank
     model_config = CvTConfig(
         num_classes=len(data.classes), embed_dim=args.embed_dim, depth=args.depth,
         num_heads=args.num_heads, mlp_ratio=args.mlp_ratio, dropout=args.dropout,
     )
     model = CvTSimplifiedEmbedding(model_config).to(device)
+    if dist.enabled:
+        torch.manual_seed(args.seed * 1_000_003 + dist.rank)  # but different dropout on each rank
     optimizer = build_optimizer(model, args.optimizer, args.lr, args.weight_decay, device)
     scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
     progress = {
@@ -294,52 +353,51 @@ def run(args, stop):
         "step_in_epoch": 0, "partial": None,  # set when a run is interrupted mid-epoch
     }
     if checkpoint is not None:
-        progress = restore(checkpoint, model, optimizer, scaler, model_config, data.classes, args.resume)
+        progress = restore(checkpoint, model, optimizer, scaler, model_config, data.classes, args.resume, dist)
         where = f", step {progress['step_in_epoch']}" if progress["step_in_epoch"] else ""
-        print(f"resuming {args.resume} after epoch {progress['epoch']}{where}")
-    compiled = maybe_compile(model, args.compile, args.compile_mode)
-    config = resolved_config(args, device, dtype, run_dir)
-    write_json(os.path.join(run_dir, "config.json"), config)
+        log(f"resuming {args.resume} after epoch {progress['epoch']}{where}")
+    trained = model
+    if dist.enabled:
+        # Wrap first, then compile the wrapper: what the PyTorch DDP + torch.compile docs recommend
+        # (TorchDynamo's DDPOptimizer splits the graph at DDP's gradient buckets).
+        trained = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+    trained = maybe_compile(trained, args.compile, args.compile_mode)
+    config = resolved_config(args, device, dtype, run_dir, dist)
+    on_main(dist, lambda: write_json(os.path.join(run_dir, "config.json"), config))
 
-    train_loader = BatchLoader(*splits["train"], args.batch_size, device, train=True, seed=args.seed)
-    val_loader = BatchLoader(*splits["val"], args.eval_batch_size, device)
+    shard = {"rank": dist.rank, "world_size": dist.world_size}
+    train_loader = BatchLoader(*splits["train"], args.batch_size, device, train=True, seed=args.seed, **shard)
+    val_loader = BatchLoader(*splits["val"], args.eval_batch_size, device, **shard)
     pad_to = args.eval_batch_size if args.compile else None
 
-    def checkpoint_payload():
-        return {
-            "model": model.state_dict(),  # the plain model: no _orig_mod. prefixes
-            "model_config": asdict(model_config),
-            "classes": list(data.classes),
-            "synthetic": data.synthetic,
-            "optimizer": optimizer.state_dict(),
-            "scaler": scaler.state_dict(),
-            "progress": progress,
-            "config": config,
-            "rng": {"torch": torch.get_rng_state(), "cuda": torch.cuda.get_rng_state_all() if device.type == "cuda" else []},
-        }
+    def save(path):
+        payload = checkpoint_payload(model, model_config, data, optimizer, scaler, progress, config, rng_states(device, dist))
+        on_main(dist, lambda: save_atomically(payload, path))
 
-    print(f"training on {device} ({config['amp_dtype'] or 'fp32'}{', compiled' if compiled is not model else ''}): "
-          f"{len(splits['train'][1]):,} train / {len(splits['val'][1]):,} val images, "
-          f"{len(data.classes)} classes, {args.epochs} epochs -> {run_dir}")
+    log(f"training on {device}{f' x {dist.world_size} processes' if dist.enabled else ''} "
+        f"({config['amp_dtype'] or 'fp32'}{', compiled' if args.compile else ''}): "
+        f"{len(splits['train'][1]):,} train / {len(splits['val'][1]):,} val images, "
+        f"{len(data.classes)} classes, {args.epochs} epochs -> {run_dir}")
     for epoch in range(progress["epoch"], args.epochs):
         train_loader.set_epoch(epoch)
         start_step, totals, seconds_before = resume_point(progress, device)
         start = time.perf_counter()
         with tqdm(total=len(train_loader), initial=start_step, desc=f"epoch {epoch + 1}/{args.epochs}",
-                  leave=False, mininterval=1, disable=None) as bar:
-            next_step = train_one_epoch(compiled, train_loader, optimizer, scaler, device, dtype, totals,
-                                        start_step, args.log_every, bar, stop)
+                  leave=False, mininterval=1, disable=None if dist.is_main else True) as bar:
+            next_step = train_one_epoch(trained, train_loader, optimizer, scaler, device, dtype, totals,
+                                        start_step, args.log_every, bar, stop, dist)
         seconds = seconds_before + time.perf_counter() - start
         progress["step"] += next_step - start_step
+        totals = sum_over_ranks(totals, dist)
         if next_step < len(train_loader):  # interrupted mid-epoch
             progress.update(step_in_epoch=next_step, partial={**plain_totals(totals), "seconds": seconds})
-            save_atomically(checkpoint_payload(), os.path.join(run_dir, "last.pt"))
-            print(f"interrupted at step {next_step} of epoch {epoch + 1}; continue with: "
-                  f"python train.py --resume {run_dir}/last.pt", file=sys.stderr)
+            save(os.path.join(run_dir, "last.pt"))
+            log(f"interrupted at step {next_step} of epoch {epoch + 1}; continue with: "
+                f"python train.py --resume {run_dir}/last.pt", file=sys.stderr)
             return None
         progress.update(step_in_epoch=0, partial=None)
         train = summarize(totals)
-        val = evaluate(compiled, val_loader, device, None, pad_to)  # always fp32: metrics independent of --amp
+        val = evaluate(trained, val_loader, device, None, pad_to, dist)  # always fp32: metrics independent of --amp
         row = {
             "epoch": epoch + 1, **{f"train_{k}": train[k] for k in ("loss", "top1", "top5")},
             **{f"val_{k}": val[k] for k in ("loss", "top1", "top5")},
@@ -351,24 +409,58 @@ def run(args, stop):
         improved = val["top1"] > progress["best_val_top1"]
         if improved:
             progress.update(best_val_top1=val["top1"], best_epoch=epoch + 1)
-        write_metrics_csv(os.path.join(run_dir, "metrics.csv"), progress["history"])
-        payload = checkpoint_payload()
-        save_atomically(payload, os.path.join(run_dir, "last.pt"))
+        on_main(dist, lambda: write_metrics_csv(os.path.join(run_dir, "metrics.csv"), progress["history"]))
+        save(os.path.join(run_dir, "last.pt"))
         if improved:
-            save_atomically(payload, os.path.join(run_dir, "best.pt"))
-        skipped = f", {train['skipped_steps']} fp16 steps skipped by the GradScaler" if train["skipped_steps"] else ""
-        print(f"epoch {epoch + 1}/{args.epochs}: train loss {train['loss']:.4f} top-1 {train['top1']:.2%} | "
-              f"val loss {val['loss']:.4f} top-1 {val['top1']:.2%} top-5 {val['top5']:.2%} | "
-              f"{seconds:.0f} s, {row['images_per_s']:.0f} img/s{skipped}{'  *best*' if improved else ''}")
-        if stop():
-            print(f"stopped after epoch {epoch + 1}; continue with: python train.py --resume {run_dir}/last.pt",
-                  file=sys.stderr)
+            save(os.path.join(run_dir, "best.pt"))
+        log_epoch = print_epoch if dist.is_main else (lambda *args: None)
+        log_epoch(epoch, args.epochs, train, val, row, improved)
+        if dist.all_reduce(torch.tensor(float(stop()), device=device)).item():
+            log(f"stopped after epoch {epoch + 1}; continue with: python train.py --resume {run_dir}/last.pt",
+                file=sys.stderr)
             return None
 
-    test_metrics = evaluate_test(model, compiled, splits["test"], progress, run_dir, device, args, pad_to)
-    write_json(os.path.join(run_dir, "test_metrics.json"), test_metrics)
-    print(f"run saved in {run_dir}/ (evaluate again: python evaluate.py {run_dir}/best.pt)")
+    if dist.enabled:
+        check_ranks_agree(model, dist, log)
+    test_metrics = evaluate_test(trained, splits["test"], progress, run_dir, device, args, pad_to, dist, log)
+    on_main(dist, lambda: write_json(os.path.join(run_dir, "test_metrics.json"), test_metrics))
+    log(f"run saved in {run_dir}/ (evaluate again: python evaluate.py {run_dir}/best.pt)")
     return test_metrics
+
+
+def checkpoint_payload(model, model_config, data, optimizer, scaler, progress, config, rng):
+    """Only tensors and plain Python values, so torch.load(weights_only=True) reads it."""
+    return {
+        "model": model.state_dict(),  # the plain model: no module. or _orig_mod. prefixes
+        "model_config": asdict(model_config),
+        "classes": list(data.classes),
+        "synthetic": data.synthetic,
+        "optimizer": optimizer.state_dict(),
+        "scaler": scaler.state_dict(),
+        "progress": progress,
+        "config": config,
+        "rng": rng,
+    }
+
+
+def sum_over_ranks(totals, dist):
+    """The epoch's metric totals over all ranks (the totals themselves on one process)."""
+    if not dist.enabled:
+        return totals
+    sums = torch.stack([totals["loss_sum"].double(), totals["skipped"].double(), *totals["correct"].double(),
+                        torch.tensor(float(totals["count"]), device=totals["loss_sum"].device, dtype=torch.float64)])
+    loss_sum, skipped, top1, top5, count = dist.all_reduce(sums).tolist()
+    device = totals["loss_sum"].device
+    return {"loss_sum": torch.tensor(loss_sum, device=device), "skipped": torch.tensor(skipped, device=device),
+            "correct": torch.tensor([top1, top5], device=device), "count": int(count)}
+
+
+def check_ranks_agree(model, dist, log):
+    """DDP keeps every rank's weights equal; check it once at the end (a cheap checksum per tensor)."""
+    checksums = torch.stack([p.detach().double().sum() for p in model.parameters()]).cpu()
+    if any(not torch.equal(checksums, other) for other in dist.all_gather(checksums)):
+        raise TrainingError("the ranks' parameters differ after training: the distributed setup is broken")
+    log(f"parameters identical on all {dist.world_size} ranks")
 
 
 def resume_point(progress, device):
@@ -391,21 +483,21 @@ def plain_totals(totals):
             "skipped": totals["skipped"].item()}
 
 
-def evaluate_test(model, compiled, test_split, progress, run_dir, device, args, pad_to):
+def evaluate_test(trained, test_split, progress, run_dir, device, args, pad_to, dist, log):
     """The test split, once, with the final weights (the notebook's trainer.test) and with
     best.pt when the best epoch was not the last."""
-    loader = BatchLoader(*test_split, args.eval_batch_size, device)
-    results = {"final": {**evaluate(compiled, loader, device, None, pad_to), "epoch": progress["epoch"]}}
+    loader = BatchLoader(*test_split, args.eval_batch_size, device, rank=dist.rank, world_size=dist.world_size)
+    results = {"final": {**evaluate(trained, loader, device, None, pad_to, dist), "epoch": progress["epoch"]}}
     if progress["best_epoch"] not in (0, progress["epoch"]):
         best = model_from_checkpoint(load_checkpoint(os.path.join(run_dir, "best.pt"))).to(device)
-        results["best"] = {**evaluate(best, loader, device), "epoch": progress["best_epoch"]}
+        results["best"] = {**evaluate(best, loader, device, dist=dist), "epoch": progress["best_epoch"]}
     else:
         results["best"] = results["final"]
     names = ("final", "best") if results["best"] is not results["final"] else ("final",)
     for name in names:
         metrics = results[name]
-        print(f"test ({name} weights, epoch {metrics['epoch']}): loss {metrics['loss']:.4f} "
-              f"top-1 {metrics['top1']:.2%} top-5 {metrics['top5']:.2%} ({metrics['images']:,} images)")
+        log(f"test ({name} weights, epoch {metrics['epoch']}): loss {metrics['loss']:.4f} "
+            f"top-1 {metrics['top1']:.2%} top-5 {metrics['top5']:.2%} ({metrics['images']:,} images)")
     return results
 
 

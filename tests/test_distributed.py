@@ -1,0 +1,144 @@
+"""train.py under `torchrun --standalone --nproc_per_node=2` on CPU (Gloo)."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+import evaluate
+import prepare_data
+from conftest import ROOT
+
+pytestmark = pytest.mark.slow
+COMMON = ["--batch-size", "16", "--eval-batch-size", "16", "--log-every", "2", "--device", "cpu", "--no-amp"]
+
+
+def torchrun(*args, processes=2, check=True):
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={processes}", "train.py", *args]
+    result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    if check:
+        assert result.returncode == 0, result.stdout[-1500:] + result.stderr[-3000:]
+    return result
+
+
+def single(*args):
+    result = subprocess.run([sys.executable, "train.py", *args], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return result
+
+
+@pytest.fixture(scope="module")
+def odd_data(tmp_path_factory):
+    """4 classes, 96 training images, 36 val images: val split 7 and test split 29, both odd."""
+    data_dir = str(tmp_path_factory.mktemp("odd") / "data")
+    argv = ["--synthetic", "--data-dir", data_dir, "--classes", "4", "--train-per-class", "24", "--val-per-class", "9", "--seed", "3"]
+    assert prepare_data.main(argv) == 0
+    return data_dir
+
+
+def load(path):
+    return torch.load(path, weights_only=True)
+
+
+def test_two_ranks_train_with_identical_parameters_and_plain_checkpoints(odd_data, tmp_path):
+    result = torchrun("--data-dir", odd_data, "--run-dir", str(tmp_path / "r"), "--epochs", "2", *COMMON)
+    assert "parameters identical on all 2 ranks" in result.stdout
+    assert result.stdout.count("epoch 2/2:") == 1  # only rank 0 prints
+    checkpoint = load(tmp_path / "r" / "last.pt")
+    assert checkpoint["config"]["world_size"] == 2
+    assert not any(key.startswith(("module.", "_orig_mod.")) for key in checkpoint["model"])
+
+
+def test_distributed_evaluation_equals_single_process_on_odd_splits(odd_data, tmp_path):
+    run_dir = tmp_path / "r"
+    torchrun("--data-dir", odd_data, "--run-dir", str(run_dir), "--epochs", "1", "--lr", "1e-5", *COMMON)
+    reported = json.load(open(run_dir / "test_metrics.json"))["final"]
+    history = load(run_dir / "last.pt")["progress"]["history"][-1]
+    for split, expected in (("test", reported), ("val", {"top1": history["val_top1"], "top5": history["val_top5"], "loss": history["val_loss"]})):
+        out = tmp_path / f"{split}.json"
+        assert evaluate.main([str(run_dir / "last.pt"), "--split", split, "--batch-size", "16", "--json", str(out)]) == 0
+        measured = json.load(open(out))
+        assert measured["top1"] == expected["top1"] and measured["top5"] == expected["top5"], split
+        assert abs(measured["loss"] - expected["loss"]) < 1e-5, split
+    assert reported["images"] == 29 and 0 < reported["top1"] < 1  # not a trivially perfect model
+
+
+def test_two_ranks_with_half_batches_equal_one_process_with_the_whole_batch(odd_data, tmp_path):
+    """Dropout off. Augmentation stays on: every rank augments the same global batch."""
+    args = ["--data-dir", odd_data, "--epochs", "1", "--dropout", "0", *COMMON]
+    torchrun(*args, "--run-dir", str(tmp_path / "two"))
+    single(*args, "--run-dir", str(tmp_path / "one"))
+    two, one = load(tmp_path / "two" / "last.pt")["model"], load(tmp_path / "one" / "last.pt")["model"]
+    for key, value in one.items():
+        if key.endswith("attn.in_proj_bias"):
+            # The key bias shifts every score of a query equally, so softmax ignores it: its exact
+            # gradient is zero, and Adam scales the float noise left in its place up to lr-sized
+            # steps. Everything else must agree to float tolerance.
+            key_bias = slice(value.numel() // 3, 2 * value.numel() // 3)
+            assert torch.allclose(value[key_bias], two[key][key_bias], atol=1e-4), key
+            value, other = torch.cat([value[: key_bias.start], value[key_bias.stop :]]), torch.cat([two[key][: key_bias.start], two[key][key_bias.stop :]])
+            assert torch.allclose(value, other, atol=1e-5), key
+        else:
+            assert torch.allclose(value, two[key], atol=1e-5), key
+
+
+def test_resume_under_torchrun_continues_exactly(odd_data, tmp_path):
+    args = ["--data-dir", odd_data, *COMMON]
+    torchrun(*args, "--epochs", "2", "--run-dir", str(tmp_path / "straight"))
+    torchrun(*args, "--epochs", "1", "--run-dir", str(tmp_path / "resumed"))
+    torchrun(*args, "--epochs", "2", "--resume", str(tmp_path / "resumed" / "last.pt"))
+    straight, resumed = load(tmp_path / "straight" / "last.pt"), load(tmp_path / "resumed" / "last.pt")
+    for key, value in straight["model"].items():
+        assert torch.equal(value, resumed["model"][key]), key
+    assert [r["train_loss"] for r in straight["progress"]["history"]] == [r["train_loss"] for r in resumed["progress"]["history"]]
+
+
+def test_sigterm_stops_every_rank_cleanly(tmp_path):
+    data_dir = str(tmp_path / "data")
+    argv = ["--synthetic", "--data-dir", data_dir, "--classes", "4", "--train-per-class", "300", "--val-per-class", "5"]
+    assert prepare_data.main(argv) == 0
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "train.py",
+               "--data-dir", data_dir, "--run-dir", str(tmp_path / "r"), "--epochs", "100", *COMMON]
+    process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               env={**os.environ, "PYTHONUNBUFFERED": "1"}, start_new_session=True)
+    assert process.stdout.readline().startswith("training on")
+    time.sleep(1.5)
+    os.killpg(process.pid, signal.SIGTERM)  # what a scheduler does: the launcher and both ranks
+    started = time.perf_counter()
+    _, err = process.communicate(timeout=120)
+    assert time.perf_counter() - started < 60, "the ranks hung"
+    assert "--resume" in err
+    checkpoint = load(tmp_path / "r" / "last.pt")
+    assert checkpoint["progress"]["step"] > 0 and len(checkpoint["rng"]["torch"]) == 2
+
+
+FAILING_RANK = """
+import os, sys
+sys.path.insert(0, {root!r})
+import data, train
+if os.environ["RANK"] == "1":
+    original = data.BatchLoader.iterate
+    def iterate(self, start_step=0):
+        for index, batch in enumerate(original(self, start_step), start_step):
+            if self.train and index == 3:
+                raise RuntimeError("simulated failure on rank 1")
+            yield batch
+    data.BatchLoader.iterate = iterate
+sys.exit(train.main(sys.argv[1:]))
+"""
+
+
+def test_an_error_on_one_rank_stops_all_ranks_without_hanging(odd_data, tmp_path):
+    script = tmp_path / "failing_train.py"
+    script.write_text(FAILING_RANK.format(root=ROOT))
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(script),
+               "--data-dir", odd_data, "--run-dir", str(tmp_path / "r"), "--epochs", "3", *COMMON]
+    started = time.perf_counter()
+    result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert result.returncode != 0
+    assert "simulated failure on rank 1" in result.stderr
+    assert time.perf_counter() - started < 60, "the healthy rank waited for a timeout"
