@@ -8,7 +8,6 @@ Accepts checkpoints written by train.py and the notebook's Lightning checkpoints
 with weights_only=True: a checkpoint can hold tensors and plain values, never code.
 """
 import argparse
-import json
 import os
 import sys
 import zipfile
@@ -17,7 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from data import BatchLoader, load_packed, make_splits
-from layout import DataError
+from layout import DataError, write_json
 from model import CvTConfig, CvTSimplifiedEmbedding, config_from_state_dict
 from runtime import amp_dtype, autocast, resolve_device
 
@@ -145,9 +144,7 @@ def run(args):
     metrics["checkpoint"] = args.checkpoint
     print(f"{args.split}: loss {metrics['loss']:.4f}  top-1 {metrics['top1']:.2%}  top-5 {metrics['top5']:.2%}  ({metrics['images']:,} images)")
     if args.json:
-        with open(args.json + ".tmp", "w") as f:
-            json.dump(metrics, f, indent=1)
-        os.replace(args.json + ".tmp", args.json)
+        write_json(args.json, metrics)
     return metrics
 
 

@@ -51,3 +51,10 @@ def read_meta(data_dir):
         if not os.path.exists(path) or os.path.getsize(path) != meta["bytes"][name]:
             return None
     return meta
+
+
+def write_json(path, value):
+    """Write JSON through a temporary file and a rename: a reader never sees half a file."""
+    with open(path + ".tmp", "w") as f:
+        json.dump(value, f, indent=1)
+    os.replace(path + ".tmp", path)

@@ -30,13 +30,13 @@ from layout import (
     EXTRACTED_MARKER,
     META_FILE,
     PACK_FORMAT,
-    PACKED_ARRAYS,
     VAL_PROCESSED_DIR,
     VAL_PROCESSED_MARKER,
     ZIP_NAME,
     DataError,
     packed_dir,
     read_meta,
+    write_json,
 )
 
 OFFICIAL_URL = "http://cs231n.stanford.edu/tiny-imagenet-200.zip"
@@ -126,13 +126,6 @@ def read_json(path):
             return json.load(f)
     except (OSError, ValueError):
         return None
-
-
-def write_json(path, value):
-    """Write through a temporary file so a reader never sees half a file."""
-    with open(path + ".tmp", "w") as f:
-        json.dump(value, f, indent=1)
-    os.replace(path + ".tmp", path)
 
 
 def dataset_members(archive):

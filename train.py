@@ -11,7 +11,7 @@ fused optimizer by default; on CPU it runs fp32 eager unless told otherwise.
 """
 import argparse
 import csv
-import json
+import gc
 import math
 import os
 import signal
@@ -26,7 +26,7 @@ from tqdm import tqdm
 
 from data import BatchLoader, load_packed, make_splits
 from evaluate import class_difference, evaluate, load_checkpoint, model_from_checkpoint, topk_correct
-from layout import DataError
+from layout import DataError, write_json
 from model import CvTConfig, CvTSimplifiedEmbedding
 from runtime import (
     Distributed,
@@ -213,12 +213,6 @@ def write_metrics_csv(path, history):
     os.replace(path + ".tmp", path)
 
 
-def write_json(path, value):
-    with open(path + ".tmp", "w") as f:
-        json.dump(value, f, indent=1)
-    os.replace(path + ".tmp", path)
-
-
 # ---------------------------------------------------------------- setup
 
 
@@ -308,7 +302,11 @@ def main(argv=None):
         dist, device = setup_distributed(args.device)
         with StopSignal() as stop:
             run(args, stop, dist, device)
-        dist.barrier()  # every rank is done before the process group goes away
+        # Free DDP's reducer (kept alive by reference cycles) while the process group still
+        # exists, and let every rank finish, before the group goes away: otherwise Gloo's
+        # threads can abort the process at exit.
+        gc.collect()
+        dist.barrier()
         cleanup_distributed(dist)
     except DataError as error:
         print(f"error: {error}", file=sys.stderr)
