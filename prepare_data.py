@@ -14,6 +14,7 @@ import json
 import multiprocessing
 import os
 import shutil
+import signal
 import sys
 import time
 import urllib.error
@@ -202,8 +203,15 @@ def extract(zip_path, target):
     replace_dir(tmp, target)
 
 
-def process_pool(**kwargs):
-    return multiprocessing.get_context("fork").Pool(os.cpu_count(), **kwargs)
+def process_pool(initializer=None, initargs=()):
+    """One worker per core. Workers ignore Ctrl-C: the main process gets it and stops them."""
+    return multiprocessing.get_context("fork").Pool(os.cpu_count(), initializer=start_worker, initargs=(initializer, initargs))
+
+
+def start_worker(initializer, initargs):
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    if initializer is not None:
+        initializer(*initargs)
 
 
 _worker_zip = None  # (archive, root prefix, destination) in each extraction worker

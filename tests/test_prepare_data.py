@@ -328,3 +328,25 @@ def test_an_interrupted_download_resumes_from_its_part_file(tmp_path, tiny_zip):
         assert RangeHandler.range_starts == [len(half)]  # only the missing half was fetched
     finally:
         server.shutdown()
+
+
+def test_ctrl_c_stops_cleanly_and_the_next_run_finishes(tmp_path):
+    """Ctrl-C reaches the whole process group (main process and pool workers): one message,
+    exit 130, no traceback from any worker, and the same command then completes."""
+    big_zip = write_synthetic_zip(str(tmp_path / "big.zip"), classes=4, train_per_class=600, val_per_class=50, seed=2)
+    command = [sys.executable, "prepare_data.py", "--zip", big_zip, "--data-dir", str(tmp_path / "data")]
+    interrupted = 0
+    for delay in (0.3, 0.6):
+        process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+        time.sleep(delay)
+        os.killpg(process.pid, signal.SIGINT)
+        _, err = process.communicate(timeout=60)
+        if process.returncode == 130:
+            interrupted += 1
+            assert "run the same command again" in err
+            assert "Traceback" not in err and "ForkPoolWorker" not in err
+        else:
+            assert process.returncode == 0  # finished before the signal
+    assert interrupted
+    assert subprocess.run(command, cwd=ROOT, capture_output=True).returncode == 0
+    assert read_meta(tmp_path / "data")["counts"]["train"] == 2400

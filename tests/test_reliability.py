@@ -172,3 +172,11 @@ def test_fp16_grad_scaler_skipped_steps_are_counted_not_failures(prepared_once, 
     row = checkpoint["progress"]["history"][0]
     assert row["skipped_steps"] >= 1
     assert "fp16 steps skipped by the GradScaler" in capsys.readouterr().out
+
+
+def test_resuming_from_a_lightning_checkpoint_is_refused_clearly(prepared_once, straight_run, tmp_path, capsys):
+    plain = load(straight_run / "last.pt")["model"]
+    torch.save({"state_dict": {f"model.{k}": v for k, v in plain.items()}, "epoch": 9}, tmp_path / "lightning.ckpt")
+    resume = ["--resume", str(tmp_path / "lightning.ckpt"), "--data-dir", prepared_once, *FAST, "--run-dir", str(tmp_path / "r")]
+    assert train.main(resume) == 2
+    assert "not a train.py checkpoint" in capsys.readouterr().err
