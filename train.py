@@ -17,7 +17,7 @@ import os
 import signal
 import sys
 import time
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 
 import torch
 import torch.nn.functional as F
@@ -320,16 +320,68 @@ def main(argv=None):
     return stop.exit_code
 
 
+@dataclass
+class Run:
+    """What a training run carries from epoch to epoch."""
+
+    args: argparse.Namespace
+    dist: Distributed
+    device: torch.device
+    dtype: torch.dtype  # autocast dtype for training, None for fp32
+    data: object  # data.PackedData
+    splits: dict
+    run_dir: str
+    model_config: CvTConfig
+    model: torch.nn.Module  # the plain model: what checkpoints hold
+    trained: torch.nn.Module  # what the steps call: the model, maybe wrapped in DDP and compiled
+    optimizer: torch.optim.Optimizer
+    scaler: torch.amp.GradScaler
+    progress: dict
+    config: dict
+
+    def log(self, *args, **kwargs):
+        if self.dist.is_main:  # only rank 0 talks and writes
+            print(*args, **kwargs)
+
+    def save(self, name):
+        rng = rng_states(self.device, self.dist)
+        payload = checkpoint_payload(self.model, self.model_config, self.data, self.optimizer, self.scaler,
+                                     self.progress, self.config, rng)
+        on_main(self.dist, lambda: save_atomically(payload, os.path.join(self.run_dir, name)))
+
+
 def run(args, stop, dist, device):
-    log = print if dist.is_main else (lambda *args, **kwargs: None)  # only rank 0 talks and writes
+    r = start_run(args, dist, device)
+    shard = {"rank": dist.rank, "world_size": dist.world_size}
+    train_loader = BatchLoader(*r.splits["train"], args.batch_size, device, train=True, seed=args.seed, **shard)
+    val_loader = BatchLoader(*r.splits["val"], args.eval_batch_size, device, **shard)
+    for epoch in range(r.progress["epoch"], args.epochs):
+        if not run_epoch(r, epoch, train_loader, val_loader, stop):
+            r.log(f"interrupted at step {r.progress['step_in_epoch']} of epoch {epoch + 1}; continue with: "
+                  f"python train.py --resume {r.run_dir}/last.pt", file=sys.stderr)
+            return None
+        if dist.all_reduce(torch.tensor(float(stop()), device=device)).item():
+            r.log(f"stopped after epoch {epoch + 1}; continue with: python train.py --resume {r.run_dir}/last.pt",
+                  file=sys.stderr)
+            return None
+    if dist.enabled:
+        check_ranks_agree(r.model, dist, r.log)
+    test_metrics = evaluate_test(r)
+    on_main(dist, lambda: write_json(os.path.join(r.run_dir, "test_metrics.json"), test_metrics))
+    r.log(f"run saved in {r.run_dir}/ (evaluate again: python evaluate.py {r.run_dir}/best.pt)")
+    return test_metrics
+
+
+def start_run(args, dist, device):
+    """Data, run directory, model, optimizer and (with --resume) the saved state."""
     args.amp = default_amp(device) if args.amp is None else args.amp
     args.compile = device.type == "cuda" if args.compile is None else args.compile
     dtype = amp_dtype(device, args.amp, args.amp_dtype)
     configure_backends(device)
     checkpoint = load_checkpoint(args.resume) if args.resume else None
     data = load_packed(args.data_dir)
-    if data.synthetic:
-        log("warning: SYNTHETIC data (prepare_data.py --synthetic): a smoke test, not a result", file=sys.stderr)
+    if data.synthetic and dist.is_main:
+        print("warning: SYNTHETIC data (prepare_data.py --synthetic): a smoke test, not a result", file=sys.stderr)
     splits = make_splits(data)
     if len(splits["train"][1]) < args.batch_size:
         raise DataError(f"--batch-size {args.batch_size} is larger than the training set ({len(splits['train'][1])} images)")
@@ -352,8 +404,6 @@ def run(args, stop, dist, device):
     }
     if checkpoint is not None:
         progress = restore(checkpoint, model, optimizer, scaler, model_config, data.classes, args.resume, dist)
-        where = f", step {progress['step_in_epoch']}" if progress["step_in_epoch"] else ""
-        log(f"resuming {args.resume} after epoch {progress['epoch']}{where}")
     trained = model
     if dist.enabled:
         # Wrap first, then compile the wrapper: what the PyTorch DDP + torch.compile docs recommend
@@ -362,68 +412,57 @@ def run(args, stop, dist, device):
     trained = maybe_compile(trained, args.compile, args.compile_mode)
     config = resolved_config(args, device, dtype, run_dir, dist)
     on_main(dist, lambda: write_json(os.path.join(run_dir, "config.json"), config))
+    r = Run(args, dist, device, dtype, data, splits, run_dir, model_config, model, trained, optimizer, scaler, progress, config)
+    if checkpoint is not None:
+        where = f", step {progress['step_in_epoch']}" if progress["step_in_epoch"] else ""
+        r.log(f"resuming {args.resume} after epoch {progress['epoch']}{where}")
+    r.log(f"training on {device}{f' x {dist.world_size} processes' if dist.enabled else ''} "
+          f"({config['amp_dtype'] or 'fp32'}{', compiled' if args.compile else ''}): "
+          f"{len(splits['train'][1]):,} train / {len(splits['val'][1]):,} val images, "
+          f"{len(data.classes)} classes, {args.epochs} epochs -> {run_dir}")
+    return r
 
-    shard = {"rank": dist.rank, "world_size": dist.world_size}
-    train_loader = BatchLoader(*splits["train"], args.batch_size, device, train=True, seed=args.seed, **shard)
-    val_loader = BatchLoader(*splits["val"], args.eval_batch_size, device, **shard)
+
+def run_epoch(r, epoch, train_loader, val_loader, stop):
+    """Train one epoch (or its rest, after a mid-epoch resume), validate, record and save.
+    Returns False when a stop request interrupted it (an exact checkpoint is saved)."""
+    args, progress = r.args, r.progress
+    train_loader.set_epoch(epoch)
+    start_step, totals, seconds_before = resume_point(progress, r.device)
+    start = time.perf_counter()
+    with tqdm(total=len(train_loader), initial=start_step, desc=f"epoch {epoch + 1}/{args.epochs}",
+              leave=False, mininterval=1, disable=None if r.dist.is_main else True) as bar:
+        next_step = train_one_epoch(r.trained, train_loader, r.optimizer, r.scaler, r.device, r.dtype, totals,
+                                    start_step, args.log_every, bar, stop, r.dist)
+    seconds = seconds_before + time.perf_counter() - start
+    progress["step"] += next_step - start_step
+    totals = sum_over_ranks(totals, r.dist)
+    if next_step < len(train_loader):
+        progress.update(step_in_epoch=next_step, partial={**plain_totals(totals), "seconds": seconds})
+        r.save("last.pt")
+        return False
+    progress.update(step_in_epoch=0, partial=None)
+    train = summarize(totals)
     pad_to = args.eval_batch_size if args.compile else None
-
-    def save(path):
-        payload = checkpoint_payload(model, model_config, data, optimizer, scaler, progress, config, rng_states(device, dist))
-        on_main(dist, lambda: save_atomically(payload, path))
-
-    log(f"training on {device}{f' x {dist.world_size} processes' if dist.enabled else ''} "
-        f"({config['amp_dtype'] or 'fp32'}{', compiled' if args.compile else ''}): "
-        f"{len(splits['train'][1]):,} train / {len(splits['val'][1]):,} val images, "
-        f"{len(data.classes)} classes, {args.epochs} epochs -> {run_dir}")
-    for epoch in range(progress["epoch"], args.epochs):
-        train_loader.set_epoch(epoch)
-        start_step, totals, seconds_before = resume_point(progress, device)
-        start = time.perf_counter()
-        with tqdm(total=len(train_loader), initial=start_step, desc=f"epoch {epoch + 1}/{args.epochs}",
-                  leave=False, mininterval=1, disable=None if dist.is_main else True) as bar:
-            next_step = train_one_epoch(trained, train_loader, optimizer, scaler, device, dtype, totals,
-                                        start_step, args.log_every, bar, stop, dist)
-        seconds = seconds_before + time.perf_counter() - start
-        progress["step"] += next_step - start_step
-        totals = sum_over_ranks(totals, dist)
-        if next_step < len(train_loader):  # interrupted mid-epoch
-            progress.update(step_in_epoch=next_step, partial={**plain_totals(totals), "seconds": seconds})
-            save(os.path.join(run_dir, "last.pt"))
-            log(f"interrupted at step {next_step} of epoch {epoch + 1}; continue with: "
-                f"python train.py --resume {run_dir}/last.pt", file=sys.stderr)
-            return None
-        progress.update(step_in_epoch=0, partial=None)
-        train = summarize(totals)
-        val = evaluate(trained, val_loader, device, None, pad_to, dist)  # always fp32: metrics independent of --amp
-        row = {
-            "epoch": epoch + 1, **{f"train_{k}": train[k] for k in ("loss", "top1", "top5")},
-            **{f"val_{k}": val[k] for k in ("loss", "top1", "top5")},
-            "lr": optimizer.param_groups[0]["lr"], "seconds": round(seconds, 2),
-            "images_per_s": round(train["images"] / seconds, 1), "skipped_steps": train["skipped_steps"],
-        }
-        progress["history"].append(row)
-        progress["epoch"] = epoch + 1
-        improved = val["top1"] > progress["best_val_top1"]
-        if improved:
-            progress.update(best_val_top1=val["top1"], best_epoch=epoch + 1)
-        on_main(dist, lambda: write_metrics_csv(os.path.join(run_dir, "metrics.csv"), progress["history"]))
-        save(os.path.join(run_dir, "last.pt"))
-        if improved:
-            save(os.path.join(run_dir, "best.pt"))
-        log_epoch = print_epoch if dist.is_main else (lambda *args: None)
-        log_epoch(epoch, args.epochs, train, val, row, improved)
-        if dist.all_reduce(torch.tensor(float(stop()), device=device)).item():
-            log(f"stopped after epoch {epoch + 1}; continue with: python train.py --resume {run_dir}/last.pt",
-                file=sys.stderr)
-            return None
-
-    if dist.enabled:
-        check_ranks_agree(model, dist, log)
-    test_metrics = evaluate_test(trained, splits["test"], progress, run_dir, device, args, pad_to, dist, log)
-    on_main(dist, lambda: write_json(os.path.join(run_dir, "test_metrics.json"), test_metrics))
-    log(f"run saved in {run_dir}/ (evaluate again: python evaluate.py {run_dir}/best.pt)")
-    return test_metrics
+    val = evaluate(r.trained, val_loader, r.device, None, pad_to, r.dist)  # always fp32: metrics independent of --amp
+    row = {
+        "epoch": epoch + 1, **{f"train_{k}": train[k] for k in ("loss", "top1", "top5")},
+        **{f"val_{k}": val[k] for k in ("loss", "top1", "top5")},
+        "lr": r.optimizer.param_groups[0]["lr"], "seconds": round(seconds, 2),
+        "images_per_s": round(train["images"] / seconds, 1), "skipped_steps": train["skipped_steps"],
+    }
+    progress["history"].append(row)
+    progress["epoch"] = epoch + 1
+    improved = val["top1"] > progress["best_val_top1"]
+    if improved:
+        progress.update(best_val_top1=val["top1"], best_epoch=epoch + 1)
+    on_main(r.dist, lambda: write_metrics_csv(os.path.join(r.run_dir, "metrics.csv"), progress["history"]))
+    r.save("last.pt")
+    if improved:
+        r.save("best.pt")
+    if r.dist.is_main:
+        print_epoch(epoch, args.epochs, train, val, row, improved)
+    return True
 
 
 def checkpoint_payload(model, model_config, data, optimizer, scaler, progress, config, rng):
@@ -481,21 +520,23 @@ def plain_totals(totals):
             "skipped": totals["skipped"].item()}
 
 
-def evaluate_test(trained, test_split, progress, run_dir, device, args, pad_to, dist, log):
+def evaluate_test(r):
     """The test split, once, with the final weights (the notebook's trainer.test) and with
     best.pt when the best epoch was not the last."""
-    loader = BatchLoader(*test_split, args.eval_batch_size, device, rank=dist.rank, world_size=dist.world_size)
-    results = {"final": {**evaluate(trained, loader, device, None, pad_to, dist), "epoch": progress["epoch"]}}
+    args, progress, dist = r.args, r.progress, r.dist
+    loader = BatchLoader(*r.splits["test"], args.eval_batch_size, r.device, rank=dist.rank, world_size=dist.world_size)
+    pad_to = args.eval_batch_size if args.compile else None
+    results = {"final": {**evaluate(r.trained, loader, r.device, None, pad_to, dist), "epoch": progress["epoch"]}}
     if progress["best_epoch"] not in (0, progress["epoch"]):
-        best = model_from_checkpoint(load_checkpoint(os.path.join(run_dir, "best.pt"))).to(device)
-        results["best"] = {**evaluate(best, loader, device, dist=dist), "epoch": progress["best_epoch"]}
+        best = model_from_checkpoint(load_checkpoint(os.path.join(r.run_dir, "best.pt"))).to(r.device)
+        results["best"] = {**evaluate(best, loader, r.device, dist=dist), "epoch": progress["best_epoch"]}
     else:
         results["best"] = results["final"]
     names = ("final", "best") if results["best"] is not results["final"] else ("final",)
     for name in names:
         metrics = results[name]
-        log(f"test ({name} weights, epoch {metrics['epoch']}): loss {metrics['loss']:.4f} "
-            f"top-1 {metrics['top1']:.2%} top-5 {metrics['top5']:.2%} ({metrics['images']:,} images)")
+        r.log(f"test ({name} weights, epoch {metrics['epoch']}): loss {metrics['loss']:.4f} "
+              f"top-1 {metrics['top1']:.2%} top-5 {metrics['top5']:.2%} ({metrics['images']:,} images)")
     return results
 
 
