@@ -499,7 +499,8 @@ def prepare(args):
     meta = pack(args.data_dir, root, val_dir, source)
     counts = meta["counts"]
     print(
-        f"prepared {args.data_dir}/: {counts['train']:,} train and {counts['val']:,} val images, "
+        f"prepared {args.data_dir}/: {counts['train']:,} train images and {counts['val']:,} val images "
+        f"(split 20% / 80% into val and test by data.py, as the notebook does), "
         f"{len(meta['classes'])} classes{' (SYNTHETIC)' if meta['synthetic'] else ''}, "
         f"{sum(meta['bytes'].values()) / 1e6:.1f} MB packed, in {time.perf_counter() - start:.1f} s"
     )

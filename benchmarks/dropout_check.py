@@ -1,0 +1,20 @@
+"""Train with the fast CPU dropout mask (model.dropout_mask) or with stock F.dropout, all else
+equal, to check that the mask does not change training (fp32, prepared data in --data-dir).
+
+    python benchmarks/dropout_check.py fast 0 /tmp/d1
+    python benchmarks/dropout_check.py reference 0 /tmp/d1
+"""
+import os
+import sys
+
+import torch.nn.functional as F
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import model  # noqa: E402
+import train  # noqa: E402
+
+mode, seed, data_dir = sys.argv[1], sys.argv[2], sys.argv[3]
+if mode == "reference":
+    model.dropout = lambda x, p, training: F.dropout(x, p, training)
+sys.exit(train.main(["--data-dir", data_dir, "--epochs", "3", "--seed", seed, "--no-amp", "--device", "cpu",
+                     "--run-dir", f"runs/dropout_{mode}_{seed}"]))
