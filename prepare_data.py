@@ -204,14 +204,14 @@ def extract(zip_path, target):
 
 
 def process_pool(initializer=None, initargs=()):
-    """One worker per core. Workers ignore Ctrl-C: the main process gets it and stops them."""
-    return multiprocessing.get_context("fork").Pool(os.cpu_count(), initializer=start_worker, initargs=(initializer, initargs))
-
-
-def start_worker(initializer, initargs):
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    if initializer is not None:
-        initializer(*initargs)
+    """One worker per core. Workers ignore Ctrl-C from birth (they inherit SIG_IGN while the
+    pool forks them): the main process gets it and stops them. A worker that could still be
+    interrupted between fork and its own handler could die half-started and hang the pool."""
+    handler = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        return multiprocessing.get_context("fork").Pool(os.cpu_count(), initializer=initializer, initargs=initargs)
+    finally:
+        signal.signal(signal.SIGINT, handler)
 
 
 _worker_zip = None  # (archive, root prefix, destination) in each extraction worker

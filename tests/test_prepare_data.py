@@ -334,19 +334,26 @@ def test_ctrl_c_stops_cleanly_and_the_next_run_finishes(tmp_path):
     """Ctrl-C reaches the whole process group (main process and pool workers): one message,
     exit 130, no traceback from any worker, and the same command then completes."""
     big_zip = write_synthetic_zip(str(tmp_path / "big.zip"), classes=4, train_per_class=600, val_per_class=50, seed=2)
-    command = [sys.executable, "prepare_data.py", "--zip", big_zip, "--data-dir", str(tmp_path / "data")]
-    interrupted = 0
-    for delay in (0.3, 0.6):
+    interrupted = []
+    for delay in (0.0, 0.3, 0.6):
+        data_dir = tmp_path / f"data{delay}"
+        command = [sys.executable, "prepare_data.py", "--zip", big_zip, "--data-dir", str(data_dir)]
         process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+        # Signal once the work has started (a Ctrl-C during the interpreter's own start-up is
+        # Python's business), then at a few moments into extraction and packing.
+        deadline = time.monotonic() + 30
+        while not (data_dir / "tiny-imagenet-200.partial").exists() and process.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.01)
         time.sleep(delay)
-        os.killpg(process.pid, signal.SIGINT)
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGINT)
         _, err = process.communicate(timeout=60)
         if process.returncode == 130:
-            interrupted += 1
+            interrupted.append(command)
             assert "run the same command again" in err
             assert "Traceback" not in err and "ForkPoolWorker" not in err
         else:
-            assert process.returncode == 0  # finished before the signal
+            assert process.returncode == 0, err[-1000:]  # finished before the signal
     assert interrupted
-    assert subprocess.run(command, cwd=ROOT, capture_output=True).returncode == 0
-    assert read_meta(tmp_path / "data")["counts"]["train"] == 2400
+    assert subprocess.run(interrupted[-1], cwd=ROOT, capture_output=True).returncode == 0
+    assert read_meta(interrupted[-1][-1])["counts"]["train"] == 2400
