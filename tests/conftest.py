@@ -5,6 +5,7 @@ import shutil
 import sys
 
 import pytest
+import torch
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
@@ -46,3 +47,15 @@ def mini_prepared(tmp_path_factory):
     data_dir = str(tmp_path_factory.mktemp("mini") / "data")
     assert prepare_data.main(["--zip", MINI_ZIP, "--data-dir", data_dir]) == 0
     return data_dir
+
+
+def assert_same_training_state(a, b):
+    """Two train.py checkpoints hold the same weights, optimizer state and metrics (timing aside)."""
+    for key, value in a["model"].items():
+        assert torch.equal(value, b["model"][key]), key
+    for index, state in a["optimizer"]["state"].items():
+        for name, value in state.items():
+            assert torch.equal(value, b["optimizer"]["state"][index][name])
+    timing = ("seconds", "images_per_s")
+    strip = lambda rows: [{k: v for k, v in row.items() if k not in timing} for row in rows]  # noqa: E731
+    assert strip(a["progress"]["history"]) == strip(b["progress"]["history"])

@@ -14,7 +14,7 @@ import torch
 import data
 import prepare_data
 import train
-from conftest import ROOT
+from conftest import ROOT, assert_same_training_state
 
 FAST = ["--batch-size", "16", "--eval-batch-size", "16", "--log-every", "2", "--device", "cpu"]
 
@@ -39,17 +39,6 @@ def signal_during_training(monkeypatch, epoch, step, signals=(signal.SIGINT,)):
 
 def load(path):
     return torch.load(path, weights_only=True)
-
-
-def assert_same_training_state(a, b):
-    for key, value in a["model"].items():
-        assert torch.equal(value, b["model"][key]), key
-    for index, state in a["optimizer"]["state"].items():
-        for name, value in state.items():
-            assert torch.equal(value, b["optimizer"]["state"][index][name])
-    timing = ("seconds", "images_per_s")
-    strip = lambda rows: [{k: v for k, v in row.items() if k not in timing} for row in rows]  # noqa: E731
-    assert strip(a["progress"]["history"]) == strip(b["progress"]["history"])
 
 
 @pytest.fixture(scope="module")

@@ -9,6 +9,7 @@ import torch
 
 import evaluate
 import train
+from conftest import assert_same_training_state
 from evaluate import load_checkpoint
 from runtime import default_amp
 
@@ -69,14 +70,7 @@ def test_resume_gives_the_same_weights_and_metrics_as_a_straight_run(prepared_on
     assert train_run(prepared_once, run_dir, "--epochs", "1") == 0
     assert train.main(["--data-dir", prepared_once, "--device", "cpu", *FAST, "--epochs", "2", "--resume", str(run_dir / "last.pt")]) == 0
     straight, resumed = (torch.load(d / "last.pt", weights_only=True) for d in (finished_run, run_dir))
-    for key, value in straight["model"].items():
-        assert torch.equal(value, resumed["model"][key]), key
-    for index, state in straight["optimizer"]["state"].items():
-        for name, value in state.items():
-            assert torch.equal(value, resumed["optimizer"]["state"][index][name])
-    timing = ("seconds", "images_per_s")
-    strip = lambda rows: [{k: v for k, v in row.items() if k not in timing} for row in rows]  # noqa: E731
-    assert strip(straight["progress"]["history"]) == strip(resumed["progress"]["history"])
+    assert_same_training_state(straight, resumed)
 
 
 def test_resume_with_a_different_model_is_refused(prepared_once, finished_run, capsys):
