@@ -27,6 +27,7 @@ sys.path.insert(0, ROOT)
 
 from benchmarks import notebook  # noqa: E402
 from data import BatchLoader, load_packed, make_splits  # noqa: E402
+from layout import read_meta  # noqa: E402
 from model import CvTConfig, CvTSimplifiedEmbedding, flops_per_image  # noqa: E402
 from runtime import default_amp, maybe_compile  # noqa: E402
 from train import build_optimizer, new_totals, train_one_epoch  # noqa: E402
@@ -204,7 +205,7 @@ def notebook_prepare_seconds(zip_path):
 
 
 def our_prepare_seconds(zip_path):
-    """prepare_data.py as a user runs it: cold, then the second (no-op) run."""
+    """prepare_data.py as a user runs it: (cold seconds, second no-op run's seconds, images packed)."""
     with tempfile.TemporaryDirectory() as tmp:
         command = [sys.executable, os.path.join(ROOT, "prepare_data.py"), "--zip", zip_path, "--data-dir", tmp]
         times = []
@@ -212,7 +213,8 @@ def our_prepare_seconds(zip_path):
             start = time.perf_counter()
             subprocess.run(command, check=True, capture_output=True)
             times.append(time.perf_counter() - start)
-        return times
+        counts = read_meta(tmp)["counts"]
+        return times[0], times[1], counts["train"] + counts["val"]
 
 
 # ---------------------------------------------------------------- the report
@@ -221,7 +223,8 @@ def our_prepare_seconds(zip_path):
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data-dir", required=True, help="prepared by prepare_data.py (its extracted folder is used too)")
-    parser.add_argument("--zip", help="time prepare_data.py and the notebook's extraction on this zip")
+    parser.add_argument("--zip", help="time prepare_data.py and the notebook's extraction on this zip "
+                        "(default: DATA_DIR/tiny-imagenet-200.zip, else ../shared/data/tiny-imagenet-200-mini.zip)")
     parser.add_argument("--steps", type=int, default=30, help="timed steps per measurement")
     parser.add_argument("--large-batch", type=int, default=256)
     parser.add_argument("--workers", type=int, default=2, help="DataLoader workers for the notebook's loader")
@@ -276,10 +279,12 @@ def main(argv=None):
         rate = our_end_to_end(train_split, 64, num_classes, device, args.steps, amp, compile_model)
         row(f"end to end, batch 64, {name}", baseline, rate, "img/s")
 
-    if args.zip:
+    args.zip = args.zip or next((z for z in default_zips(args.data_dir) if os.path.isfile(z)), None)
+    if not args.zip:
+        print("  prepare: skipped, no zip found (pass --zip)", flush=True)
+    else:
         notebook_seconds = notebook_prepare_seconds(args.zip)
-        cold, again = our_prepare_seconds(args.zip)
-        images = data.meta["counts"]["train"] + data.meta["counts"]["val"]
+        cold, again, images = our_prepare_seconds(args.zip)
         row("prepare (notebook: extract + restructure only)", notebook_seconds, cold, "s",
             f"ours packs too; {cold / images * 1e6:.0f} us/image; second run {again:.2f} s")
         results["prepare_second_run_s"] = again
@@ -288,6 +293,11 @@ def main(argv=None):
     if args.json:
         with open(args.json, "w") as f:
             json.dump(results, f, indent=1, default=str)
+
+
+def default_zips(data_dir):
+    return [os.path.join(data_dir, "tiny-imagenet-200.zip"),
+            os.path.join(ROOT, "..", "shared", "data", "tiny-imagenet-200-mini.zip")]
 
 
 def machine_description(device):
