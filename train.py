@@ -126,7 +126,6 @@ def train_one_epoch(model, loader, optimizer, scaler, device, dtype, totals, sta
     dist = dist or Distributed()
     model.train()
     start = time.perf_counter()
-    step = start_step
     for step, (x, y) in enumerate(loader.iterate(start_step), start_step):
         with autocast(device, dtype):
             logits = model(x)
@@ -155,7 +154,7 @@ def train_one_epoch(model, loader, optimizer, scaler, device, dtype, totals, sta
                     f"the loss became {mean_loss} at step {step + 1} of epoch {loader.epoch + 1}; "
                     "try a lower --lr or --no-amp (the last good checkpoint is kept)"
                 )
-            bar.set_postfix(loss=f"{mean_loss:.3f}", img_s=f"{(step + 1 - start_step) * len(y) / (time.perf_counter() - start):.0f}")
+            bar.set_postfix(loss=f"{mean_loss:.3f}", img_s=f"{(step + 1 - start_step) * len(y) * dist.world_size / (time.perf_counter() - start):.0f}")
         if stop_now:
             return step + 1
     return len(loader)
@@ -419,7 +418,7 @@ def start_run(args, dist, device):
     r.log(f"training on {device}{f' x {dist.world_size} processes' if dist.enabled else ''} "
           f"({config['amp_dtype'] or 'fp32'}{', compiled' if args.compile else ''}): "
           f"{len(splits['train'][1]):,} train / {len(splits['val'][1]):,} val images, "
-          f"{len(data.classes)} classes, {args.epochs} epochs -> {run_dir}")
+          f"{len(data.classes)} classes, {args.epochs} epoch{'s' if args.epochs != 1 else ''} -> {run_dir}")
     return r
 
 
