@@ -352,8 +352,9 @@ def test_ctrl_c_stops_cleanly_and_the_next_run_finishes(tmp_path):
             interrupted.append(command)
             assert "run the same command again" in err
             assert "Traceback" not in err and "ForkPoolWorker" not in err
-        else:
-            assert process.returncode == 0, err[-1000:]  # finished before the signal
+        else:  # the work finished before the signal (it may still land during interpreter exit: -2)
+            assert process.returncode in (0, -signal.SIGINT) and read_meta(data_dir) is not None, err[-1000:]
+            assert "Traceback" not in err
     assert interrupted
     assert subprocess.run(interrupted[-1], cwd=ROOT, capture_output=True).returncode == 0
     assert read_meta(interrupted[-1][-1])["counts"]["train"] == 2400
