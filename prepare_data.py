@@ -204,14 +204,23 @@ def extract(zip_path, target):
 
 
 def process_pool(initializer=None, initargs=()):
-    """One worker per core. Workers ignore Ctrl-C from birth (they inherit SIG_IGN while the
-    pool forks them): the main process gets it and stops them. A worker that could still be
-    interrupted between fork and its own handler could die half-started and hang the pool."""
-    handler = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    """One worker per core. Ctrl-C is for the main process, which then stops the workers: SIGINT
+    is blocked while the pool forks (so no worker can die half-started and hang the pool, and a
+    Ctrl-C meanwhile is delivered to the main process right after), and workers ignore it."""
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
     try:
-        return multiprocessing.get_context("fork").Pool(os.cpu_count(), initializer=initializer, initargs=initargs)
+        return multiprocessing.get_context("fork").Pool(
+            os.cpu_count(), initializer=start_worker, initargs=(initializer, initargs)
+        )
     finally:
-        signal.signal(signal.SIGINT, handler)
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
+
+
+def start_worker(initializer, initargs):
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
+    if initializer is not None:
+        initializer(*initargs)
 
 
 _worker_zip = None  # (archive, root prefix, destination) in each extraction worker

@@ -333,7 +333,7 @@ def test_an_interrupted_download_resumes_from_its_part_file(tmp_path, tiny_zip):
 def test_ctrl_c_stops_cleanly_and_the_next_run_finishes(tmp_path):
     """Ctrl-C reaches the whole process group (main process and pool workers): one message,
     exit 130, no traceback from any worker, and the same command then completes."""
-    big_zip = write_synthetic_zip(str(tmp_path / "big.zip"), classes=4, train_per_class=600, val_per_class=50, seed=2)
+    big_zip = write_synthetic_zip(str(tmp_path / "big.zip"), classes=4, train_per_class=1500, val_per_class=50, seed=2)
     interrupted = []
     for delay in (0.0, 0.3, 0.6):
         data_dir = tmp_path / f"data{delay}"
@@ -357,4 +357,4 @@ def test_ctrl_c_stops_cleanly_and_the_next_run_finishes(tmp_path):
             assert "Traceback" not in err
     assert interrupted
     assert subprocess.run(interrupted[-1], cwd=ROOT, capture_output=True).returncode == 0
-    assert read_meta(interrupted[-1][-1])["counts"]["train"] == 2400
+    assert read_meta(interrupted[-1][-1])["counts"]["train"] == 6000
