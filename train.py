@@ -24,10 +24,12 @@ import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
+from curves import draw_curves_or_explain
 from data import BatchLoader, load_packed, make_splits
 from evaluate import class_difference, evaluate, load_checkpoint, model_from_checkpoint, topk_correct
 from layout import DataError, write_json
 from model import CvTConfig, CvTSimplifiedEmbedding
+from recipe import EMA, PRESETS, RECIPE_FLAGS, LRSchedule, Updater, build_optimizer
 from runtime import (
     Distributed,
     amp_dtype,
@@ -49,7 +51,10 @@ class TrainingError(Exception):
     """Training cannot go on (e.g. the loss diverged); reported as one line, exit code 1."""
 
 
-def parse_args(argv):
+RUN_DEFINING = ("batch_size", "embed_dim", "depth", "num_heads", "mlp_ratio", "dropout", "seed", "recipe", *RECIPE_FLAGS)
+
+
+def build_parser():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     data = parser.add_argument_group("data")
     data.add_argument("--data-dir", default="data", help="prepared by prepare_data.py")
@@ -61,11 +66,20 @@ def parse_args(argv):
     model.add_argument("--num-heads", type=int, default=1)
     model.add_argument("--mlp-ratio", type=float, default=4.0)
     model.add_argument("--dropout", type=float, default=0.1)
-    optim = parser.add_argument_group("optimisation (defaults: the notebook's)")
+    optim = parser.add_argument_group("recipe (defaults: --recipe seed, the notebook's; explicit flags override a preset)")
+    optim.add_argument("--recipe", default="seed", choices=tuple(PRESETS),
+                       help="seed: Adam 1e-3 constant; study: AdamW 1e-4, wd 1e-3, smoothing 0.1, 5 warm-up "
+                            "epochs, cosine; improved: measured on the mini data (README)")
     optim.add_argument("--epochs", type=int, default=10)
-    optim.add_argument("--optimizer", default="adam", choices=("adam", "adamw"))
-    optim.add_argument("--lr", type=float, default=1e-3)
-    optim.add_argument("--weight-decay", type=float, default=0.0)
+    optim.add_argument("--optimizer", choices=("adam", "adamw"))
+    optim.add_argument("--lr", type=float, help="peak learning rate")
+    optim.add_argument("--weight-decay", type=float, help="not applied to biases and LayerNorm weights")
+    optim.add_argument("--lr-schedule", choices=("constant", "cosine"), help="set every step")
+    optim.add_argument("--warmup-epochs", type=float, help="linear warm-up from --min-lr (may be fractional)")
+    optim.add_argument("--min-lr", type=float, help="where the warm-up starts and the cosine ends")
+    optim.add_argument("--label-smoothing", type=float)
+    optim.add_argument("--grad-clip", type=float, help="max gradient norm; 0: off")
+    optim.add_argument("--ema-decay", type=float, help="EMA of the weights, evaluated and saved; 0: off")
     optim.add_argument("--seed", type=int, default=0, help="model init, dropout, shuffling and augmentation")
     system = parser.add_argument_group("system")
     system.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda, cuda:N")
@@ -78,29 +92,56 @@ def parse_args(argv):
                         help="torch.compile the model; default: on for CUDA")
     system.add_argument("--compile-mode", default="default", choices=("default", "reduce-overhead", "max-autotune"))
     system.add_argument("--run-dir", help="output directory (default: runs/<date-time>)")
-    system.add_argument("--resume", metavar="CHECKPOINT", help="continue the run saved in this last.pt")
+    system.add_argument("--resume", metavar="CHECKPOINT",
+                        help="continue the run saved in this last.pt, with its settings (more --epochs is fine)")
     system.add_argument("--log-every", type=int, default=20, help="steps between progress-bar updates (a CPU-GPU sync)")
+    return parser
+
+
+def explicit_flags(argv):
+    """{dest: value} of the flags given on the command line (not defaulted)."""
+    probe = build_parser()
+    probe.set_defaults(**dict.fromkeys(vars(probe.parse_args([])), None))
+    return {key: value for key, value in vars(probe.parse_args(argv)).items() if value is not None}
+
+
+def parse_args(argv):
+    parser = build_parser()
+    given = explicit_flags(argv)
+    parser.set_defaults(**PRESETS[given.get("recipe", "seed")])
     args = parser.parse_args(argv)
+    args.given = sorted(given)
     for flag in ("epochs", "batch_size", "eval_batch_size", "log_every", "embed_dim", "depth", "num_heads"):
         if getattr(args, flag) < 1:
             parser.error(f"--{flag.replace('_', '-')} must be at least 1, got {getattr(args, flag)}")
     for flag in ("lr", "mlp_ratio"):
         if not getattr(args, flag) > 0:
             parser.error(f"--{flag.replace('_', '-')} must be positive, got {getattr(args, flag)}")
-    if not 0 <= args.dropout < 1:
-        parser.error(f"--dropout must be in [0, 1), got {args.dropout}")
-    if args.weight_decay < 0:
-        parser.error(f"--weight-decay must be non-negative, got {args.weight_decay}")
+    for flag in ("weight_decay", "warmup_epochs", "grad_clip"):
+        if getattr(args, flag) < 0:
+            parser.error(f"--{flag.replace('_', '-')} must be non-negative, got {getattr(args, flag)}")
+    for flag in ("dropout", "label_smoothing", "ema_decay"):
+        if not 0 <= getattr(args, flag) < 1:
+            parser.error(f"--{flag.replace('_', '-')} must be in [0, 1), got {getattr(args, flag)}")
+    if not 0 <= args.min_lr <= args.lr:
+        parser.error(f"--min-lr must be in [0, --lr={args.lr}], got {args.min_lr}")
     return args
 
 
+def adopt_saved_settings(args, saved, path):
+    """On --resume the run's own settings apply: flags not given take the saved values, and a
+    given flag that would change what the run is (model, recipe, seed, batch size) is refused."""
+    conflicts = [f"--{key.replace('_', '-')} {getattr(args, key)} (the run has {saved[key]})"
+                 for key in RUN_DEFINING if key in args.given and key in saved and getattr(args, key) != saved[key]]
+    if conflicts:
+        raise DataError(f"cannot resume {path} with different settings: {', '.join(conflicts)}; "
+                        "start a new run (--run-dir) to change them")
+    for key in (*RUN_DEFINING, "epochs", "eval_batch_size", "data_dir", "log_every"):
+        if key not in args.given and key in saved:
+            setattr(args, key, saved[key])
+
+
 # ---------------------------------------------------------------- pieces of the loop
-
-
-def build_optimizer(model, name, lr, weight_decay, device):
-    fused = device.type == "cuda"  # CUDA only: one kernel for the whole update
-    optimizer_class = torch.optim.AdamW if name == "adamw" else torch.optim.Adam
-    return optimizer_class(model.parameters(), lr=lr, weight_decay=weight_decay, fused=fused or None)
 
 
 def new_totals(device):
@@ -115,8 +156,7 @@ def summarize(totals):
     return {"loss": loss, "top1": top1, "top5": top5, "images": totals["count"], "skipped_steps": int(totals["skipped"].item())}
 
 
-def train_one_epoch(model, loader, optimizer, scaler, device, dtype, totals, start_step, log_every, bar,
-                    stop=None, dist=None):
+def train_one_epoch(model, loader, updater, device, dtype, totals, start_step, log_every, bar, stop=None, dist=None):
     """Train on the loader's batches from start_step on, adding to totals; return the next step
     (len(loader) unless stop() asked to stop early: checked after each step, or under torchrun
     every log_every steps, where all ranks agree on it).
@@ -129,13 +169,10 @@ def train_one_epoch(model, loader, optimizer, scaler, device, dtype, totals, sta
     for step, (x, y) in enumerate(loader.iterate(start_step), start_step):
         with autocast(device, dtype):
             logits = model(x)
-        loss = F.cross_entropy(logits.float(), y)
-        optimizer.zero_grad(set_to_none=True)
-        scaler.scale(loss).backward()
-        scaler.step(optimizer)
-        if scaler.is_enabled():  # fp16: steps skipped for inf/NaN gradients, normal while the scale calibrates
-            totals["skipped"] += sum(scaler._found_inf_per_device(optimizer).values())
-        scaler.update()
+        loss = updater.loss(logits, y)
+        skipped = updater.step(loss, loader.epoch * len(loader) + step)
+        if skipped is not None:
+            totals["skipped"] += skipped
         totals["loss_sum"] += loss.detach() * len(y)
         totals["correct"] += topk_correct(logits.detach().float(), y)
         totals["count"] += len(y)
@@ -233,7 +270,7 @@ def prepare_run_dir(run_dir, resuming):
         raise DataError(f"cannot create the run directory {run_dir}: {error.strerror}") from None
 
 
-def restore(checkpoint, model, optimizer, scaler, model_config, classes, path, dist):
+def restore(checkpoint, model, updater, model_config, classes, path, dist):
     """Load a run's state for --resume; refuse a different model or class list."""
     if not {"optimizer", "progress", "model_config", "classes"} <= checkpoint.keys():
         raise DataError(f"cannot resume {path}: it is not a train.py checkpoint (no optimizer state or progress)")
@@ -244,8 +281,15 @@ def restore(checkpoint, model, optimizer, scaler, model_config, classes, path, d
     if class_difference(checkpoint["classes"], classes):
         raise DataError(f"cannot resume {path}: it was trained on a different class list ({class_difference(checkpoint['classes'], classes)})")
     model.load_state_dict(checkpoint["model"])
-    optimizer.load_state_dict(checkpoint["optimizer"])
-    scaler.load_state_dict(checkpoint["scaler"])
+    try:
+        updater.optimizer.load_state_dict(checkpoint["optimizer"])
+    except ValueError as error:  # e.g. a checkpoint from before weight decay had its own parameter group
+        raise DataError(f"cannot resume {path}: its optimizer state does not fit this version ({error})") from None
+    updater.scaler.load_state_dict(checkpoint["scaler"])
+    if updater.ema is not None:
+        if "ema" not in checkpoint:
+            raise DataError(f"cannot resume {path}: it has no EMA weights to continue")
+        updater.ema.load_state_dict(checkpoint["ema"])
     rng = checkpoint["rng"]
     if dist.rank < len(rng["torch"]):  # a run resumed on more ranks than it had: the new ranks keep their seeds
         torch.set_rng_state(rng["torch"][dist.rank])
@@ -258,7 +302,7 @@ def restore(checkpoint, model, optimizer, scaler, model_config, classes, path, d
 
 
 def resolved_config(args, device, dtype, run_dir, dist):
-    config = {key: value for key, value in vars(args).items()}
+    config = {key: value for key, value in vars(args).items() if key != "given"}
     config.update(device=str(device), amp_dtype=str(dtype).replace("torch.", "") if dtype else None,
                   run_dir=run_dir, world_size=dist.world_size)
     return config
@@ -333,8 +377,10 @@ class Run:
     model_config: CvTConfig
     model: torch.nn.Module  # the plain model: what checkpoints hold
     trained: torch.nn.Module  # what the steps call: the model, maybe wrapped in DDP and compiled
-    optimizer: torch.optim.Optimizer
-    scaler: torch.amp.GradScaler
+    evaluated: torch.nn.Module  # what validation and test evaluate: the EMA weights when on, else `trained`
+    updater: Updater  # optimizer, GradScaler, lr schedule, clipping, EMA
+    train_loader: BatchLoader
+    val_loader: BatchLoader
     progress: dict
     config: dict
 
@@ -344,18 +390,15 @@ class Run:
 
     def save(self, name):
         rng = rng_states(self.device, self.dist)
-        payload = checkpoint_payload(self.model, self.model_config, self.data, self.optimizer, self.scaler,
-                                     self.progress, self.config, rng)
+        payload = checkpoint_payload(self.model, self.model_config, self.data, self.updater, self.progress,
+                                     self.config, rng)
         on_main(self.dist, lambda: save_atomically(payload, os.path.join(self.run_dir, name)))
 
 
 def run(args, stop, dist, device):
     r = start_run(args, dist, device)
-    shard = {"rank": dist.rank, "world_size": dist.world_size}
-    train_loader = BatchLoader(*r.splits["train"], args.batch_size, device, train=True, seed=args.seed, **shard)
-    val_loader = BatchLoader(*r.splits["val"], args.eval_batch_size, device, **shard)
     for epoch in range(r.progress["epoch"], args.epochs):
-        if not run_epoch(r, epoch, train_loader, val_loader, stop):
+        if not run_epoch(r, epoch, stop):
             r.log(f"interrupted at step {r.progress['step_in_epoch']} of epoch {epoch + 1}; continue with: "
                   f"python train.py --resume {r.run_dir}/last.pt", file=sys.stderr)
             return None
@@ -367,6 +410,8 @@ def run(args, stop, dist, device):
         check_ranks_agree(r.model, dist, r.log)
     test_metrics = evaluate_test(r)
     on_main(dist, lambda: write_json(os.path.join(r.run_dir, "test_metrics.json"), test_metrics))
+    if dist.is_main:
+        draw_curves_or_explain(r.run_dir)
     r.log(f"run saved in {r.run_dir}/ (evaluate again: python evaluate.py {r.run_dir}/best.pt)")
     return test_metrics
 
@@ -378,6 +423,8 @@ def start_run(args, dist, device):
     dtype = amp_dtype(device, args.amp, args.amp_dtype)
     configure_backends(device)
     checkpoint = load_checkpoint(args.resume) if args.resume else None
+    if checkpoint is not None:
+        adopt_saved_settings(args, checkpoint.get("config", {}), args.resume)
     data = load_packed(args.data_dir)
     if data.synthetic and dist.is_main:
         print("warning: SYNTHETIC data (prepare_data.py --synthetic): a smoke test, not a result", file=sys.stderr)
@@ -395,43 +442,70 @@ def start_run(args, dist, device):
     model = CvTSimplifiedEmbedding(model_config).to(device)
     if dist.enabled:
         torch.manual_seed(args.seed * 1_000_003 + dist.rank)  # but different dropout on each rank
-    optimizer = build_optimizer(model, args.optimizer, args.lr, args.weight_decay, device)
-    scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
+    shard = {"rank": dist.rank, "world_size": dist.world_size}
+    train_loader = BatchLoader(*splits["train"], args.batch_size, device, train=True, seed=args.seed, **shard)
+    val_loader = BatchLoader(*splits["val"], args.eval_batch_size, device, **shard)
+    updater = Updater(
+        optimizer=build_optimizer(model, args.optimizer, args.lr, args.weight_decay, device),
+        scaler=torch.amp.GradScaler(device.type, enabled=dtype == torch.float16),
+        schedule=LRSchedule.from_args(args, len(train_loader)),
+        label_smoothing=args.label_smoothing, grad_clip=args.grad_clip,
+        ema=EMA(model, args.ema_decay) if args.ema_decay else None,
+    )
     progress = {
-        "epoch": 0, "step": 0, "best_val_top1": -1.0, "best_epoch": 0, "history": [],
+        "epoch": 0, "step": 0, "best_val_top1": -1.0, "best_val_loss": math.inf, "best_epoch": 0, "history": [],
         "step_in_epoch": 0, "partial": None,  # set when a run is interrupted mid-epoch
     }
     if checkpoint is not None:
-        progress = restore(checkpoint, model, optimizer, scaler, model_config, data.classes, args.resume, dist)
+        progress = restore(checkpoint, model, updater, model_config, data.classes, args.resume, dist)
     trained = model
     if dist.enabled:
         # Wrap first, then compile the wrapper: what the PyTorch DDP + torch.compile docs recommend
         # (TorchDynamo's DDPOptimizer splits the graph at DDP's gradient buckets).
         trained = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
     trained = maybe_compile(trained, args.compile, args.compile_mode)
+    evaluated = maybe_compile(updater.ema.module, args.compile, args.compile_mode) if updater.ema else trained
     config = resolved_config(args, device, dtype, run_dir, dist)
     on_main(dist, lambda: write_json(os.path.join(run_dir, "config.json"), config))
-    r = Run(args, dist, device, dtype, data, splits, run_dir, model_config, model, trained, optimizer, scaler, progress, config)
+    r = Run(args, dist, device, dtype, data, splits, run_dir, model_config, model, trained, evaluated, updater,
+            train_loader, val_loader, progress, config)
     if checkpoint is not None:
         where = f", step {progress['step_in_epoch']}" if progress["step_in_epoch"] else ""
         r.log(f"resuming {args.resume} after epoch {progress['epoch']}{where}")
+        saved_schedule = checkpoint.get("schedule")
+        if saved_schedule and saved_schedule != asdict(updater.schedule):
+            step = progress["step"]
+            r.log(f"note: the lr schedule now spans {args.epochs} epochs (it was {saved_schedule['total_steps'] // len(train_loader)}): "
+                  f"the lr at step {step} goes from {LRSchedule(**saved_schedule)(step):.3g} to {updater.schedule(step):.3g}")
     r.log(f"training on {device}{f' x {dist.world_size} processes' if dist.enabled else ''} "
           f"({config['amp_dtype'] or 'fp32'}{', compiled' if args.compile else ''}): "
           f"{len(splits['train'][1]):,} train / {len(splits['val'][1]):,} val images, "
           f"{len(data.classes)} classes, {args.epochs} epoch{'s' if args.epochs != 1 else ''} -> {run_dir}")
+    r.log(f"recipe {args.recipe}: {describe_recipe(args)}")
     return r
 
 
-def run_epoch(r, epoch, train_loader, val_loader, stop):
+def describe_recipe(args):
+    parts = [f"{args.optimizer} lr {args.lr:g}", f"weight decay {args.weight_decay:g}"]
+    if args.warmup_epochs:
+        parts.append(f"{args.warmup_epochs:g} warm-up epochs from {args.min_lr:g}")
+    parts.append("constant lr" if args.lr_schedule == "constant" else f"cosine to {args.min_lr:g}")
+    parts += [f"label smoothing {args.label_smoothing:g}"] if args.label_smoothing else []
+    parts += [f"grad clip {args.grad_clip:g}"] if args.grad_clip else []
+    parts += [f"EMA {args.ema_decay:g}"] if args.ema_decay else []
+    return ", ".join(parts)
+
+
+def run_epoch(r, epoch, stop):
     """Train one epoch (or its rest, after a mid-epoch resume), validate, record and save.
     Returns False when a stop request interrupted it (an exact checkpoint is saved)."""
-    args, progress = r.args, r.progress
+    args, progress, train_loader = r.args, r.progress, r.train_loader
     train_loader.set_epoch(epoch)
     start_step, totals, seconds_before = resume_point(progress, r.device)
     start = time.perf_counter()
     with tqdm(total=len(train_loader), initial=start_step, desc=f"epoch {epoch + 1}/{args.epochs}",
               leave=False, mininterval=1, disable=None if r.dist.is_main else True) as bar:
-        next_step = train_one_epoch(r.trained, train_loader, r.optimizer, r.scaler, r.device, r.dtype, totals,
+        next_step = train_one_epoch(r.trained, train_loader, r.updater, r.device, r.dtype, totals,
                                     start_step, args.log_every, bar, stop, r.dist)
     seconds = seconds_before + time.perf_counter() - start
     progress["step"] += next_step - start_step
@@ -443,18 +517,19 @@ def run_epoch(r, epoch, train_loader, val_loader, stop):
     progress.update(step_in_epoch=0, partial=None)
     train = summarize(totals)
     pad_to = args.eval_batch_size if args.compile else None
-    val = evaluate(r.trained, val_loader, r.device, None, pad_to, r.dist)  # always fp32: metrics independent of --amp
+    val = evaluate(r.evaluated, r.val_loader, r.device, None, pad_to, r.dist)  # always fp32: metrics independent of --amp
     row = {
         "epoch": epoch + 1, **{f"train_{k}": train[k] for k in ("loss", "top1", "top5")},
         **{f"val_{k}": val[k] for k in ("loss", "top1", "top5")},
-        "lr": r.optimizer.param_groups[0]["lr"], "seconds": round(seconds, 2),
+        "lr": r.updater.optimizer.param_groups[0]["lr"], "seconds": round(seconds, 2),
         "images_per_s": round(train["images"] / seconds, 1), "skipped_steps": train["skipped_steps"],
     }
     progress["history"].append(row)
     progress["epoch"] = epoch + 1
-    improved = val["top1"] > progress["best_val_top1"]
+    # best.pt: highest val top-1; on a tie (common with a small val split) the lower val loss
+    improved = (val["top1"], -val["loss"]) > (progress["best_val_top1"], -progress.get("best_val_loss", math.inf))
     if improved:
-        progress.update(best_val_top1=val["top1"], best_epoch=epoch + 1)
+        progress.update(best_val_top1=val["top1"], best_val_loss=val["loss"], best_epoch=epoch + 1)
     on_main(r.dist, lambda: write_metrics_csv(os.path.join(r.run_dir, "metrics.csv"), progress["history"]))
     r.save("last.pt")
     if improved:
@@ -464,19 +539,24 @@ def run_epoch(r, epoch, train_loader, val_loader, stop):
     return True
 
 
-def checkpoint_payload(model, model_config, data, optimizer, scaler, progress, config, rng):
-    """Only tensors and plain Python values, so torch.load(weights_only=True) reads it."""
-    return {
+def checkpoint_payload(model, model_config, data, updater, progress, config, rng):
+    """Only tensors and plain Python values, so torch.load(weights_only=True) reads it. With
+    an EMA, "ema" holds the averaged weights: what was evaluated and what evaluate.py uses."""
+    payload = {
         "model": model.state_dict(),  # the plain model: no module. or _orig_mod. prefixes
         "model_config": asdict(model_config),
         "classes": list(data.classes),
         "synthetic": data.synthetic,
-        "optimizer": optimizer.state_dict(),
-        "scaler": scaler.state_dict(),
+        "optimizer": updater.optimizer.state_dict(),
+        "scaler": updater.scaler.state_dict(),
+        "schedule": asdict(updater.schedule),
         "progress": progress,
         "config": config,
         "rng": rng,
     }
+    if updater.ema is not None:
+        payload["ema"] = updater.ema.state_dict()
+    return payload
 
 
 def sum_over_ranks(totals, dist):
@@ -525,7 +605,7 @@ def evaluate_test(r):
     args, progress, dist = r.args, r.progress, r.dist
     loader = BatchLoader(*r.splits["test"], args.eval_batch_size, r.device, rank=dist.rank, world_size=dist.world_size)
     pad_to = args.eval_batch_size if args.compile else None
-    results = {"final": {**evaluate(r.trained, loader, r.device, None, pad_to, dist), "epoch": progress["epoch"]}}
+    results = {"final": {**evaluate(r.evaluated, loader, r.device, None, pad_to, dist), "epoch": progress["epoch"]}}
     if progress["best_epoch"] not in (0, progress["epoch"]):
         best = model_from_checkpoint(load_checkpoint(os.path.join(r.run_dir, "best.pt"))).to(r.device)
         results["best"] = {**evaluate(best, loader, r.device, dist=dist), "epoch": progress["best_epoch"]}

@@ -30,7 +30,8 @@ from data import BatchLoader, load_packed, make_splits  # noqa: E402
 from layout import read_meta  # noqa: E402
 from model import CvTConfig, CvTSimplifiedEmbedding, flops_per_image  # noqa: E402
 from runtime import default_amp, maybe_compile  # noqa: E402
-from train import build_optimizer, new_totals, train_one_epoch  # noqa: E402
+from recipe import LRSchedule, Updater, build_optimizer  # noqa: E402
+from train import new_totals, train_one_epoch  # noqa: E402
 
 warnings.filterwarnings("ignore")
 
@@ -137,21 +138,22 @@ def our_training(num_classes, device, amp, compile_model):
     model = CvTSimplifiedEmbedding(CvTConfig(num_classes=num_classes)).to(device)
     optimizer = build_optimizer(model, "adam", 1e-3, 0.0, device)
     dtype = torch.bfloat16 if amp else None
-    scaler = torch.amp.GradScaler(device.type, enabled=False)
-    return maybe_compile(model, compile_model), optimizer, scaler, dtype
+    # The notebook's recipe as train.py runs it: Adam 1e-3, constant, no clipping or EMA.
+    updater = Updater(optimizer, torch.amp.GradScaler(device.type, enabled=False), LRSchedule("constant", 1e-3, 0.0, 0, 1))
+    return maybe_compile(model, compile_model), updater, dtype
 
 
-def run_epoch(model, loader, optimizer, scaler, device, dtype):
+def run_epoch(model, loader, updater, device, dtype):
     with tqdm(total=len(loader), disable=True) as bar:
-        return train_one_epoch(model, loader, optimizer, scaler, device, dtype, new_totals(device), 0, 10**9, bar)
+        return train_one_epoch(model, loader, updater, device, dtype, new_totals(device), 0, 10**9, bar)
 
 
 def our_step_rate(batch_size, num_classes, device, steps, amp, compile_model):
-    model, optimizer, scaler, dtype = our_training(num_classes, device, amp, compile_model)
+    model, updater, dtype = our_training(num_classes, device, amp, compile_model)
     x = torch.randn(batch_size, 3, 64, 64, device=device)
     y = torch.randint(0, num_classes, (batch_size,), device=device)
-    run_epoch(model, RepeatedBatch(x, y, 3), optimizer, scaler, device, dtype)  # warm-up, compilation
-    seconds = timed(lambda: run_epoch(model, RepeatedBatch(x, y, steps), optimizer, scaler, device, dtype), device)
+    run_epoch(model, RepeatedBatch(x, y, 3), updater, device, dtype)  # warm-up, compilation
+    seconds = timed(lambda: run_epoch(model, RepeatedBatch(x, y, steps), updater, device, dtype), device)
     return steps * batch_size / seconds
 
 
@@ -177,13 +179,13 @@ def notebook_end_to_end(dataset_root, batch_size, workers, num_classes, device, 
 
 def our_end_to_end(train_split, batch_size, num_classes, device, steps, amp, compile_model):
     """train.py's loop (train_one_epoch + BatchLoader) over steps batches of real data."""
-    model, optimizer, scaler, dtype = our_training(num_classes, device, amp, compile_model)
+    model, updater, dtype = our_training(num_classes, device, amp, compile_model)
     x, y = train_split
     steps = min(steps, len(y) // batch_size)
     loader = BatchLoader(x[: steps * batch_size], y[: steps * batch_size], batch_size, device, train=True, seed=0)
     warm = BatchLoader(x[: 3 * batch_size], y[: 3 * batch_size], batch_size, device, train=True, seed=1)
-    run_epoch(model, warm, optimizer, scaler, device, dtype)
-    return steps * batch_size / timed(lambda: run_epoch(model, loader, optimizer, scaler, device, dtype), device)
+    run_epoch(model, warm, updater, device, dtype)
+    return steps * batch_size / timed(lambda: run_epoch(model, loader, updater, device, dtype), device)
 
 
 # ---------------------------------------------------------------- preparation

@@ -2,6 +2,7 @@
 `prepare_data.py --synthetic`), prepared once per session, and the real mini zip when present."""
 import os
 import shutil
+import signal
 import sys
 
 import pytest
@@ -10,6 +11,7 @@ import torch
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
+import data  # noqa: E402
 import prepare_data  # noqa: E402
 from synthetic import write_synthetic_zip  # noqa: E402
 
@@ -56,6 +58,25 @@ def assert_same_training_state(a, b):
     for index, state in a["optimizer"]["state"].items():
         for name, value in state.items():
             assert torch.equal(value, b["optimizer"]["state"][index][name])
+    assert ("ema" in a) == ("ema" in b)
+    if "ema" in a:
+        assert a["ema"]["updates"] == b["ema"]["updates"]
+        for key, value in a["ema"]["model"].items():
+            assert torch.equal(value, b["ema"]["model"][key]), f"ema {key}"
     timing = ("seconds", "images_per_s")
     strip = lambda rows: [{k: v for k, v in row.items() if k not in timing} for row in rows]  # noqa: E731
     assert strip(a["progress"]["history"]) == strip(b["progress"]["history"])
+
+
+def signal_during_training(monkeypatch, epoch, step, signals=(signal.SIGINT,)):
+    """Send `signals` to this process just before the training loader yields batch `step` of `epoch`."""
+    original = data.BatchLoader.iterate
+
+    def iterate(self, start_step=0):
+        for index, batch in enumerate(original(self, start_step), start_step):
+            if self.train and self.epoch == epoch and index == step:
+                for signum in signals:
+                    os.kill(os.getpid(), signum)
+            yield batch
+
+    monkeypatch.setattr(data.BatchLoader, "iterate", iterate)

@@ -11,30 +11,15 @@ import time
 import pytest
 import torch
 
-import data
 import prepare_data
 import train
-from conftest import ROOT, assert_same_training_state
+from conftest import ROOT, assert_same_training_state, signal_during_training
 
 FAST = ["--batch-size", "16", "--eval-batch-size", "16", "--log-every", "2", "--device", "cpu"]
 
 
 def train_main(data_dir, run_dir, *extra):
     return train.main(["--data-dir", data_dir, "--run-dir", str(run_dir), *FAST, *extra])
-
-
-def signal_during_training(monkeypatch, epoch, step, signals=(signal.SIGINT,)):
-    """Send `signals` to this process just before the training loader yields batch `step` of `epoch`."""
-    original = data.BatchLoader.iterate
-
-    def iterate(self, start_step=0):
-        for index, batch in enumerate(original(self, start_step), start_step):
-            if self.train and self.epoch == epoch and index == step:
-                for signum in signals:
-                    os.kill(os.getpid(), signum)
-            yield batch
-
-    monkeypatch.setattr(data.BatchLoader, "iterate", iterate)
 
 
 def load(path):

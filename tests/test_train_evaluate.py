@@ -28,7 +28,7 @@ def finished_run(prepared_once, tmp_path_factory):
 
 
 def test_a_run_writes_config_metrics_checkpoints_and_test_results(finished_run):
-    assert sorted(os.listdir(finished_run)) == ["best.pt", "config.json", "last.pt", "metrics.csv", "test_metrics.json"]
+    assert sorted(os.listdir(finished_run)) == ["best.pt", "config.json", "curves.png", "last.pt", "metrics.csv", "test_metrics.json"]
     rows = list(csv.DictReader(open(finished_run / "metrics.csv")))
     assert [int(r["epoch"]) for r in rows] == [1, 2]
     assert set(rows[0]) >= {"train_loss", "train_top1", "train_top5", "val_loss", "val_top1", "val_top5", "lr", "seconds", "images_per_s"}
@@ -76,7 +76,7 @@ def test_resume_gives_the_same_weights_and_metrics_as_a_straight_run(prepared_on
 def test_resume_with_a_different_model_is_refused(prepared_once, finished_run, capsys):
     code = train.main(["--data-dir", prepared_once, "--device", "cpu", "--epochs", "3", "--embed-dim", "32", "--resume", str(finished_run / "last.pt")])
     assert code == 2
-    assert "embed_dim: 64 -> 32" in capsys.readouterr().err
+    assert "--embed-dim 32 (the run has 64)" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("flag,dtype", [("--amp", "bfloat16"), ("--no-amp", None)])

@@ -1,0 +1,104 @@
+"""Draw a run's curves: loss and top-1 (train and val) and the learning rate per epoch,
+from its metrics.csv, into curves.png in the run directory.
+
+    python curves.py runs/<name>            # -> runs/<name>/curves.png
+    python curves.py runs/a runs/b --out compare.png   # several runs on the same axes
+
+train.py draws it at the end of a run. matplotlib is optional: `pip install matplotlib`.
+"""
+import argparse
+import csv
+import os
+import sys
+
+from layout import DataError
+
+INSTALL_HINT = "matplotlib is not installed: `python -m pip install matplotlib` to draw curves.png"
+
+
+def read_metrics(run_dir):
+    path = os.path.join(run_dir, "metrics.csv")
+    try:
+        with open(path, newline="") as f:
+            rows = list(csv.DictReader(f))
+    except OSError:
+        raise DataError(f"no metrics.csv in {run_dir}/: is it a train.py run directory?") from None
+    if not rows:
+        raise DataError(f"{path} has no finished epoch yet")
+    try:
+        return {key: [float(row[key]) for row in rows] for key in rows[0]}
+    except (TypeError, ValueError):
+        raise DataError(f"{path} is damaged (a value is not a number)") from None
+
+
+def draw_curves(run_dirs, out):
+    """Write the figure to out; raises ImportError when matplotlib is missing."""
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only: works without a display
+    import matplotlib.pyplot as plt
+
+    runs = [(os.path.basename(os.path.normpath(d)), read_metrics(d)) for d in run_dirs]
+    fig, (loss_ax, top1_ax, lr_ax) = plt.subplots(1, 3, figsize=(14, 4), gridspec_kw={"width_ratios": [3, 3, 2]})
+    for index, (name, m) in enumerate(runs):
+        color = f"C{index}"
+        label = f"{name} " if len(runs) > 1 else ""
+        for ax, key in ((loss_ax, "loss"), (top1_ax, "top1")):
+            scale = 100 if key == "top1" else 1
+            ax.plot(m["epoch"], [v * scale for v in m[f"train_{key}"]], color=color, linestyle="--", marker=".", label=f"{label}train")
+            ax.plot(m["epoch"], [v * scale for v in m[f"val_{key}"]], color=color, marker="o", label=f"{label}val")
+        lr_ax.plot(m["epoch"], m["lr"], color=color, marker=".", label=name)
+    loss_ax.set(title="loss (train includes label smoothing)", xlabel="epoch", ylabel="cross-entropy")
+    top1_ax.set(title="top-1 accuracy", xlabel="epoch", ylabel="%")
+    lr_ax.set(title="learning rate at the end of the epoch", xlabel="epoch", yscale="log")
+    for ax in (loss_ax, top1_ax):
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize="small")
+    lr_ax.grid(alpha=0.3)
+    fig.suptitle(", ".join(name for name, _ in runs))
+    fig.tight_layout()
+    fig.savefig(out + ".tmp.png", dpi=100)
+    plt.close(fig)
+    os.replace(out + ".tmp.png", out)
+    return out
+
+
+def draw_curves_or_explain(run_dir):
+    """train.py's end of run: draw curves.png, or say why not and carry on."""
+    try:
+        out = draw_curves([run_dir], os.path.join(run_dir, "curves.png"))
+    except ImportError:
+        print(f"note: {INSTALL_HINT}", file=sys.stderr)
+        return None
+    except (DataError, OSError) as error:
+        print(f"note: no curves.png ({error})", file=sys.stderr)
+        return None
+    print(f"curves: {out}")
+    return out
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="directories written by train.py")
+    parser.add_argument("--out", help="the PNG to write (default: RUN_DIR/curves.png for one run)")
+    args = parser.parse_args(argv)
+    if len(args.run_dirs) > 1 and not args.out:
+        parser.error("with several runs, name the picture with --out")
+    out = args.out or os.path.join(args.run_dirs[0], "curves.png")
+    try:
+        draw_curves(args.run_dirs, out)
+    except ImportError:
+        print(f"error: {INSTALL_HINT}", file=sys.stderr)
+        return 2
+    except DataError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    except OSError as error:
+        print(f"error: cannot write {out}: {error.strerror or error}", file=sys.stderr)
+        return 2
+    print(out)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,82 @@
+"""metrics.csv as each epoch ends, and curves.png: at the end of training, on demand, and a
+clear note when matplotlib is missing."""
+import csv
+import sys
+
+import pytest
+import torch
+
+import curves
+import train
+
+FAST = ["--batch-size", "16", "--eval-batch-size", "16", "--log-every", "2", "--device", "cpu"]
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+pytest.importorskip("matplotlib", reason="matplotlib is in requirements-dev.txt")
+
+
+def is_png(path):
+    return path.exists() and path.read_bytes()[:8] == PNG_MAGIC and path.stat().st_size > 5_000
+
+
+def crash_in_epoch(monkeypatch, epoch_to_crash):
+    """Make training fail with an unexpected error in that epoch (after epoch-1 completed)."""
+    original = train.run_epoch
+
+    def run_epoch(r, epoch, stop):
+        if epoch == epoch_to_crash:
+            raise RuntimeError("simulated crash")
+        return original(r, epoch, stop)
+
+    monkeypatch.setattr(train, "run_epoch", run_epoch)
+
+
+def test_training_draws_the_curves_at_the_end(prepared_once, tmp_path, capsys):
+    run_dir = tmp_path / "r"
+    assert train.main(["--data-dir", prepared_once, "--run-dir", str(run_dir), *FAST, "--epochs", "2"]) == 0
+    assert is_png(run_dir / "curves.png")
+    assert f"curves: {run_dir}/curves.png" in capsys.readouterr().out
+
+
+def test_a_crashed_run_keeps_its_history_and_can_be_drawn_on_demand(prepared_once, tmp_path, monkeypatch):
+    run_dir = tmp_path / "r"
+    crash_in_epoch(monkeypatch, 2)
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        train.main(["--data-dir", prepared_once, "--run-dir", str(run_dir), *FAST, "--epochs", "4"])
+    rows = list(csv.DictReader(open(run_dir / "metrics.csv")))
+    assert [int(r["epoch"]) for r in rows] == [1, 2]  # written as each epoch ended
+    assert not (run_dir / "curves.png").exists()
+    assert curves.main([str(run_dir)]) == 0
+    assert is_png(run_dir / "curves.png")
+
+
+def test_several_runs_in_one_picture(prepared_once, tmp_path):
+    for name in ("a", "b"):
+        assert train.main(["--data-dir", prepared_once, "--run-dir", str(tmp_path / name), *FAST, "--epochs", "1",
+                           "--seed", str(ord(name))]) == 0
+    assert curves.main([str(tmp_path / "a"), str(tmp_path / "b"), "--out", str(tmp_path / "both.png")]) == 0
+    assert is_png(tmp_path / "both.png")
+
+
+def test_without_matplotlib_training_says_how_to_install_it_and_carries_on(prepared_once, tmp_path, monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # `import matplotlib` now raises ImportError
+    run_dir = tmp_path / "r"
+    assert train.main(["--data-dir", prepared_once, "--run-dir", str(run_dir), *FAST, "--epochs", "1"]) == 0
+    assert "pip install matplotlib" in capsys.readouterr().err
+    assert not (run_dir / "curves.png").exists() and (run_dir / "test_metrics.json").exists()
+    assert curves.main([str(run_dir)]) == 2
+    assert "pip install matplotlib" in capsys.readouterr().err
+
+
+def test_curves_of_a_directory_that_is_not_a_run(tmp_path, capsys):
+    assert curves.main([str(tmp_path)]) == 2
+    assert "no metrics.csv" in capsys.readouterr().err
+
+
+def test_metrics_hold_the_epoch_lr_of_the_schedule(prepared_once, tmp_path):
+    run_dir = tmp_path / "r"
+    flags = ["--epochs", "2", "--lr-schedule", "cosine", "--min-lr", "0"]
+    assert train.main(["--data-dir", prepared_once, "--run-dir", str(run_dir), *FAST, *flags]) == 0
+    lrs = [float(r["lr"]) for r in csv.DictReader(open(run_dir / "metrics.csv"))]
+    assert lrs[0] < 1e-3 and lrs[1] < lrs[0]
+    assert torch.load(run_dir / "last.pt", weights_only=True)["progress"]["history"][1]["lr"] == lrs[1]

@@ -1,0 +1,205 @@
+"""Training recipes: presets and overrides, the lr schedule, weight decay groups, label
+smoothing, gradient clipping, EMA, and exact resume of all of it."""
+import csv
+import json
+import math
+import signal
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import evaluate
+import train
+from conftest import assert_same_training_state, signal_during_training
+from model import CvTConfig, CvTSimplifiedEmbedding
+from recipe import EMA, PRESETS, LRSchedule, Updater, build_optimizer
+
+FAST = ["--batch-size", "16", "--eval-batch-size", "16", "--log-every", "2", "--device", "cpu"]
+# Every recipe feature on at once; warm-up and cosine both inside a 2-epoch run of 6 steps each.
+FULL_RECIPE = ["--optimizer", "adamw", "--lr", "3e-3", "--weight-decay", "0.05", "--lr-schedule", "cosine",
+               "--warmup-epochs", "0.5", "--min-lr", "1e-5", "--label-smoothing", "0.1", "--grad-clip", "0.5",
+               "--ema-decay", "0.9"]
+
+
+def load(path):
+    return torch.load(path, weights_only=True)
+
+
+def tiny_model():
+    torch.manual_seed(0)
+    return CvTSimplifiedEmbedding(CvTConfig(num_classes=3, embed_dim=8, dropout=0.0))
+
+
+# ---------------------------------------------------------------- presets and flags
+
+
+def test_the_default_recipe_is_the_notebooks():
+    args = train.parse_args([])
+    assert (args.recipe, args.optimizer, args.lr, args.weight_decay, args.lr_schedule) == ("seed", "adam", 1e-3, 0.0, "constant")
+    assert args.warmup_epochs == 0 and args.label_smoothing == 0 and args.grad_clip == 0 and args.ema_decay == 0
+    assert (args.batch_size, args.epochs, args.dropout) == (64, 10, 0.1)
+
+
+def test_the_study_preset_and_explicit_flags_override_it():
+    study = train.parse_args(["--recipe", "study"])
+    assert (study.optimizer, study.lr, study.weight_decay, study.label_smoothing) == ("adamw", 1e-4, 1e-3, 0.1)
+    assert (study.lr_schedule, study.warmup_epochs, study.min_lr) == ("cosine", 5, 1e-6)
+    overridden = train.parse_args(["--recipe", "study", "--lr", "3e-4", "--label-smoothing", "0"])
+    assert overridden.lr == 3e-4 and overridden.label_smoothing == 0
+    assert overridden.optimizer == "adamw" and overridden.weight_decay == 1e-3  # the rest stays the preset's
+    assert train.parse_args(["--recipe", "improved"]).lr == PRESETS["improved"]["lr"]
+
+
+@pytest.mark.parametrize("flags", [
+    ["--label-smoothing", "1"], ["--ema-decay", "1"], ["--ema-decay", "-0.1"], ["--grad-clip", "-1"],
+    ["--warmup-epochs", "-1"], ["--min-lr", "0.1"], ["--weight-decay", "-1"], ["--recipe", "best"],
+    ["--lr-schedule", "step"],
+])
+def test_invalid_recipe_flags_exit_2(flags, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        train.parse_args(flags)
+    assert exit_info.value.code == 2
+    assert "error:" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------- the pieces
+
+
+def test_warmup_then_cosine_schedule():
+    schedule = LRSchedule("cosine", lr=1e-3, min_lr=1e-6, warmup_steps=10, total_steps=110)
+    assert schedule(0) == pytest.approx(1e-6)  # warm-up starts at min_lr ...
+    assert schedule(5) == pytest.approx((1e-6 + 1e-3) / 2)
+    assert schedule(10) == pytest.approx(1e-3)  # ... reaches lr ...
+    assert schedule(60) == pytest.approx((1e-3 + 1e-6) / 2)  # ... halfway down the cosine ...
+    assert schedule(110) == pytest.approx(1e-6) and schedule(500) == pytest.approx(1e-6)  # ... ends at min_lr
+    lrs = [schedule(s) for s in range(10, 111)]
+    assert all(a >= b for a, b in zip(lrs, lrs[1:]))
+    constant = LRSchedule("constant", lr=1e-3, min_lr=0.0, warmup_steps=4, total_steps=100)
+    assert [constant(s) for s in (0, 2, 4, 99)] == pytest.approx([0, 5e-4, 1e-3, 1e-3])
+
+
+@pytest.mark.parametrize("name", ["adam", "adamw"])
+def test_weight_decay_spares_biases_and_norm_weights(name):
+    """With zero gradients, only decay moves the weights: matrices and kernels shrink, 1-D
+    parameters (biases, LayerNorm weights) do not move."""
+    model = tiny_model()
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    optimizer = build_optimizer(model, name, lr=0.1, weight_decay=0.5, device=torch.device("cpu"))
+    for p in model.parameters():
+        p.grad = torch.zeros_like(p)
+    optimizer.step()
+    for n, p in model.named_parameters():
+        if p.ndim >= 2:
+            assert not torch.equal(p, before[n]), n
+            if name == "adamw":  # decoupled: p <- p (1 - lr wd)
+                torch.testing.assert_close(p, before[n] * (1 - 0.1 * 0.5))
+        else:
+            assert torch.equal(p, before[n]), n
+    assert any("norm" in n for n, p in model.named_parameters() if p.ndim < 2)
+
+
+def test_label_smoothing_loss():
+    logits, y = torch.randn(6, 5), torch.tensor([0, 1, 2, 3, 4, 0])
+    smoothing = 0.1
+    log_p = logits.log_softmax(1)
+    expected = (1 - smoothing) * F.nll_loss(log_p, y) - smoothing * log_p.mean(1).mean()
+    updater = Updater(None, None, None, label_smoothing=smoothing)
+    assert updater.loss(logits, y).item() == pytest.approx(expected.item(), rel=1e-6)
+
+
+@pytest.mark.parametrize("clip", [0.0, 1e-3])
+def test_gradient_clipping_bounds_the_gradient_norm(clip):
+    model = tiny_model()
+    optimizer = build_optimizer(model, "adamw", 1e-3, 0.0, torch.device("cpu"))
+    updater = Updater(optimizer, torch.amp.GradScaler("cpu", enabled=False), LRSchedule("constant", 1e-3, 0, 0, 1), grad_clip=clip)
+    loss = updater.loss(model(torch.randn(4, 3, 64, 64)), torch.tensor([0, 1, 2, 0]))
+    updater.step(loss, 0)
+    norm = torch.norm(torch.stack([p.grad.norm() for p in model.parameters()]))
+    if clip:
+        assert norm <= clip * 1.001
+    else:
+        assert norm > 1e-2  # unclipped: the real gradient
+
+
+def test_ema_follows_the_weights_with_a_ramped_decay():
+    model = tiny_model()
+    ema = EMA(model, decay=0.99)
+    start = [p.detach().clone() for p in model.parameters()]
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(1.0)
+    ema.update()  # first update: decay min(0.99, 2/11)
+    decay = 2 / 11
+    for averaged, before, now in zip(ema.module.parameters(), start, model.parameters()):
+        torch.testing.assert_close(averaged, decay * before + (1 - decay) * now)
+    for _ in range(2000):
+        ema.update()  # weights no longer move: the average converges to them
+    for averaged, now in zip(ema.module.parameters(), model.parameters()):
+        torch.testing.assert_close(averaged, now)
+    assert ema.updates == 2001 and not any(p.requires_grad for p in ema.module.parameters())
+
+
+# ---------------------------------------------------------------- through train.py
+
+
+@pytest.fixture(scope="module")
+def full_recipe_run(prepared_once, tmp_path_factory):
+    run_dir = tmp_path_factory.mktemp("full") / "r"
+    assert train.main(["--data-dir", prepared_once, "--run-dir", str(run_dir), *FAST, "--epochs", "2", *FULL_RECIPE]) == 0
+    return run_dir
+
+
+def test_the_lr_follows_the_schedule_step_by_step(full_recipe_run):
+    rows = list(csv.DictReader(open(full_recipe_run / "metrics.csv")))
+    schedule = LRSchedule("cosine", 3e-3, 1e-5, warmup_steps=3, total_steps=12)  # 96 images / 16 = 6 steps an epoch
+    assert [float(r["lr"]) for r in rows] == pytest.approx([schedule(5), schedule(11)])
+    assert load(full_recipe_run / "last.pt")["schedule"] == {"kind": "cosine", "lr": 3e-3, "min_lr": 1e-5,
+                                                              "warmup_steps": 3, "total_steps": 12}
+
+
+def test_ema_weights_are_evaluated_checkpointed_and_used_by_evaluate(full_recipe_run, tmp_path, capsys):
+    checkpoint = load(full_recipe_run / "last.pt")
+    assert checkpoint["ema"]["updates"] == 12
+    assert any(not torch.equal(checkpoint["ema"]["model"][k], v) for k, v in checkpoint["model"].items())
+    reported = json.load(open(full_recipe_run / "test_metrics.json"))["final"]
+    ema_json, raw_json = tmp_path / "ema.json", tmp_path / "raw.json"
+    assert evaluate.main([str(full_recipe_run / "last.pt"), "--json", str(ema_json)]) == 0
+    assert evaluate.main([str(full_recipe_run / "last.pt"), "--no-ema", "--json", str(raw_json)]) == 0
+    ema, raw = json.load(open(ema_json)), json.load(open(raw_json))
+    assert (ema["weights"], raw["weights"]) == ("ema", "trained")
+    assert ema["loss"] == pytest.approx(reported["loss"], abs=1e-5) and ema["top1"] == reported["top1"]
+    assert raw["loss"] != pytest.approx(ema["loss"], abs=1e-6)
+
+
+def test_resume_mid_epoch_with_every_recipe_feature_equals_a_straight_run(prepared_once, full_recipe_run, tmp_path, monkeypatch, capsys):
+    """Stopped during the warm-up of epoch 1 and resumed with no recipe flags: the saved
+    settings, schedule position, EMA and optimizer state make it bit-identical."""
+    run_dir = tmp_path / "r"
+    with monkeypatch.context() as patch:
+        signal_during_training(patch, epoch=0, step=1)
+        assert train.main(["--data-dir", prepared_once, "--run-dir", str(run_dir), *FAST, "--epochs", "2", *FULL_RECIPE]) == 130
+    assert load(run_dir / "last.pt")["progress"]["step_in_epoch"] == 2
+    assert train.main(["--resume", str(run_dir / "last.pt")]) == 0
+    assert_same_training_state(load(full_recipe_run / "last.pt"), load(run_dir / "last.pt"))
+    config = json.load(open(run_dir / "config.json"))
+    assert config["lr"] == 3e-3 and config["ema_decay"] == 0.9 and config["batch_size"] == 16
+
+
+def test_resume_refuses_changed_recipe_flags_and_accepts_more_epochs(full_recipe_run, tmp_path, capsys):
+    assert train.main(["--resume", str(full_recipe_run / "last.pt"), "--lr", "1e-2", "--label-smoothing", "0"]) == 2
+    err = capsys.readouterr().err
+    assert "--lr 0.01 (the run has 0.003)" in err and "--label-smoothing 0.0 (the run has 0.1)" in err
+    run_dir = tmp_path / "more"
+    assert train.main(["--resume", str(full_recipe_run / "last.pt"), "--epochs", "3", "--run-dir", str(run_dir)]) == 0
+    assert "the lr schedule now spans 3 epochs (it was 2)" in capsys.readouterr().out
+    assert load(run_dir / "last.pt")["schedule"]["total_steps"] == 18
+
+
+def test_presets_run_end_to_end(prepared_once, tmp_path):
+    for recipe in ("study", "improved"):
+        run_dir = tmp_path / recipe
+        assert train.main(["--data-dir", prepared_once, "--run-dir", str(run_dir), *FAST, "--epochs", "1", "--recipe", recipe]) == 0
+        config = json.load(open(run_dir / "config.json"))
+        assert {key: config[key] for key in PRESETS[recipe]} == PRESETS[recipe]
+        assert math.isfinite(json.load(open(run_dir / "test_metrics.json"))["final"]["loss"])
