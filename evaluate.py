@@ -1,56 +1,85 @@
-"""Evaluate a checkpoint: loss, top-1 and top-5 on a split of the prepared data.
+"""Evaluate a checkpoint: accuracy and a report on a split of the prepared data.
 
     python evaluate.py runs/<name>/best.pt                     # the 8,000-image test split
     python evaluate.py runs/<name>/best.pt --split val --json val.json
+    python evaluate.py runs/<name>/best.pt --predict predictions.csv   # label test/images
+
+Reports loss, top-1, top-5, macro-F1, per-class accuracy (with the class names from
+words.txt), the most confused class pairs, the parameter count, inference throughput and
+peak memory; --json writes all of it.
 
 Accepts checkpoints written by train.py and the notebook's Lightning checkpoints
 (state_dict keys prefixed `model.`), also from compiled or DDP models. Files are loaded
 with weights_only=True: a checkpoint can hold tensors and plain values, never code.
 """
 import argparse
+import csv
 import os
+import re
+import resource
 import sys
+import time
 import zipfile
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
 from data import BatchLoader, load_packed, make_splits
-from layout import DataError, write_json
-from model import CvTConfig, CvTSimplifiedEmbedding, config_from_state_dict
+from layout import DATASET_DIR, DataError, write_json
+from model import CvTConfig, CvTSimplifiedEmbedding, config_from_state_dict, count_parameters
 from runtime import amp_dtype, autocast, resolve_device
 
 KEY_PREFIXES = ("model.", "_orig_mod.", "module.")  # Lightning, torch.compile, DDP
 
 
 @torch.no_grad()
-def evaluate(model, loader, device, dtype=None, pad_to=None, dist=None):
-    """{"loss", "top1", "top5", "images"} over the loader. With pad_to, a last partial batch is
+def evaluate(model, loader, device, dtype=None, pad_to=None, dist=None, num_classes=None):
+    """{"loss", "top1", "top5", "images"} over the loader, and with num_classes a "confusion"
+    matrix (rows: true class, columns: predicted). With pad_to, a last partial batch is
     zero-padded to that size so a compiled model sees one static shape. With dist, each rank
     holds a shard of the split and the sums are added over ranks: the result is the single
     process's, with every image counted once."""
     model.eval()
     sums = torch.zeros(4, device=device, dtype=torch.float64)  # loss, top-1 hits, top-5 hits, images
+    confusion = torch.zeros((num_classes or 0) ** 2, device=device, dtype=torch.float64)
     for x, y in loader:
         n = len(y)
         if pad_to and n < pad_to:
             x = torch.cat([x, x.new_zeros((pad_to - n, *x.shape[1:]))])
         with autocast(device, dtype):
             logits = model(x)[:n].float()
+        top = top_predictions(logits)
         sums[0] += F.cross_entropy(logits, y, reduction="sum")
-        sums[1:3] += topk_correct(logits, y)
+        sums[1:3] += hits(top, y)
         sums[3] += n
+        if num_classes:
+            confusion += torch.bincount(y * num_classes + top[:, 0], minlength=num_classes**2)
     if dist is not None:
         dist.all_reduce(sums)
+        if num_classes:
+            dist.all_reduce(confusion)
     loss, top1, top5, count = sums.tolist()  # one sync
-    return {"loss": loss / count, "top1": top1 / count, "top5": top5 / count, "images": int(count)}
+    metrics = {"loss": loss / count, "top1": top1 / count, "top5": top5 / count, "images": int(count)}
+    if num_classes:
+        metrics["confusion"] = confusion.view(num_classes, num_classes).long().cpu()
+    return metrics
+
+
+def top_predictions(logits, k=5):
+    """The k most likely classes per row, most likely first."""
+    return logits.topk(min(k, logits.shape[1]), dim=1).indices
+
+
+def hits(top, y):
+    """(top-1 hits, top-k hits) as a device tensor."""
+    correct = top == y[:, None]
+    return torch.stack([correct[:, 0].sum(), correct.any(dim=1).sum()]).float()
 
 
 def topk_correct(logits, y, k=5):
     """(top-1 hits, top-k hits) as a device tensor."""
-    top = logits.topk(min(k, logits.shape[1]), dim=1).indices
-    hits = top == y[:, None]
-    return torch.stack([hits[:, 0].sum(), hits.any(dim=1).sum()]).float()
+    return hits(top_predictions(logits, k), y)
 
 
 def load_checkpoint(path):
@@ -82,9 +111,13 @@ def plain_state_dict(state_dict):
     return plain
 
 
-def model_from_checkpoint(checkpoint, path="checkpoint"):
-    """Rebuild the model from the checkpoint alone (config saved by train.py, or inferred)."""
-    state_dict = plain_state_dict(checkpoint.get("model") or checkpoint["state_dict"])
+def model_from_checkpoint(checkpoint, path="checkpoint", use_ema=True):
+    """Rebuild the model from the checkpoint alone (config saved by train.py, or inferred): its
+    EMA weights when it has them (what train.py evaluated) unless use_ema is False."""
+    if use_ema and "ema" in checkpoint:
+        state_dict = checkpoint["ema"]["model"]
+    else:
+        state_dict = plain_state_dict(checkpoint.get("model") or checkpoint["state_dict"])
     try:
         config = CvTConfig(**checkpoint["model_config"]) if "model_config" in checkpoint else config_from_state_dict(state_dict)
         model = CvTSimplifiedEmbedding(config)
@@ -111,6 +144,134 @@ def check_classes(checkpoint, classes, path):
         raise DataError(f"{path} was trained on other classes than the prepared data: {class_difference(saved, classes)}")
 
 
+# ---------------------------------------------------------------- reports
+
+
+def class_report(confusion, classes, class_names, top=20):
+    """Macro-F1, per-class accuracy and F1, and the most confused (true, predicted) pairs from a
+    confusion matrix. Macro-F1 averages F1 over the classes that occur as a label or a
+    prediction (scikit-learn's f1_score(average="macro") on the same predictions)."""
+    confusion = confusion.double()
+    support, predicted, correct = confusion.sum(1), confusion.sum(0), confusion.diagonal()
+    f1 = 2 * correct / (support + predicted).clamp(min=1)
+    present = (support + predicted) > 0
+    per_class = [
+        {"wnid": wnid, "name": name, "images": int(support[i]), "accuracy": (correct[i] / support[i]).item() if support[i] else None,
+         "f1": f1[i].item()}
+        for i, (wnid, name) in enumerate(zip(classes, class_names))
+    ]
+    mistakes = confusion.clone().fill_diagonal_(0).flatten()
+    count = min(top, int((mistakes > 0).sum()))
+    values, flat = mistakes.topk(count) if count else (mistakes[:0], mistakes[:0].long())
+    confused = [
+        {"true": classes[t], "true_name": class_names[t], "predicted": classes[p], "predicted_name": class_names[p],
+         "images": int(v), "share_of_true": v.item() / support[t].item()}
+        for v, t, p in zip(values, (flat // len(classes)).tolist(), (flat % len(classes)).tolist())
+    ]
+    return {"macro_f1": f1[present].mean().item() if present.any() else 0.0, "per_class": per_class, "most_confused": confused}
+
+
+@torch.no_grad()
+def measure_throughput(model, x, device, dtype, warmup=2, min_seconds=1.0, min_batches=5):
+    """Inference images/s on one batch already in memory (the model alone, no data loading),
+    timed after warmup batches and over at least min_seconds and min_batches."""
+    model.eval()
+    synchronize = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    with autocast(device, dtype):
+        for _ in range(warmup):
+            model(x)
+        synchronize()
+        batches, start = 0, time.perf_counter()
+        while batches < min_batches or time.perf_counter() - start < min_seconds:
+            model(x)
+            batches += 1
+        synchronize()
+    return batches * len(x) / (time.perf_counter() - start)
+
+
+def peak_memory(device):
+    """(megabytes, what was measured): CUDA memory allocated by tensors, or the process's peak
+    resident memory on CPU (which includes the data it loaded)."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20, "peak CUDA memory allocated"
+    kilobytes = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / (1024 if sys.platform == "darwin" else 1)
+    return kilobytes / 1024, "peak resident memory of the process"
+
+
+def short_name(name):
+    """'goldfish, Carassius auratus' -> 'goldfish'."""
+    return name.split(",")[0].strip()
+
+
+def print_report(m, show=5):
+    print(f"{m['split']}: loss {m['loss']:.4f}  top-1 {m['top1']:.2%}  top-5 {m['top5']:.2%}  "
+          f"macro-F1 {m['macro_f1']:.4f}  ({m['images']:,} images)")
+    print(f"model: {m['parameters']:,} parameters; inference {m['images_per_s']:,.0f} images/s "
+          f"(batch {m['batch_size']}, {m['device']}, {m['precision']}, after warm-up); "
+          f"{m['peak_memory_what']} {m['peak_memory_mb']:,.0f} MB")
+    scored = sorted((c for c in m["per_class"] if c["accuracy"] is not None), key=lambda c: (-c["accuracy"], c["wnid"]))
+    describe = lambda c: f"{short_name(c['name'])} ({c['wnid']}) {c['accuracy']:.0%} of {c['images']}"  # noqa: E731
+    print(f"best classes:  {'; '.join(describe(c) for c in scored[:show])}")
+    print(f"worst classes: {'; '.join(describe(c) for c in scored[::-1][:show])}")
+    if m["most_confused"]:
+        pairs = "; ".join(f"{short_name(p['true_name'])} -> {short_name(p['predicted_name'])} ({p['images']})"
+                          for p in m["most_confused"][:show])
+        print(f"most confused (true -> predicted, images): {pairs}")
+
+
+# ---------------------------------------------------------------- predictions for test/images
+
+
+def natural_key(name):
+    """test_2.JPEG before test_10.JPEG."""
+    return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", name)]
+
+
+def test_image_files(data_dir):
+    folder = os.path.join(data_dir, DATASET_DIR, "test", "images")
+    try:
+        names = sorted((n for n in os.listdir(folder) if n.lower().endswith((".jpeg", ".jpg", ".png"))), key=natural_key)
+    except OSError:
+        raise DataError(f"no {folder}/: --predict labels the zip's unlabeled test images; run prepare_data.py "
+                        f"--data-dir {data_dir}") from None
+    if not names:
+        raise DataError(f"{folder}/ holds no images")
+    return [os.path.join(folder, n) for n in names]
+
+
+@torch.no_grad()
+def predict_files(model, paths, classes, class_names, device, dtype, batch_size):
+    """[(file name, wnid, class name, confidence)] for image files, in the given order."""
+    from prepare_data import decode  # PIL; the same RGB conversion as the packed data
+
+    model.eval()
+    rows = []
+    for start in range(0, len(paths), batch_size):
+        chunk = paths[start : start + batch_size]
+        pixels = torch.from_numpy(np.stack([decode(p) for p in chunk]))
+        x, _ = next(iter(BatchLoader(pixels, torch.zeros(len(chunk), dtype=torch.long), len(chunk), device)))
+        with autocast(device, dtype):
+            probabilities = model(x).float().softmax(dim=1)
+        confidence, label = probabilities.max(dim=1)
+        for path, c, p in zip(chunk, label.tolist(), confidence.tolist()):
+            rows.append((os.path.basename(path), classes[c], class_names[c], f"{p:.4f}"))
+    return rows
+
+
+def write_predictions(path, rows):
+    try:
+        with open(path + ".tmp", "w", newline="") as f:
+            writer = csv.writer(f)
+            writer.writerow(("file", "wnid", "class_name", "confidence"))
+            writer.writerows(rows)
+        os.replace(path + ".tmp", path)
+    except OSError as error:
+        raise DataError(f"cannot write {path}: {error.strerror or error}") from None
+
+
+# ---------------------------------------------------------------- command line
+
+
 def parse_args(argv):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("checkpoint", help="a .pt file written by train.py (or a Lightning .ckpt)")
@@ -118,8 +279,13 @@ def parse_args(argv):
     parser.add_argument("--split", default="test", choices=("train", "val", "test"))
     parser.add_argument("--batch-size", type=int, default=256)
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
-    parser.add_argument("--amp", action=argparse.BooleanOptionalAction, default=False, help="bf16/fp16 autocast")
-    parser.add_argument("--json", metavar="PATH", help="also write the metrics as JSON")
+    parser.add_argument("--amp", action=argparse.BooleanOptionalAction, default=False,
+                        help="bf16 autocast (fp16 on GPUs without bf16), as in train.py; default off: fp32")
+    parser.add_argument("--no-ema", dest="ema", action="store_false",
+                        help="evaluate the raw trained weights of a run that kept an EMA (default: the EMA weights)")
+    parser.add_argument("--json", metavar="PATH", help="also write the whole report as JSON")
+    parser.add_argument("--predict", metavar="OUT.csv",
+                        help="also label the unlabeled test/images: file, wnid, class name, confidence")
     args = parser.parse_args(argv)
     if args.batch_size < 1:
         parser.error("--batch-size must be at least 1")
@@ -128,7 +294,7 @@ def parse_args(argv):
 
 def run(args):
     checkpoint = load_checkpoint(args.checkpoint)
-    model = model_from_checkpoint(checkpoint, args.checkpoint)
+    model = model_from_checkpoint(checkpoint, args.checkpoint, use_ema=args.ema)
     data_dir = args.data_dir or checkpoint.get("config", {}).get("data_dir") or "data"
     data = load_packed(data_dir)
     check_classes(checkpoint, data.classes, args.checkpoint)
@@ -136,15 +302,33 @@ def run(args):
         raise DataError(f"{args.checkpoint} predicts {model.config.num_classes} classes, the data in {data_dir}/ has {len(data.classes)}")
     if data.synthetic or checkpoint.get("synthetic"):
         print("warning: SYNTHETIC data (prepare_data.py --synthetic): a smoke test, not a result", file=sys.stderr)
+    test_images = test_image_files(data_dir) if args.predict else None  # before any work: fail fast
     device = resolve_device(args.device)
+    dtype = amp_dtype(device, args.amp)
+    model = model.to(device)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
     x, y = make_splits(data)[args.split]
     loader = BatchLoader(x, y, args.batch_size, device)
-    metrics = evaluate(model.to(device), loader, device, amp_dtype(device, args.amp))
-    metrics["split"] = args.split
-    metrics["checkpoint"] = args.checkpoint
-    print(f"{args.split}: loss {metrics['loss']:.4f}  top-1 {metrics['top1']:.2%}  top-5 {metrics['top5']:.2%}  ({metrics['images']:,} images)")
+    metrics = evaluate(model, loader, device, dtype, num_classes=len(data.classes))
+    report = class_report(metrics.pop("confusion"), data.classes, data.class_names)
+    first_batch = next(iter(loader))[0]
+    memory_mb, memory_what = peak_memory(device)
+    metrics = {
+        "split": args.split, "checkpoint": args.checkpoint, "weights": "ema" if args.ema and "ema" in checkpoint else "trained",
+        **metrics, "macro_f1": report["macro_f1"], "parameters": count_parameters(model),
+        "images_per_s": measure_throughput(model, first_batch, device, dtype), "batch_size": len(first_batch),
+        "device": str(device), "precision": str(dtype).replace("torch.", "") if dtype else "fp32",
+        "peak_memory_mb": memory_mb, "peak_memory_what": memory_what,
+        "per_class": report["per_class"], "most_confused": report["most_confused"],
+    }
+    print_report(metrics)
     if args.json:
         write_json(args.json, metrics)
+    if args.predict:
+        rows = predict_files(model, test_images, data.classes, data.class_names, device, dtype, args.batch_size)
+        write_predictions(args.predict, rows)
+        print(f"predictions for {len(rows):,} test images: {args.predict}")
     return metrics
 
 

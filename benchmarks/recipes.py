@@ -1,0 +1,98 @@
+"""Compare training recipes on the same data, epochs and machine, over several seeds.
+
+    python benchmarks/recipes.py --data-dir data-mini --epochs 10 --seeds 0 1 2
+    python benchmarks/recipes.py --data-dir data-mini --recipes seed "lr3e-3=--recipe improved --lr 3e-3"
+
+Each entry of --recipes is a preset name (seed, study, improved) or NAME=FLAGS (any train.py
+flags). Every (entry, seed) trains with `python train.py` into OUT/NAME-sSEED; a run already
+finished there is reused and an interrupted one resumed, so a sweep can be stopped and
+continued. Prints a markdown table: val and test top-1/top-5 of the final weights, as the
+mean and the standard deviation over seeds, and the per-seed test top-1.
+"""
+import argparse
+import json
+import os
+import shlex
+import statistics
+import subprocess
+import sys
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def parse_entry(entry):
+    """'study' -> ('study', ['--recipe', 'study']); 'name=--lr 3e-3' -> ('name', ['--lr', '3e-3'])."""
+    if "=" in entry:
+        name, flags = entry.split("=", 1)
+        return name, shlex.split(flags)
+    return entry, ["--recipe", entry]
+
+
+def train(name, flags, seed, args):
+    run_dir = os.path.join(args.out_dir, f"{name}-s{seed}")
+    if os.path.exists(os.path.join(run_dir, "test_metrics.json")):
+        return run_dir
+    command = [sys.executable, os.path.join(ROOT, "train.py"), "--data-dir", args.data_dir, "--epochs", str(args.epochs),
+               "--seed", str(seed), *flags, *shlex.split(args.train_flags)]
+    if os.path.exists(os.path.join(run_dir, "last.pt")):
+        command += ["--resume", os.path.join(run_dir, "last.pt")]
+    else:
+        command += ["--run-dir", run_dir]
+    print("$", shlex.join(command), flush=True)
+    subprocess.run(command, check=True, stdout=subprocess.DEVNULL if args.quiet else None)
+    return run_dir
+
+
+def run_summary(run_dir):
+    test = json.load(open(os.path.join(run_dir, "test_metrics.json")))["final"]
+    with open(os.path.join(run_dir, "metrics.csv")) as f:
+        header, *rows = [line.strip().split(",") for line in f if line.strip()]
+    last = dict(zip(header, rows[-1]))
+    return {"val_top1": float(last["val_top1"]), "val_top5": float(last["val_top5"]), "test_top1": test["top1"],
+            "test_top5": test["top5"], "minutes": sum(float(dict(zip(header, r))["seconds"]) for r in rows) / 60}
+
+
+def mean_std(values, percent=True):
+    scale = 100 if percent else 1
+    values = [v * scale for v in values]
+    if len(values) == 1:
+        return f"{values[0]:.2f}"
+    return f"{statistics.mean(values):.2f} ± {statistics.stdev(values):.2f}"
+
+
+def table(results, seeds):
+    lines = [f"| recipe | val top-1 % | val top-5 % | test top-1 % | test top-5 % | test top-1 per seed ({', '.join(map(str, seeds))}) | train min/run |",
+             "| --- | ---: | ---: | ---: | ---: | --- | ---: |"]
+    for name, runs in results.items():
+        column = lambda key: [run[key] for run in runs]  # noqa: E731
+        per_seed = ", ".join(f"{v * 100:.2f}" for v in column("test_top1"))
+        lines.append(f"| {name} | {mean_std(column('val_top1'))} | {mean_std(column('val_top5'))} | "
+                     f"{mean_std(column('test_top1'))} | {mean_std(column('test_top5'))} | {per_seed} | "
+                     f"{statistics.mean(column('minutes')):.1f} |")
+    return "\n".join(lines)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--data-dir", required=True)
+    parser.add_argument("--recipes", nargs="+", default=["seed", "study", "improved"], help="presets or NAME=FLAGS")
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    parser.add_argument("--epochs", type=int, default=10)
+    parser.add_argument("--out-dir", default="runs/recipes")
+    parser.add_argument("--train-flags", default="", help="added to every train.py command, e.g. '--batch-size 32'")
+    parser.add_argument("--json", help="also write every run's numbers here")
+    parser.add_argument("--quiet", action="store_true", help="hide train.py's output")
+    args = parser.parse_args(argv)
+    results = {}
+    for entry in args.recipes:
+        name, flags = parse_entry(entry)
+        results[name] = [run_summary(train(name, flags, seed, args)) for seed in args.seeds]
+    print(table(results, args.seeds))
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(results, f, indent=1)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
