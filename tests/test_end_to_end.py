@@ -1,5 +1,6 @@
 """The README's commands as a user runs them, on real data (the mini zip, skipped when
 ../shared is absent) and on synthetic data (always)."""
+import csv
 import json
 import math
 import os
@@ -24,12 +25,19 @@ def test_prepare_train_one_epoch_evaluate_on_the_mini_zip(tmp_path, mini_prepare
     run("train.py", "--data-dir", mini_prepared, "--epochs", "1", "--run-dir", str(run_dir), "--device", "cpu")
     reported = json.load(open(run_dir / "test_metrics.json"))["final"]
     assert reported["images"] == 1600  # 80% of the 2,000 val images, as the notebook splits
-    out = tmp_path / "eval.json"
-    result = run("evaluate.py", str(run_dir / "best.pt"), "--json", str(out))
+    out, predictions = tmp_path / "eval.json", tmp_path / "predictions.csv"
+    result = run("evaluate.py", str(run_dir / "best.pt"), "--json", str(out), "--predict", str(predictions))
     measured = json.load(open(out))
     assert measured["top1"] == reported["top1"] and measured["top5"] == reported["top5"]
     assert f"top-1 {reported['top1']:.2%}" in result.stdout
     assert reported["top5"] > 5 / 200  # above chance after one epoch of 10,000 images
+    # the report names the real classes (words.txt) and labels the 200 real test images
+    names = {c["wnid"]: c["name"] for c in measured["per_class"]}
+    assert len(names) == 200 and names["n01443537"] == "goldfish, Carassius auratus"
+    assert sum(c["images"] for c in measured["per_class"]) == 1600 and measured["parameters"] == 122_568
+    rows = list(csv.DictReader(open(predictions)))
+    assert len(rows) == 200 and rows[0]["file"] == "test_0.JPEG" and rows[-1]["file"] == "test_199.JPEG"
+    assert all(names[r["wnid"]] == r["class_name"] for r in rows)
 
 
 @needs_mini_zip
