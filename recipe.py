@@ -22,7 +22,7 @@ PRESETS = {
                  min_lr=0.0, label_smoothing=0.0, grad_clip=0.0, ema_decay=0.0),
     "study": dict(optimizer="adamw", lr=1e-4, weight_decay=1e-3, lr_schedule="cosine", warmup_epochs=5.0,
                   min_lr=1e-6, label_smoothing=0.1, grad_clip=0.0, ema_decay=0.0),
-    "improved": dict(optimizer="adamw", lr=2e-3, weight_decay=0.05, lr_schedule="cosine", warmup_epochs=1.0,
+    "improved": dict(optimizer="adamw", lr=5e-3, weight_decay=0.05, lr_schedule="cosine", warmup_epochs=1.0,
                      min_lr=1e-5, label_smoothing=0.1, grad_clip=1.0, ema_decay=0.0),
 }
 

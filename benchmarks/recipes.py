@@ -6,8 +6,8 @@
 Each entry of --recipes is a preset name (seed, study, improved) or NAME=FLAGS (any train.py
 flags). Every (entry, seed) trains with `python train.py` into OUT/NAME-sSEED; a run already
 finished there is reused and an interrupted one resumed, so a sweep can be stopped and
-continued. Prints a markdown table: val and test top-1/top-5 of the final weights, as the
-mean and the standard deviation over seeds, and the per-seed test top-1.
+continued. Prints a markdown table: val and test top-1/top-5 and the test loss of the final
+weights, as the mean and the standard deviation over seeds, and the per-seed test top-1.
 """
 import argparse
 import json
@@ -49,25 +49,26 @@ def run_summary(run_dir):
         header, *rows = [line.strip().split(",") for line in f if line.strip()]
     last = dict(zip(header, rows[-1]))
     return {"val_top1": float(last["val_top1"]), "val_top5": float(last["val_top5"]), "test_top1": test["top1"],
-            "test_top5": test["top5"], "minutes": sum(float(dict(zip(header, r))["seconds"]) for r in rows) / 60}
+            "test_top5": test["top5"], "test_loss": test["loss"], "minutes": sum(float(dict(zip(header, r))["seconds"]) for r in rows) / 60}
 
 
 def mean_std(values, percent=True):
-    scale = 100 if percent else 1
-    values = [v * scale for v in values]
+    """'9.81 ± 0.40': the mean and the sample standard deviation over seeds."""
+    values, digits = ([v * 100 for v in values], 2) if percent else (values, 3)
     if len(values) == 1:
-        return f"{values[0]:.2f}"
-    return f"{statistics.mean(values):.2f} ± {statistics.stdev(values):.2f}"
+        return f"{values[0]:.{digits}f}"
+    return f"{statistics.mean(values):.{digits}f} ± {statistics.stdev(values):.{digits}f}"
 
 
 def table(results, seeds):
-    lines = [f"| recipe | val top-1 % | val top-5 % | test top-1 % | test top-5 % | test top-1 per seed ({', '.join(map(str, seeds))}) | train min/run |",
-             "| --- | ---: | ---: | ---: | ---: | --- | ---: |"]
+    lines = [f"| recipe | val top-1 % | val top-5 % | test top-1 % | test top-5 % | test loss | test top-1 per seed ({', '.join(map(str, seeds))}) | train min/run |",
+             "| --- | ---: | ---: | ---: | ---: | ---: | --- | ---: |"]
     for name, runs in results.items():
         column = lambda key: [run[key] for run in runs]  # noqa: E731
         per_seed = ", ".join(f"{v * 100:.2f}" for v in column("test_top1"))
         lines.append(f"| {name} | {mean_std(column('val_top1'))} | {mean_std(column('val_top5'))} | "
-                     f"{mean_std(column('test_top1'))} | {mean_std(column('test_top5'))} | {per_seed} | "
+                     f"{mean_std(column('test_top1'))} | {mean_std(column('test_top5'))} | "
+                     f"{mean_std(column('test_loss'), percent=False)} | {per_seed} | "
                      f"{statistics.mean(column('minutes')):.1f} |")
     return "\n".join(lines)
 
