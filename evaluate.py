@@ -208,7 +208,7 @@ def print_report(m, show=5):
           f"macro-F1 {m['macro_f1']:.4f}  ({m['images']:,} images)")
     print(f"model: {m['parameters']:,} parameters; inference {m['images_per_s']:,.0f} images/s "
           f"(batch {m['batch_size']}, {m['device']}, {m['precision']}, after warm-up); "
-          f"{m['peak_memory_what']} {m['peak_memory_mb']:,.0f} MB")
+          f"{m['peak_memory_what']} {m['peak_memory_mb']:,.0f} MB (+{m['peak_memory_added_by_evaluation_mb']:,.0f} MB during the evaluation)")
     scored = sorted((c for c in m["per_class"] if c["accuracy"] is not None), key=lambda c: (-c["accuracy"], c["wnid"]))
     describe = lambda c: f"{short_name(c['name'])} ({c['wnid']}) {c['accuracy']:.0%} of {c['images']}"  # noqa: E731
     print(f"best classes:  {'; '.join(describe(c) for c in scored[:show])}")
@@ -308,6 +308,7 @@ def run(args):
     model = model.to(device)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
+    memory_before_mb, _ = peak_memory(device)  # on CPU: what the runtime, model and data already hold
     x, y = make_splits(data)[args.split]
     loader = BatchLoader(x, y, args.batch_size, device)
     metrics = evaluate(model, loader, device, dtype, num_classes=len(data.classes))
@@ -320,6 +321,7 @@ def run(args):
         "images_per_s": measure_throughput(model, first_batch, device, dtype), "batch_size": len(first_batch),
         "device": str(device), "precision": str(dtype).replace("torch.", "") if dtype else "fp32",
         "peak_memory_mb": memory_mb, "peak_memory_what": memory_what,
+        "peak_memory_added_by_evaluation_mb": memory_mb - memory_before_mb,
         "per_class": report["per_class"], "most_confused": report["most_confused"],
     }
     print_report(metrics)
