@@ -61,7 +61,9 @@ class LRSchedule:
             return self.min_lr + (self.lr - self.min_lr) * step / self.warmup_steps
         if self.kind == "constant":
             return self.lr
-        progress = min(1.0, (step - self.warmup_steps) / max(1, self.total_steps - self.warmup_steps))
+        if step >= self.total_steps:
+            return self.min_lr
+        progress = (step - self.warmup_steps) / (self.total_steps - self.warmup_steps)
         return self.min_lr + (self.lr - self.min_lr) * 0.5 * (1 + math.cos(math.pi * progress))
 
     @classmethod

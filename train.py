@@ -491,7 +491,7 @@ def start_run(args, dist, device):
 def describe_recipe(args):
     parts = [f"{args.optimizer} lr {args.lr:g}", f"weight decay {args.weight_decay:g}"]
     if args.warmup_epochs:
-        parts.append(f"{args.warmup_epochs:g} warm-up epochs from {args.min_lr:g}")
+        parts.append(f"{args.warmup_epochs:g} warm-up epoch{'' if args.warmup_epochs == 1 else 's'} from {args.min_lr:g}")
     parts.append("constant lr" if args.lr_schedule == "constant" else f"cosine to {args.min_lr:g}")
     parts += [f"label smoothing {args.label_smoothing:g}"] if args.label_smoothing else []
     parts += [f"grad clip {args.grad_clip:g}"] if args.grad_clip else []

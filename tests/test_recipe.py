@@ -75,6 +75,8 @@ def test_warmup_then_cosine_schedule():
     assert schedule(110) == pytest.approx(1e-6) and schedule(500) == pytest.approx(1e-6)  # ... ends at min_lr
     lrs = [schedule(s) for s in range(10, 111)]
     assert all(a >= b for a, b in zip(lrs, lrs[1:]))
+    all_warmup = LRSchedule("cosine", lr=1e-3, min_lr=1e-6, warmup_steps=10, total_steps=10)
+    assert all_warmup(9) == pytest.approx(1e-6 + (1e-3 - 1e-6) * 0.9) and all_warmup(10) == pytest.approx(1e-6)
     constant = LRSchedule("constant", lr=1e-3, min_lr=0.0, warmup_steps=4, total_steps=100)
     assert [constant(s) for s in (0, 2, 4, 99)] == pytest.approx([0, 5e-4, 1e-3, 1e-3])
 
