@@ -617,7 +617,8 @@ def evaluate_test(r):
     names = ("final", "best") if results["best"] is not results["final"] else ("final",)
     for name in names:
         metrics = results[name]
-        r.log(f"test ({name} weights, epoch {metrics['epoch']}): loss {metrics['loss']:.4f} "
+        weights = f"{name} EMA" if r.updater.ema else name
+        r.log(f"test ({weights} weights, epoch {metrics['epoch']}): loss {metrics['loss']:.4f} "
               f"top-1 {metrics['top1']:.2%} top-5 {metrics['top5']:.2%} ({metrics['images']:,} images)")
     return results
 

@@ -45,11 +45,15 @@ def load(path):
 
 
 def test_two_ranks_train_with_identical_parameters_and_plain_checkpoints(odd_data, tmp_path):
-    result = torchrun("--data-dir", odd_data, "--run-dir", str(tmp_path / "r"), "--epochs", "2", *COMMON)
+    """With the improved recipe plus an EMA: clipping sees the all-reduced gradients."""
+    recipe = ["--recipe", "improved", "--ema-decay", "0.9"]
+    result = torchrun("--data-dir", odd_data, "--run-dir", str(tmp_path / "r"), "--epochs", "2", *COMMON, *recipe)
     assert "parameters identical on all 2 ranks" in result.stdout
     assert result.stdout.count("epoch 2/2:") == 1  # only rank 0 prints
+    assert "test (final EMA weights, epoch 2)" in result.stdout
     checkpoint = load(tmp_path / "r" / "last.pt")
-    assert checkpoint["config"]["world_size"] == 2
+    assert checkpoint["config"]["world_size"] == 2 and checkpoint["config"]["grad_clip"] == 1.0
+    assert checkpoint["ema"]["updates"] == 2 * 6  # 96 images / 16 a step, 2 epochs
     assert not any(key.startswith(("module.", "_orig_mod.")) for key in checkpoint["model"])
 
 
