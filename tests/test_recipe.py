@@ -3,7 +3,6 @@ smoothing, gradient clipping, EMA, and exact resume of all of it."""
 import csv
 import json
 import math
-import signal
 
 import pytest
 import torch
