@@ -13,7 +13,6 @@ Accepts checkpoints written by train.py and the notebook's Lightning checkpoints
 with weights_only=True: a checkpoint can hold tensors and plain values, never code.
 """
 import argparse
-import csv
 import os
 import re
 import resource
@@ -25,8 +24,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from data import BatchLoader, load_packed, make_splits
-from layout import DATASET_DIR, DataError, write_json
+from data import BatchLoader, load_packed, make_splits, normalize
+from layout import DATASET_DIR, DataError, write_csv, write_json
 from model import CvTConfig, CvTSimplifiedEmbedding, config_from_state_dict, count_parameters
 from runtime import amp_dtype, autocast, resolve_device
 
@@ -248,25 +247,13 @@ def predict_files(model, paths, classes, class_names, device, dtype, batch_size)
     rows = []
     for start in range(0, len(paths), batch_size):
         chunk = paths[start : start + batch_size]
-        pixels = torch.from_numpy(np.stack([decode(p) for p in chunk]))
-        x, _ = next(iter(BatchLoader(pixels, torch.zeros(len(chunk), dtype=torch.long), len(chunk), device)))
+        x = normalize(torch.from_numpy(np.stack([decode(p) for p in chunk])).to(device))
         with autocast(device, dtype):
             probabilities = model(x).float().softmax(dim=1)
         confidence, label = probabilities.max(dim=1)
         for path, c, p in zip(chunk, label.tolist(), confidence.tolist()):
             rows.append((os.path.basename(path), classes[c], class_names[c], f"{p:.4f}"))
     return rows
-
-
-def write_predictions(path, rows):
-    try:
-        with open(path + ".tmp", "w", newline="") as f:
-            writer = csv.writer(f)
-            writer.writerow(("file", "wnid", "class_name", "confidence"))
-            writer.writerows(rows)
-        os.replace(path + ".tmp", path)
-    except OSError as error:
-        raise DataError(f"cannot write {path}: {error.strerror or error}") from None
 
 
 # ---------------------------------------------------------------- command line
@@ -329,7 +316,7 @@ def run(args):
         write_json(args.json, metrics)
     if args.predict:
         rows = predict_files(model, test_images, data.classes, data.class_names, device, dtype, args.batch_size)
-        write_predictions(args.predict, rows)
+        write_csv(args.predict, ("file", "wnid", "class_name", "confidence"), rows)
         print(f"predictions for {len(rows):,} test images: {args.predict}")
     return metrics
 

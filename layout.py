@@ -11,6 +11,7 @@ data.py (which reads it). Kept free of torch so that `prepare_data.py` answers a
         train_x.npy train_y.npy val_x.npy val_y.npy
         meta.json                    written last: classes, names, counts, bytes, source
 """
+import csv
 import json
 import os
 
@@ -58,3 +59,16 @@ def write_json(path, value):
     with open(path + ".tmp", "w") as f:
         json.dump(value, f, indent=1)
     os.replace(path + ".tmp", path)
+
+
+def write_csv(path, header, rows):
+    """Write a CSV through a temporary file and a rename; a failure is a DataError and leaves
+    the previous file intact."""
+    try:
+        with open(path + ".tmp", "w", newline="") as f:
+            writer = csv.writer(f)
+            writer.writerow(header)
+            writer.writerows(rows)
+        os.replace(path + ".tmp", path)
+    except OSError as error:
+        raise DataError(f"cannot write {path} ({error.strerror or error}); the previous file is intact") from None

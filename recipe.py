@@ -111,6 +111,10 @@ class Updater:
     grad_clip: float = 0.0  # 0: off
     ema: EMA = None
 
+    def __post_init__(self):
+        groups = self.optimizer.param_groups if self.optimizer is not None else []
+        self.parameters = [p for group in groups for p in group["params"]]
+
     def loss(self, logits, y):
         return F.cross_entropy(logits.float(), y, label_smoothing=self.label_smoothing)
 
@@ -123,8 +127,7 @@ class Updater:
         self.scaler.scale(loss).backward()
         if self.grad_clip:
             self.scaler.unscale_(self.optimizer)  # clip the true gradients, not the scaled ones
-            params = [p for group in self.optimizer.param_groups for p in group["params"]]
-            torch.nn.utils.clip_grad_norm_(params, self.grad_clip)
+            torch.nn.utils.clip_grad_norm_(self.parameters, self.grad_clip)
         self.scaler.step(self.optimizer)
         skipped = None
         if self.scaler.is_enabled():  # fp16: steps skipped for inf/NaN gradients, normal while the scale calibrates

@@ -12,7 +12,6 @@ torch.compile, TF32 and a fused optimizer by default; on CPU, eager with bf16 au
 the CPU has native bf16, else fp32.
 """
 import argparse
-import csv
 import gc
 import math
 import os
@@ -28,7 +27,7 @@ from tqdm import tqdm
 from curves import draw_curves_or_explain
 from data import BatchLoader, load_packed, make_splits
 from evaluate import class_difference, evaluate, load_checkpoint, model_from_checkpoint, topk_correct
-from layout import DataError, write_json
+from layout import DataError, write_csv, write_json
 from model import CvTConfig, CvTSimplifiedEmbedding
 from recipe import EMA, PRESETS, RECIPE_FLAGS, LRSchedule, Updater, build_optimizer
 from runtime import (
@@ -244,11 +243,7 @@ def save_atomically(payload, path):
 
 
 def write_metrics_csv(path, history):
-    with open(path + ".tmp", "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=METRIC_FIELDS)
-        writer.writeheader()
-        writer.writerows({key: row[key] for key in METRIC_FIELDS} for row in history)
-    os.replace(path + ".tmp", path)
+    write_csv(path, METRIC_FIELDS, ([row[key] for key in METRIC_FIELDS] for row in history))
 
 
 # ---------------------------------------------------------------- setup
