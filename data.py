@@ -14,7 +14,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from layout import PACKED_ARRAYS, DataError, array_path, read_meta
+from cli import shell_command
+from layout import PACKED_ARRAYS, DataError, array_path, inspect_prepared
 
 # The notebook's normalisation (ImageNet-style statistics of Tiny ImageNet).
 MEAN = (0.4802, 0.4481, 0.3975)
@@ -41,11 +42,9 @@ class PackedData:
 
 def load_packed(data_dir):
     """Memory-map the arrays written by prepare_data.py."""
-    meta = read_meta(data_dir)
+    meta, problem = inspect_prepared(data_dir)
     if meta is None:
-        raise DataError(
-            f"no prepared data in {data_dir}/: run `python prepare_data.py --data-dir {data_dir}` first"
-        )
+        raise DataError(f"{problem} in {data_dir}/: run `{shell_command('prepare_data.py', '--data-dir', data_dir)}`")
     arrays = {}
     for name in PACKED_ARRAYS:
         # mode "c" (copy-on-write) gives a writable view, so torch shares the pages without copying.

@@ -4,12 +4,18 @@ data.py (which reads it). Kept free of torch so that `prepare_data.py` answers a
     data/
       tiny-imagenet-200.zip          downloaded (or given with --zip)
       tiny-imagenet-200/             the extracted zip, as the notebook has it
-        .extracted.json              marker: extraction complete, and from which zip
+        .extracted.json              marker: extraction complete, from which zip, and its id
         val_processed/<wnid>/*.JPEG  val/ restructured into class folders (the notebook's step)
         val_processed/.complete      marker
       packed/                        uint8 arrays that data.py memory-maps
         train_x.npy train_y.npy val_x.npy val_y.npy
-        meta.json                    written last: classes, names, counts, bytes, source
+        meta.json                    written last: classes, names, counts, bytes, source, and
+                                     the id of the extracted folder the arrays were packed from
+
+A prepare builds the new folder and arrays beside the old ones (`*.partial`) and swaps them in
+at the end, so a failed prepare leaves the directory as it was. Readers accept the packed
+arrays only when the extracted folder beside them (if any) carries the id recorded in
+meta.json: parts of two different prepares are never read together.
 """
 import csv
 import json
@@ -23,7 +29,7 @@ VAL_PROCESSED_MARKER = ".complete"
 PACKED_DIR = "packed"
 META_FILE = "meta.json"
 PACKED_ARRAYS = ("train_x", "train_y", "val_x", "val_y")
-PACK_FORMAT = 1
+PACK_FORMAT = 2  # 2: meta.json records the extracted folder it belongs to
 
 
 class DataError(Exception):
@@ -38,27 +44,63 @@ def array_path(data_dir, name):
     return os.path.join(packed_dir(data_dir), name + ".npy")
 
 
-def read_meta(data_dir):
-    """The packed data's meta.json, or None unless every array it describes is complete."""
+def read_json(path):
+    """The JSON value in path, or None when it is missing or unreadable."""
     try:
-        with open(os.path.join(packed_dir(data_dir), META_FILE)) as f:
-            meta = json.load(f)
+        with open(path) as f:
+            return json.load(f)
     except (OSError, ValueError):
         return None
-    if not isinstance(meta, dict) or meta.get("format") != PACK_FORMAT:
-        return None
+
+
+def inspect_prepared(data_dir):
+    """(meta, None) when the packed data is complete and belongs with the extracted folder
+    beside it; otherwise (None, what is wrong)."""
+    meta = read_json(os.path.join(packed_dir(data_dir), META_FILE))
+    if not isinstance(meta, dict):
+        return None, "no prepared data"
+    if meta.get("format") != PACK_FORMAT:
+        return None, "data prepared by an older version of prepare_data.py"
     for name in PACKED_ARRAYS:
         path = array_path(data_dir, name)
         if not os.path.exists(path) or os.path.getsize(path) != meta["bytes"][name]:
-            return None
-    return meta
+            return None, f"incomplete packed data ({name}.npy is missing or truncated)"
+    folder = os.path.join(data_dir, DATASET_DIR)
+    if os.path.isdir(folder):  # absent is fine: training needs only the arrays
+        marker = read_json(os.path.join(folder, EXTRACTED_MARKER)) or {}
+        if marker.get("id") != meta["extracted_id"]:
+            return None, f"packed arrays and the {DATASET_DIR}/ folder from different prepare runs (one failed or was interrupted)"
+    return meta, None
+
+
+def read_meta(data_dir):
+    """The packed data's meta.json, or None unless the data is complete and consistent."""
+    return inspect_prepared(data_dir)[0]
+
+
+def check_output_path(path, flag):
+    """Make sure a file can be written at path before the work that produces it starts:
+    create its folder, refuse a directory or an unwritable place."""
+    folder = os.path.dirname(os.path.abspath(path))
+    if os.path.isdir(path):
+        raise DataError(f"{flag} {path} is a directory: give a file name")
+    try:
+        os.makedirs(folder, exist_ok=True)
+    except OSError as error:
+        raise DataError(f"{flag} {path}: cannot create the folder {folder} ({error.strerror or error})") from None
+    if not os.access(folder, os.W_OK):
+        raise DataError(f"{flag} {path}: the folder {folder} is not writable")
 
 
 def write_json(path, value):
-    """Write JSON through a temporary file and a rename: a reader never sees half a file."""
-    with open(path + ".tmp", "w") as f:
-        json.dump(value, f, indent=1)
-    os.replace(path + ".tmp", path)
+    """Write JSON through a temporary file and a rename: a reader never sees half a file; a
+    failure is a DataError and leaves the previous file intact."""
+    try:
+        with open(path + ".tmp", "w") as f:
+            json.dump(value, f, indent=1)
+        os.replace(path + ".tmp", path)
+    except OSError as error:
+        raise DataError(f"cannot write {path} ({error.strerror or error}); the previous file is intact") from None
 
 
 def write_csv(path, header, rows):

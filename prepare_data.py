@@ -5,18 +5,27 @@ restructure val/ into class folders once, and pack the images into uint8 arrays.
     python prepare_data.py --zip ~/tiny-imagenet-200.zip    # use a local zip as given
     python prepare_data.py --synthetic --data-dir data-smoke  # generated data, no download
 
-Every stage writes to a temporary path, renames it into place and writes its marker last,
-so a run killed at any point is completed by the next one, and a second run does nothing.
+Every stage writes to a temporary path and writes its marker last, so a run killed at any
+point is completed by the next one, and a second run does nothing. The new extracted folder
+and packed arrays replace the old ones only once both are complete: a failed run leaves the
+data directory as it was. Data prepared from one source (a zip, or --synthetic) is never
+replaced by another without --force.
 """
+import sys
+
+if __name__ == "__main__":  # before the imports below, which take a moment
+    from cli import exit_quietly_on_ctrl_c
+
+    exit_quietly_on_ctrl_c()
+
 import argparse
 import hashlib
-import json
 import multiprocessing
 import os
 import shutil
 import signal
-import sys
 import time
+import uuid
 import urllib.error
 import urllib.request
 import zipfile
@@ -24,8 +33,8 @@ import zlib
 
 import numpy as np
 from PIL import Image
-from tqdm import tqdm
 
+from cli import HelpFormatter, progress_bar, shell_command
 from layout import (
     DATASET_DIR,
     EXTRACTED_MARKER,
@@ -36,6 +45,7 @@ from layout import (
     ZIP_NAME,
     DataError,
     packed_dir,
+    read_json,
     read_meta,
     write_json,
 )
@@ -86,10 +96,7 @@ def download(url, dest, expected_md5):
             resumed = response.status == 206
             total = int(response.headers.get("Content-Length") or 0) + (have if resumed else 0)
             mode = "ab" if resumed else "wb"
-            with open(part, mode) as f, tqdm(
-                total=total or None, initial=have if resumed else 0, unit="B", unit_scale=True,
-                desc="download",
-            ) as bar:
+            with open(part, mode) as f, progress_bar(total or None, "download", "B", initial=have if resumed else 0) as bar:
                 for block in iter(lambda: response.read(1 << 20), b""):
                     f.write(block)
                     bar.update(len(block))
@@ -105,7 +112,7 @@ def find_zip(args):
     """The zip to extract: --zip as given, the one already in the data dir, or a download."""
     if args.zip:
         if args.md5 and md5_of(args.zip) != args.md5.lower():
-            raise DataError(f"MD5 of {args.zip} is {md5_of(args.zip)}, expected {args.md5}")
+            raise DataError(f"MD5 of {args.zip} is {md5_of(args.zip)}, expected {args.md5}: is it the right file?")
         return args.zip
     default = os.path.join(args.data_dir, ZIP_NAME)
     if os.path.isfile(default):
@@ -121,12 +128,11 @@ def zip_identity(zip_path):
     return {"zip": os.path.basename(zip_path), "bytes": os.path.getsize(zip_path)}
 
 
-def read_json(path):
-    try:
-        with open(path) as f:
-            return json.load(f)
-    except (OSError, ValueError):
-        return None
+def corrupt_zip_advice(zip_path, data_dir):
+    """What to do about a damaged zip: ours is downloaded again, the user's own is theirs to replace."""
+    if os.path.abspath(zip_path) == os.path.abspath(os.path.join(data_dir, ZIP_NAME)):
+        return f"delete it and run {shell_command('prepare_data.py', '--data-dir', data_dir)} to download it again"
+    return "get a fresh copy of it (is the download or copy complete?)"
 
 
 def dataset_members(archive):
@@ -175,32 +181,31 @@ def replace_dir(tmp, target):
         os.replace(tmp, target)
 
 
-def extract(zip_path, target):
-    """Extract the zip's dataset folder to target via target.partial."""
+def extract(zip_path, target, data_dir):
+    """Extract the zip's dataset folder into target (a staging folder), its marker written last
+    with a new id that the packed arrays will record."""
     try:
         archive = zipfile.ZipFile(zip_path)
     except (zipfile.BadZipFile, OSError) as error:
-        raise DataError(f"{zip_path} is not a readable zip ({error}): truncated or corrupt? delete it and retry") from None
+        raise DataError(f"{zip_path} is not a readable zip ({error}): {corrupt_zip_advice(zip_path, data_dir)}") from None
     with archive:
         root, members, total = dataset_members(archive)
     # Room for the extracted files, the val copies and the packed arrays.
     check_free_space(os.path.dirname(os.path.abspath(target)), int(total * 2.5))
-    tmp = target + ".partial"
-    shutil.rmtree(tmp, ignore_errors=True)
+    shutil.rmtree(target, ignore_errors=True)
     for folder in {os.path.dirname(info.filename[len(root) :]) for info in members}:
-        os.makedirs(os.path.join(tmp, folder), exist_ok=True)
+        os.makedirs(os.path.join(target, folder), exist_ok=True)
     # Both cores write files: each worker opens the zip once and takes chunks of members.
     names = [info.filename for info in members]
     chunks = [names[i : i + EXTRACT_CHUNK] for i in range(0, len(names), EXTRACT_CHUNK)]
-    with process_pool(initializer=open_worker_zip, initargs=(zip_path, root, tmp)) as pool, tqdm(
-        total=len(names), desc="extract", unit="file", mininterval=0.5
+    with process_pool(initializer=open_worker_zip, initargs=(zip_path, root, target)) as pool, progress_bar(
+        len(names), "extract", "files"
     ) as bar:
         for done, error in pool.imap_unordered(extract_chunk, chunks):
             if error:
-                raise DataError(f"{zip_path} is corrupt at {error}: delete it and retry")
+                raise DataError(f"{zip_path} is corrupt at {error}: {corrupt_zip_advice(zip_path, data_dir)}")
             bar.update(done)
-    write_json(os.path.join(tmp, EXTRACTED_MARKER), zip_identity(zip_path))
-    replace_dir(tmp, target)
+    write_json(os.path.join(target, EXTRACTED_MARKER), {**zip_identity(zip_path), "id": uuid.uuid4().hex})
 
 
 def process_pool(initializer=None, initargs=()):
@@ -270,26 +275,42 @@ def folder_looks_complete(folder):
         return False
 
 
+def staging_dir(target):
+    return target + ".partial"
+
+
+def reusable_extraction(folder, zip_path):
+    """True when folder holds a finished extraction (its marker) of zip_path, or of any zip
+    when zip_path is None. A marker from before extraction ids existed gets an id."""
+    marker = read_json(os.path.join(folder, EXTRACTED_MARKER))
+    if not isinstance(marker, dict) or (zip_path and {k: marker.get(k) for k in ("zip", "bytes")} != zip_identity(zip_path)):
+        return False
+    if "id" not in marker:
+        write_json(os.path.join(folder, EXTRACTED_MARKER), {**marker, "id": uuid.uuid4().hex})
+    return True
+
+
 def ensure_extracted(args, fresh):
-    """The extracted dataset folder, extracting the zip only when needed (always when fresh)."""
+    """The extracted dataset folder to pack from: the one in place when it is this zip's (or
+    complete, when extracted by someone else), a finished staging folder of an interrupted run,
+    or a new extraction into the staging folder (always when fresh)."""
     target = os.path.join(args.data_dir, DATASET_DIR)
-    marker = read_json(os.path.join(target, EXTRACTED_MARKER))
-    if fresh:
-        pass
-    elif marker is not None and (not args.zip or marker == zip_identity(args.zip)):
-        return target
-    elif os.path.isdir(target):
-        # Extracted by someone else (the notebook, unzip): reuse it when it is complete.
-        default_zip = os.path.join(args.data_dir, ZIP_NAME)
-        reference = args.zip or (default_zip if os.path.isfile(default_zip) else None)
-        complete = folder_matches_zip(target, reference) if reference else folder_looks_complete(target)
-        if complete:
-            print(f"reusing the extracted folder {target}")
-            write_json(os.path.join(target, EXTRACTED_MARKER), {"zip": None, "reused": True})
-            return target
-        print(f"{target} is incomplete: extracting again")
-    extract(find_zip(args), target)
-    return target
+    staged = staging_dir(target)
+    if not fresh:
+        for folder in (target, staged):
+            if reusable_extraction(folder, args.zip):
+                return folder
+        if os.path.isdir(target) and not os.path.exists(os.path.join(target, EXTRACTED_MARKER)):
+            # Extracted by someone else (the notebook, unzip): reuse it when it is complete.
+            default_zip = os.path.join(args.data_dir, ZIP_NAME)
+            reference = args.zip or (default_zip if os.path.isfile(default_zip) else None)
+            if folder_matches_zip(target, reference) if reference else folder_looks_complete(target):
+                print(f"reusing the extracted folder {target}")
+                write_json(os.path.join(target, EXTRACTED_MARKER), {"zip": None, "reused": True, "id": uuid.uuid4().hex})
+                return target
+            print(f"{target} is incomplete: extracting again")
+    extract(find_zip(args), staged, args.data_dir)
+    return staged
 
 
 # ---------------------------------------------------------------- the val restructuring
@@ -413,7 +434,7 @@ def pack_split(out_dir, name, pairs, pool):
         (x_path, data_offset + i * image_bytes, [p for p, _ in pairs[i : i + DECODE_CHUNK]])
         for i in range(0, len(pairs), DECODE_CHUNK)
     ]
-    with tqdm(total=len(pairs), desc=f"pack {name}", unit="img", mininterval=0.5) as bar:
+    with progress_bar(len(pairs), f"pack {name}", "images") as bar:
         for done, error in pool.imap_unordered(decode_chunk, jobs):
             if error:
                 raise DataError(error)
@@ -434,15 +455,15 @@ def read_class_names(root, classes):
 
 
 def pack(data_dir, root, val_dir, source):
-    """Decode train and restructured val into arrays in packed.partial/, write meta.json last,
-    then swap the directory in: the previous arrays stay usable until the new ones are complete."""
+    """Decode train and restructured val into arrays in packed.partial/ and write meta.json
+    there last, recording the id of the extracted folder they come from. commit() swaps it in."""
     classes = sorted(read_wnids(root))  # ImageFolder's class_to_idx: sorted folder names
     train_dirs = sorted(e.name for e in os.scandir(os.path.join(root, "train")) if e.is_dir())
     if train_dirs != classes:
         missing = sorted(set(classes) - set(train_dirs)) or sorted(set(train_dirs) - set(classes))
         raise DataError(f"train/ folders and wnids.txt disagree, e.g. on {missing[0]}")
     splits = {"train": labelled_files(os.path.join(root, "train"), classes), "val": labelled_files(val_dir, classes)}
-    tmp = packed_dir(data_dir) + ".partial"
+    tmp = staging_dir(packed_dir(data_dir))
     shutil.rmtree(tmp, ignore_errors=True)
     os.makedirs(tmp)
     check_free_space(tmp, sum(len(p) for p in splits.values()) * IMAGE_SIZE * IMAGE_SIZE * 3)
@@ -458,54 +479,104 @@ def pack(data_dir, root, val_dir, source):
         "bytes": sizes,
         "synthetic": os.path.exists(os.path.join(root, "SYNTHETIC")),
         "source": source,
+        "extracted_id": read_json(os.path.join(root, EXTRACTED_MARKER))["id"],
     }
     write_json(os.path.join(tmp, META_FILE), meta)
-    replace_dir(tmp, packed_dir(data_dir))
     return meta
+
+
+def commit(data_dir, root):
+    """Swap the new extracted folder (when it was staged) and the new arrays in. A kill between
+    the two renames leaves parts whose ids differ: readers refuse them and the next run finishes."""
+    target = os.path.join(data_dir, DATASET_DIR)
+    if root != target:
+        replace_dir(root, target)
+    replace_dir(staging_dir(packed_dir(data_dir)), packed_dir(data_dir))
+
+
+def discard_unfinished_work(data_dir, keep_extraction):
+    """After a failure: the partial arrays are never reused, so they go (they can be most of a
+    gigabyte); so does a staged extraction, unless it is complete and may be resumed from."""
+    shutil.rmtree(staging_dir(packed_dir(data_dir)), ignore_errors=True)
+    staged = staging_dir(os.path.join(data_dir, DATASET_DIR))
+    if not (keep_extraction and os.path.exists(os.path.join(staged, EXTRACTED_MARKER))):
+        shutil.rmtree(staged, ignore_errors=True)
 
 
 # ---------------------------------------------------------------- the command
 
 
 def requested_source(args):
-    """What the packed data must come from: a given zip, synthetic parameters, or (None) the
-    default zip of the data dir."""
+    """What the packed data must come from: a given zip, synthetic parameters, or (None) any
+    real Tiny ImageNet zip (the data dir's own, or a download)."""
     if args.synthetic:
         keys = ("classes", "train_per_class", "val_per_class", "seed")
         return {"synthetic": {key: getattr(args, key) for key in keys}}
     return zip_identity(args.zip) if args.zip else None
 
 
+def describe_source(source, data_dir):
+    if source is None:
+        return f"the real Tiny ImageNet ({os.path.join(data_dir, ZIP_NAME)} or a download)"
+    if "synthetic" in source:
+        s = source["synthetic"]
+        return (f"synthetic data ({s['classes']} classes, {s['train_per_class']} train and {s['val_per_class']} val "
+                f"images per class, seed {s['seed']})")
+    if source.get("reused"):
+        return f"a {DATASET_DIR}/ folder extracted by another tool"
+    return f"{source['zip']} ({source['bytes']:,} bytes)"
+
+
 def is_prepared_from(meta, source):
-    if meta is None:
-        return False
-    if source is None:  # a plain run keeps data from any zip, but replaces --synthetic data
-        return "synthetic" not in (meta["source"] or {})
+    if source is None:  # a plain run keeps data from any zip, never data made by --synthetic
+        return "synthetic" not in meta["source"]
     return meta["source"] == source
 
 
-def prepare(args):
-    start = time.perf_counter()
+def check_data_dir(args):
+    if os.path.exists(args.data_dir) and not os.path.isdir(args.data_dir):
+        raise DataError(f"--data-dir {args.data_dir} is a file, not a directory: choose another --data-dir")
     try:
         os.makedirs(args.data_dir, exist_ok=True)
     except OSError as error:
         raise DataError(f"cannot create the data directory {args.data_dir}: {error.strerror}") from None
     if not os.access(args.data_dir, os.W_OK):
         raise DataError(f"the data directory {args.data_dir} is not writable")
+    if args.zip and os.path.isdir(args.zip):
+        raise DataError(f"--zip {args.zip} is a directory: give the zip file itself (tiny-imagenet-200.zip)")
     if args.zip and not os.path.isfile(args.zip):
         raise DataError(f"--zip {args.zip}: no such file")
-    source = requested_source(args)
-    if not args.force and is_prepared_from(read_meta(args.data_dir), source):
-        print(f"{args.data_dir}/ is already prepared: nothing to do (--force redoes it)")
-        return
+
+
+def prepare(args):
+    start = time.perf_counter()
+    check_data_dir(args)
+    source, meta = requested_source(args), read_meta(args.data_dir)
+    if meta is not None and not args.force:
+        if is_prepared_from(meta, source):
+            print(f"{args.data_dir}/ is already prepared: nothing to do (--force redoes it)")
+            return
+        raise DataError(f"{args.data_dir}/ already holds data prepared from {describe_source(meta['source'], args.data_dir)}, "
+                        f"not from {describe_source(source, args.data_dir)}: add --force to replace it, "
+                        "or choose another --data-dir")
     if args.synthetic:
         from synthetic import write_synthetic_zip
 
         args.zip = os.path.join(args.data_dir, SYNTHETIC_ZIP_NAME)
         write_synthetic_zip(args.zip, args.classes, args.train_per_class, args.val_per_class, seed=args.seed)
-    root = ensure_extracted(args, fresh=args.force or args.synthetic)
-    val_dir = ensure_val_restructured(root)
-    meta = pack(args.data_dir, root, val_dir, source)
+    try:
+        root = ensure_extracted(args, fresh=args.force)
+        val_dir = ensure_val_restructured(root)
+        if source is None:  # record which zip (or folder) it actually was
+            source = {k: v for k, v in read_json(os.path.join(root, EXTRACTED_MARKER)).items() if k != "id"}
+        meta = pack(args.data_dir, root, val_dir, source)
+        commit(args.data_dir, root)
+    except DataError:
+        discard_unfinished_work(args.data_dir, keep_extraction=False)
+        raise
+    except KeyboardInterrupt:
+        discard_unfinished_work(args.data_dir, keep_extraction=True)
+        raise
     counts = meta["counts"]
     print(
         f"prepared {args.data_dir}/: {counts['train']:,} train images and {counts['val']:,} val images "
@@ -516,18 +587,19 @@ def prepare(args):
 
 
 def parse_args(argv):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=HelpFormatter)
     parser.add_argument("--data-dir", default="data", help="where the zip, the extracted folder and the packed arrays go")
     parser.add_argument("--zip", help="a local tiny-imagenet-200.zip, used as given (no download)")
     parser.add_argument("--url", default=OFFICIAL_URL, help="where to download the zip from")
-    parser.add_argument("--md5", help=f"expected MD5 of the zip (default for the official URL: {OFFICIAL_MD5})")
-    parser.add_argument("--force", action="store_true", help="extract, restructure and pack again")
+    parser.add_argument("--md5", help=f"expected MD5 of the zip (for the official URL: {OFFICIAL_MD5})")
+    parser.add_argument("--force", action="store_true",
+                        help="extract, restructure and pack again, replacing data prepared from another source")
     synthetic = parser.add_argument_group("synthetic data (an offline smoke run)")
     synthetic.add_argument("--synthetic", action="store_true", help="generate a small learnable dataset instead")
-    synthetic.add_argument("--classes", type=int, default=10)
-    synthetic.add_argument("--train-per-class", type=int, default=200)
-    synthetic.add_argument("--val-per-class", type=int, default=50)
-    synthetic.add_argument("--seed", type=int, default=0)
+    synthetic.add_argument("--classes", type=int, default=10, help="number of synthetic classes")
+    synthetic.add_argument("--train-per-class", type=int, default=200, help="synthetic training images per class")
+    synthetic.add_argument("--val-per-class", type=int, default=50, help="synthetic val images per class (split into val and test)")
+    synthetic.add_argument("--seed", type=int, default=0, help="the synthetic data's seed (same seed, same bytes)")
     args = parser.parse_args(argv)
     if args.synthetic and args.zip:
         parser.error("--synthetic and --zip exclude each other")

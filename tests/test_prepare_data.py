@@ -120,22 +120,40 @@ def test_leftovers_of_an_interrupted_run_are_completed(prepared, tiny_zip, prepa
         assert (arrays(prepared)[name] == values).all()
 
 
-def test_killed_at_any_moment_the_next_run_finishes_correctly(tmp_path, prepared_once):
-    """SIGKILL a real run at several moments, then run again: the result equals a clean run."""
-    big_zip = write_synthetic_zip(str(tmp_path / "big.zip"), classes=4, train_per_class=400, val_per_class=100, seed=1)
-    command = [sys.executable, "prepare_data.py", "--zip", big_zip, "--data-dir", str(tmp_path / "data")]
-    for delay in (0.3, 0.6, 0.9, 1.2):
-        process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        time.sleep(delay)
-        process.send_signal(signal.SIGKILL)
-        process.wait()
-        meta = read_meta(tmp_path / "data")
-        assert meta is None or meta["counts"]["train"] == 1600  # never a half-written array
+def start_and_kill_when(command, path, timeout=60):
+    """Start command and SIGKILL it as soon as path appears; True when it was still working then."""
+    process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + timeout
+    while not os.path.exists(path) and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.005)
+    working = process.poll() is None
+    process.kill()
+    process.wait()
+    return working
+
+
+def test_killed_at_any_stage_nothing_half_done_is_read_and_the_next_run_finishes(tmp_path):
+    """SIGKILL real runs during extraction and during packing, of a first prepare and of a
+    --force re-prepare: readers never see partial data, the old data survives a killed
+    re-prepare, and the next run gives what a clean run gives."""
+    big_zip = write_synthetic_zip(str(tmp_path / "big.zip"), classes=4, train_per_class=1500, val_per_class=50, seed=1)
+    data_dir = tmp_path / "data"
+    command = [sys.executable, "prepare_data.py", "--zip", big_zip, "--data-dir", str(data_dir)]
+    for stage in ("tiny-imagenet-200.partial", "packed.partial"):
+        assert start_and_kill_when(command, data_dir / stage), f"the run ended before {stage} appeared"
+        assert read_meta(data_dir) is None
     assert subprocess.run(command, cwd=ROOT, capture_output=True).returncode == 0
     clean = tmp_path / "clean"
     assert run_prepare("--zip", big_zip, "--data-dir", clean) == 0
+    for stage in ("tiny-imagenet-200.partial", "packed.partial"):
+        assert start_and_kill_when([*command, "--force"], data_dir / stage)
+        assert read_meta(data_dir) is not None  # the previous data, whole
+        for name, values in arrays(clean).items():
+            assert (arrays(data_dir)[name] == values).all(), name
+    assert subprocess.run([*command, "--force"], cwd=ROOT, capture_output=True).returncode == 0
+    assert not (data_dir / "packed.partial").exists() and not (data_dir / "tiny-imagenet-200.partial").exists()
     for name, values in arrays(clean).items():
-        assert (arrays(tmp_path / "data")[name] == values).all(), name
+        assert (arrays(data_dir)[name] == values).all(), name
 
 
 # ---------------------------------------------------------------- download
@@ -276,13 +294,79 @@ def test_meta_records_its_source(prepared_once, tiny_zip):
     assert json.load(open(os.path.join(prepared_once, "tiny-imagenet-200", ".extracted.json")))["zip"] == "tiny.zip"
 
 
-def test_a_failed_prepare_keeps_the_previous_data(prepared, tmp_path, tiny_zip, capsys):
+def snapshot(data_dir):
+    """Every file under data_dir with its size and modification time."""
+    return {os.path.relpath(os.path.join(d, f), data_dir): (os.stat(os.path.join(d, f)).st_size, os.stat(os.path.join(d, f)).st_mtime_ns)
+            for d, _, files in os.walk(data_dir) for f in files}
+
+
+def test_a_failed_prepare_leaves_the_directory_exactly_as_it_was(prepared, tmp_path, tiny_zip, capsys):
+    """--force with a zip holding one undecodable JPEG: the old extracted folder (whose
+    test/images --predict reads) and the old arrays stay, and nothing partial is left behind."""
     bad = rewrite_zip(tiny_zip, tmp_path / "bad.zip", replace={"n90000000_3.JPEG": b"not a jpeg"})
-    before = arrays(prepared)
-    expect_error(capsys, ["--zip", bad, "--data-dir", prepared], "cannot decode")
+    before = snapshot(prepared)
+    expect_error(capsys, ["--zip", bad, "--data-dir", prepared, "--force"], "cannot decode")
+    assert snapshot(prepared) == before
     assert read_meta(prepared) is not None
-    for name, values in arrays(prepared).items():
-        assert (values == before[name]).all()
+
+
+def test_another_source_never_replaces_prepared_data_without_force(prepared, tmp_path, tiny_zip, capsys):
+    before = snapshot(prepared)
+    err = expect_error(capsys, ["--synthetic", "--data-dir", prepared], "already holds data prepared from tiny.zip",
+                       "not from synthetic data (10 classes", "--force")
+    other = write_synthetic_zip(str(tmp_path / "other.zip"), classes=3, train_per_class=8, val_per_class=4, seed=5)
+    expect_error(capsys, ["--zip", other, "--data-dir", prepared], "from tiny.zip", "not from other.zip", "--force")
+    assert snapshot(prepared) == before and len(err.splitlines()) == 1
+    assert run_prepare("--zip", other, "--data-dir", prepared, "--force") == 0
+    assert read_meta(prepared)["source"]["zip"] == "other.zip" and read_meta(prepared)["counts"]["train"] == 24
+
+
+def test_a_plain_run_keeps_data_from_any_zip_but_not_generated_data(prepared, tmp_path, capsys):
+    assert run_prepare("--data-dir", prepared) == 0  # prepared from tiny.zip: nothing to do
+    generated = tmp_path / "generated"
+    assert run_prepare("--synthetic", "--classes", "2", "--train-per-class", "4", "--val-per-class", "5", "--data-dir", generated) == 0
+    assert run_prepare("--synthetic", "--classes", "2", "--train-per-class", "4", "--val-per-class", "5", "--data-dir", generated) == 0
+    assert "nothing to do" in capsys.readouterr().out
+    expect_error(capsys, ["--data-dir", generated], "holds data prepared from synthetic data (2 classes", "--force")
+
+
+def test_readers_refuse_parts_from_different_prepare_runs(prepared, tmp_path, tiny_zip):
+    """What a kill between the two final renames leaves: the new folder, the old arrays."""
+    import data
+
+    other = write_synthetic_zip(str(tmp_path / "other.zip"), classes=3, train_per_class=8, val_per_class=4, seed=5)
+    elsewhere = tmp_path / "elsewhere"
+    assert run_prepare("--zip", other, "--data-dir", elsewhere) == 0
+    shutil.rmtree(os.path.join(prepared, "tiny-imagenet-200"))
+    shutil.copytree(elsewhere / "tiny-imagenet-200", os.path.join(prepared, "tiny-imagenet-200"))
+    assert read_meta(prepared) is None
+    with pytest.raises(data.DataError, match="from different prepare runs.*prepare_data.py --data-dir"):
+        data.load_packed(prepared)
+    assert run_prepare("--zip", other, "--data-dir", prepared) == 0  # the next run finishes the job
+    assert read_meta(prepared)["counts"]["train"] == 24
+
+
+def test_a_prepared_folder_without_its_extracted_folder_still_trains(prepared):
+    shutil.rmtree(os.path.join(prepared, "tiny-imagenet-200"))  # to save space: the arrays are enough
+    assert read_meta(prepared) is not None
+
+
+def test_zip_that_is_a_directory_and_data_dir_that_is_a_file(tmp_path, tiny_zip, capsys):
+    expect_error(capsys, ["--zip", tmp_path, "--data-dir", tmp_path / "d"], "is a directory", "the zip file itself")
+    blocker = tmp_path / "file"
+    blocker.write_text("a file")
+    expect_error(capsys, ["--zip", tiny_zip, "--data-dir", blocker], "is a file, not a directory")
+
+
+def test_a_damaged_zip_of_the_users_own_is_not_to_be_deleted(tmp_path, tiny_zip, capsys):
+    truncated = tmp_path / "t.zip"
+    truncated.write_bytes(open(tiny_zip, "rb").read()[:5000])
+    err = expect_error(capsys, ["--zip", truncated, "--data-dir", tmp_path / "d"], "not a readable zip", "fresh copy")
+    assert "delete" not in err
+    data_dir = tmp_path / "d2"
+    data_dir.mkdir()
+    shutil.copy(truncated, data_dir / "tiny-imagenet-200.zip")  # the data dir's own (downloaded) zip
+    expect_error(capsys, ["--data-dir", data_dir], "delete it and run python prepare_data.py --data-dir")
 
 
 def test_truncated_array_is_never_used(prepared):

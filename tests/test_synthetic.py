@@ -34,7 +34,9 @@ def test_synthetic_data_is_recorded_everywhere(tmp_path, capsys):
     assert prepare_data.main(argv) == 0
     assert read_meta(data_dir)["synthetic"] is True
     assert prepare_data.main(argv) == 0 and "nothing to do" in capsys.readouterr().out
-    assert prepare_data.main([*argv[:-1], "6"]) == 0  # other parameters: generated again
+    assert prepare_data.main([*argv[:-1], "6"]) == 2  # other parameters: another source, kept without --force
+    assert "8 train and 5 val images per class" in capsys.readouterr().err
+    assert prepare_data.main([*argv[:-1], "6", "--force"]) == 0
     assert read_meta(data_dir)["counts"]["val"] == 18
     run_dir = tmp_path / "r"
     assert train.main(["--data-dir", data_dir, "--epochs", "1", "--batch-size", "8", "--run-dir", str(run_dir), "--device", "cpu"]) == 0

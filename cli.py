@@ -1,0 +1,103 @@
+"""What every script's command line shares: --help that shows the defaults, progress that suits
+a terminal and a log file alike, commands printed so that they can be pasted, and a quiet
+Ctrl-C while torch is still importing. Kept free of torch so that it loads instantly.
+"""
+import argparse
+import os
+import shlex
+import subprocess
+import sys
+import time
+
+from tqdm import tqdm
+
+PLAIN_PROGRESS_SECONDS = 30  # in a log file: one progress line this often
+
+
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    """--help lists every flag's default, and keeps the docstring's line breaks. A flag whose
+    default is None (unset) or False (a switch) says in its help what happens without it."""
+
+    def _get_help_string(self, action):
+        if action.default is None or action.default is False:
+            return action.help
+        return super()._get_help_string(action)
+
+
+def exit_quietly_on_ctrl_c():
+    """A Ctrl-C before main() handles it itself (torch takes a second or two to import) ends
+    the script with one line instead of Python's KeyboardInterrupt traceback."""
+    previous = sys.excepthook
+
+    def hook(kind, value, traceback):
+        if issubclass(kind, KeyboardInterrupt):
+            print("\ninterrupted", file=sys.stderr)
+        else:
+            previous(kind, value, traceback)
+
+    sys.excepthook = hook
+
+
+def shell_command(*words):
+    """A command line the user can paste into their shell as printed (paths with spaces quoted)."""
+    words = ["python", *map(str, words)]
+    return subprocess.list2cmdline(words) if os.name == "nt" else shlex.join(words)
+
+
+def duration(seconds):
+    """72 -> '1m12s'; 4000 -> '1h06m'."""
+    seconds = int(seconds)
+    if seconds < 60:
+        return f"{seconds}s"
+    if seconds < 3600:
+        return f"{seconds // 60}m{seconds % 60:02d}s"
+    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
+
+
+def progress_bar(total, desc, unit, initial=0, leave=True, disable=False):
+    """tqdm's bar on a terminal; in a log file (nohup, a batch scheduler, `| tee`), where the
+    bar's carriage-return frames are noise and tqdm would print nothing else, a plain line every
+    PLAIN_PROGRESS_SECONDS."""
+    if disable or sys.stderr.isatty():
+        return tqdm(total=total, desc=desc, unit=unit, unit_scale=unit == "B", initial=initial, leave=leave,
+                    disable=disable, mininterval=1)
+    return PlainProgress(total, desc, unit, initial)
+
+
+class PlainProgress:
+    """The part of tqdm's interface the scripts use, printed as lines such as
+    `epoch 1/10: 400/1562 steps (26%), loss 4.812, 680 img/s, 4m03s left`."""
+
+    def __init__(self, total, desc, unit, initial=0):
+        self.total, self.desc, self.unit = total, desc, unit
+        self.n = self.start_n = initial
+        self.postfix = ""
+        self.start = self.last_print = time.perf_counter()
+
+    def update(self, n=1):
+        self.n += n
+        now = time.perf_counter()
+        if now - self.last_print >= PLAIN_PROGRESS_SECONDS:
+            self.last_print = now
+            print(self.line(now), file=sys.stderr, flush=True)
+
+    def set_postfix_str(self, text):
+        self.postfix = text
+
+    def line(self, now):
+        scale, unit = (1e6, "MB") if self.unit == "B" else (1, self.unit)  # a download counts bytes
+        n, total = round(self.n / scale), round((self.total or 0) / scale)
+        done = f"{n:,}/{total:,} {unit}" if self.total else f"{n:,} {unit}"
+        share = f" ({self.n / self.total:.0%})" if self.total else ""
+        rate = (self.n - self.start_n) / max(now - self.start, 1e-9)
+        left = f", {duration((self.total - self.n) / rate)} left" if self.total and rate > 0 else ""
+        return f"{self.desc}: {done}{share}{', ' + self.postfix if self.postfix else ''}{left}"
+
+    def close(self):
+        pass
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc_info):
+        self.close()
