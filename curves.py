@@ -4,27 +4,35 @@ from its metrics.csv, into curves.png in the run directory.
     python curves.py runs/<name>            # -> runs/<name>/curves.png
     python curves.py runs/a runs/b --out compare.png   # several runs on the same axes
 
-train.py draws it at the end of a run. matplotlib is optional: `pip install matplotlib`.
+train.py draws it at the end of a run. matplotlib is in requirements.txt; without it, the rest
+of the kit works and this says how to install it.
 """
 import argparse
 import csv
 import os
 import sys
 
-from layout import DataError
+from cli import HelpFormatter, exit_quietly_on_ctrl_c
+from layout import DataError, check_output_path, read_json
 
 INSTALL_HINT = "matplotlib is not installed: `python -m pip install matplotlib` to draw curves.png"
 
 
 def read_metrics(run_dir):
     path = os.path.join(run_dir, "metrics.csv")
+    no_epoch = (f"{run_dir}/ has no finished epoch yet (metrics.csv gets a row as each epoch ends): "
+                "draw it once one has ended")
+    if not os.path.isdir(run_dir):
+        raise DataError(f"{run_dir} is not a directory: give a run directory written by train.py")
     try:
         with open(path, newline="") as f:
             rows = list(csv.DictReader(f))
     except OSError:
+        if os.path.exists(os.path.join(run_dir, "config.json")):  # a run stopped in its first epoch
+            raise DataError(no_epoch) from None
         raise DataError(f"no metrics.csv in {run_dir}/: is it a train.py run directory?") from None
     if not rows:
-        raise DataError(f"{path} has no finished epoch yet")
+        raise DataError(no_epoch)
     try:
         return {key: [float(row[key]) for row in rows] for key in rows[0]}
     except (TypeError, ValueError):
@@ -33,12 +41,25 @@ def read_metrics(run_dir):
 
 def draw_curves(run_dirs, out):
     """Write the figure to out; raises ImportError when matplotlib is missing."""
+    import matplotlib.pyplot as plt
+
+    fig = build_figure(run_dirs)
+    fig.savefig(out + ".tmp.png", dpi=100)
+    plt.close(fig)
+    os.replace(out + ".tmp.png", out)
+    return out
+
+
+def build_figure(run_dirs):
+    """Loss, top-1 and lr panels of the runs (a matplotlib Figure)."""
     import matplotlib
 
     matplotlib.use("Agg")  # files only: works without a display
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     runs = [(os.path.basename(os.path.normpath(d)), read_metrics(d)) for d in run_dirs]
+    smoothed = [name for (name, _), d in zip(runs, run_dirs) if (read_json(os.path.join(d, "config.json")) or {}).get("label_smoothing")]
     fig, (loss_ax, top1_ax, lr_ax) = plt.subplots(1, 3, figsize=(14, 4), gridspec_kw={"width_ratios": [3, 3, 2]})
     for index, (name, m) in enumerate(runs):
         color = f"C{index}"
@@ -48,19 +69,28 @@ def draw_curves(run_dirs, out):
             ax.plot(m["epoch"], [v * scale for v in m[f"train_{key}"]], color=color, linestyle="--", marker=".", label=f"{label}train")
             ax.plot(m["epoch"], [v * scale for v in m[f"val_{key}"]], color=color, marker="o", label=f"{label}val")
         lr_ax.plot(m["epoch"], m["lr"], color=color, marker=".", label=name)
-    loss_ax.set(title="loss (train includes label smoothing)", xlabel="epoch", ylabel="cross-entropy")
+    loss_ax.set(title=f"loss{smoothing_note(smoothed, len(runs))}", xlabel="epoch", ylabel="cross-entropy")
     top1_ax.set(title="top-1 accuracy", xlabel="epoch", ylabel="%")
     lr_ax.set(title="learning rate at the end of the epoch", xlabel="epoch", yscale="log")
-    for ax in (loss_ax, top1_ax):
+    last_epoch = max(max(m["epoch"]) for _, m in runs)
+    for ax in (loss_ax, top1_ax, lr_ax):
         ax.grid(alpha=0.3)
+        ax.set_xlim(0.5, last_epoch + 0.5)  # room for whole-epoch ticks, even in a 1-epoch run
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True, min_n_ticks=1))
+    for ax in (loss_ax, top1_ax) + ((lr_ax,) if len(runs) > 1 else ()):
         ax.legend(fontsize="small")
-    lr_ax.grid(alpha=0.3)
     fig.suptitle(", ".join(name for name, _ in runs))
     fig.tight_layout()
-    fig.savefig(out + ".tmp.png", dpi=100)
-    plt.close(fig)
-    os.replace(out + ".tmp.png", out)
-    return out
+    return fig
+
+
+def smoothing_note(smoothed, num_runs):
+    """The loss panel says when a train loss includes label smoothing (val losses never do)."""
+    if not smoothed:
+        return ""
+    if len(smoothed) == num_runs:
+        return " (train includes label smoothing)"
+    return f" (train of {', '.join(smoothed)} includes label smoothing)"
 
 
 def draw_curves_or_explain(run_dir):
@@ -78,7 +108,7 @@ def draw_curves_or_explain(run_dir):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=HelpFormatter)
     parser.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="directories written by train.py")
     parser.add_argument("--out", help="the PNG to write (default: RUN_DIR/curves.png for one run)")
     args = parser.parse_args(argv)
@@ -86,6 +116,8 @@ def main(argv=None):
         parser.error("with several runs, name the picture with --out")
     out = args.out or os.path.join(args.run_dirs[0], "curves.png")
     try:
+        if args.out:
+            check_output_path(out, "--out")
         draw_curves(args.run_dirs, out)
     except ImportError:
         print(f"error: {INSTALL_HINT}", file=sys.stderr)
@@ -101,4 +133,5 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
+    exit_quietly_on_ctrl_c()
     sys.exit(main())

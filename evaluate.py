@@ -3,6 +3,7 @@
     python evaluate.py runs/<name>/best.pt                     # the 8,000-image test split
     python evaluate.py runs/<name>/best.pt --split val --json val.json
     python evaluate.py runs/<name>/best.pt --predict predictions.csv   # label test/images
+    python evaluate.py runs/<name>/best.pt --predict mine.csv --files a.jpg photos/   # your own images
 
 Reports loss, top-1, top-5, macro-F1, per-class accuracy (with the class names from
 words.txt), the most confused class pairs, the parameter count, inference throughput and
@@ -12,11 +13,18 @@ Accepts checkpoints written by train.py and the notebook's Lightning checkpoints
 (state_dict keys prefixed `model.`), also from compiled or DDP models. Files are loaded
 with weights_only=True: a checkpoint can hold tensors and plain values, never code.
 """
+import sys
+
+if __name__ == "__main__":  # before the imports below, which take a moment
+    from cli import exit_quietly_on_ctrl_c
+
+    exit_quietly_on_ctrl_c()
+
 import argparse
 import os
+import pickle
 import re
 import resource
-import sys
 import time
 import zipfile
 
@@ -24,8 +32,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from cli import HelpFormatter, shell_command
 from data import BatchLoader, load_packed, make_splits, normalize
-from layout import DATASET_DIR, DataError, write_csv, write_json
+from layout import DATASET_DIR, DataError, check_output_path, read_meta, write_csv, write_json
 from model import CvTConfig, CvTSimplifiedEmbedding, config_from_state_dict, count_parameters
 from runtime import amp_dtype, autocast, resolve_device
 
@@ -81,19 +90,32 @@ def topk_correct(logits, y, k=5):
     return hits(top_predictions(logits, k), y)
 
 
+REFUSED_PICKLE = ("it is a PyTorch file, but it holds pickled Python objects (such as a whole model saved with "
+                  "torch.save(model)), and loading those would run code from the file; save model.state_dict() "
+                  "instead, or a train.py checkpoint")
+
+
 def load_checkpoint(path):
     """The checkpoint's dict, loaded without executing anything in it."""
+    if os.path.isdir(path):
+        raise DataError(f"{path} is a directory: give a checkpoint file such as {os.path.join(path, 'best.pt')}")
     if not os.path.isfile(path):
         raise DataError(f"no checkpoint at {path}")
+    if os.path.getsize(path) == 0:
+        raise DataError(f"{path} is empty (0 bytes): the file was not written completely; use another checkpoint")
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as error:
+        if "Weights only load failed" in str(error):  # a real PyTorch file, refused for what it holds
+            raise DataError(f"cannot load {path}: {REFUSED_PICKLE}") from None
+        raise DataError(f"cannot load {path}: it is not a PyTorch checkpoint (or it is damaged)") from None
     except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError) as error:
         reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        if "weights_only" in str(error) or "Unsupported global" in str(error):
-            reason = "it holds Python objects other than tensors and plain values, refused for safety"
+        if isinstance(error, EOFError) or "central directory" in reason or "failed finding" in reason:
+            reason = "the file is truncated or damaged (an interrupted copy or download?)"
         raise DataError(f"cannot load {path} as a checkpoint: {reason[:200]}") from None
-    except Exception as error:  # unpickling garbage raises anything (UnpicklingError, KeyError, ...)
-        raise DataError(f"cannot load {path} as a checkpoint: not a PyTorch checkpoint ({type(error).__name__})") from None
+    except Exception as error:  # unpickling garbage raises anything (KeyError, IndexError, ...)
+        raise DataError(f"cannot load {path}: it is not a PyTorch checkpoint (or it is damaged: {type(error).__name__})") from None
     if not isinstance(checkpoint, dict) or not ({"model", "state_dict"} & checkpoint.keys()):
         raise DataError(f"{path} is not a model checkpoint (no 'model' or 'state_dict' entry)")
     return checkpoint
@@ -218,7 +240,9 @@ def print_report(m, show=5):
         print(f"most confused (true -> predicted, images): {pairs}")
 
 
-# ---------------------------------------------------------------- predictions for test/images
+# ---------------------------------------------------------------- predictions: test/images or your own files
+
+TOP_K = 5  # classes per image in --predict's CSV
 
 
 def natural_key(name):
@@ -231,28 +255,120 @@ def test_image_files(data_dir):
     try:
         names = sorted((n for n in os.listdir(folder) if n.lower().endswith((".jpeg", ".jpg", ".png"))), key=natural_key)
     except OSError:
-        raise DataError(f"no {folder}/: --predict labels the zip's unlabeled test images; run prepare_data.py "
-                        f"--data-dir {data_dir}") from None
+        raise DataError(f"no {folder}/: --predict labels the zip's unlabeled test images; run "
+                        f"`{shell_command('prepare_data.py', '--data-dir', data_dir)}`, or label your own "
+                        "images with --files") from None
     if not names:
         raise DataError(f"{folder}/ holds no images")
     return [os.path.join(folder, n) for n in names]
 
 
-@torch.no_grad()
-def predict_files(model, paths, classes, class_names, device, dtype, batch_size):
-    """[(file name, wnid, class name, confidence)] for image files, in the given order."""
-    from prepare_data import decode  # PIL; the same RGB conversion as the packed data
+def own_image_files(paths):
+    """The files named, and the image files inside the folders named (recursively, in natural
+    order); a path that does not exist is reported as unreadable later, like a broken image."""
+    from prepare_data import IMAGE_EXTENSIONS
 
+    extensions = (*IMAGE_EXTENSIONS, ".gif")  # what ImageFolder takes, and GIFs (their first frame)
+    files = []
+    for path in paths:
+        if os.path.isdir(path):
+            found = [os.path.join(d, n) for d, _, names in os.walk(path) for n in names if n.lower().endswith(extensions)]
+            files += sorted(found, key=natural_key)
+        else:
+            files.append(path)
+    return files
+
+
+def load_any_image(path):
+    """Any image file, any size or mode -> 64x64x3 uint8: turned upright (EXIF), converted to
+    RGB like the training images, its centre cropped to a square and resized to 64x64 with
+    PIL's antialiased bilinear filter (torchvision's Resize(64) + CenterCrop(64) on a PIL image)."""
+    from PIL import Image, ImageOps
+
+    with Image.open(path) as image:
+        image = ImageOps.exif_transpose(image).convert("RGB")
+        return np.asarray(ImageOps.fit(image, (64, 64), method=Image.BILINEAR))
+
+
+def read_images(paths, load):
+    """([(path, 64x64x3 pixels)], [(path, why it could not be read)])."""
+    images, unreadable = [], []
+    for path in paths:
+        try:
+            images.append((path, load(path)))
+        except Exception as error:  # PIL raises many types for bad files; DataError from decode()
+            reason = error.strerror if isinstance(error, OSError) and error.strerror else str(error).split(": ")[-1]
+            unreadable.append((path, reason or type(error).__name__))
+    return images, unreadable
+
+
+@torch.no_grad()
+def predict_probabilities(model, pixels, device, dtype, batch_size):
+    """Softmax probabilities (N, classes) on the CPU for a list of 64x64x3 uint8 images."""
     model.eval()
-    rows = []
-    for start in range(0, len(paths), batch_size):
-        chunk = paths[start : start + batch_size]
-        x = normalize(torch.from_numpy(np.stack([decode(p) for p in chunk])).to(device))
+    chunks = []
+    for start in range(0, len(pixels), batch_size):
+        x = normalize(torch.from_numpy(np.stack(pixels[start : start + batch_size])).to(device))
         with autocast(device, dtype):
-            probabilities = model(x).float().softmax(dim=1)
-        confidence, label = probabilities.max(dim=1)
-        for path, c, p in zip(chunk, label.tolist(), confidence.tolist()):
-            rows.append((os.path.basename(path), classes[c], class_names[c], f"{p:.4f}"))
+            chunks.append(model(x).float().softmax(dim=1).cpu())
+    return torch.cat(chunks)
+
+
+def prediction_header(k=TOP_K):
+    ranked = [f"{name}_{rank}" for rank in range(2, k + 1) for name in ("wnid", "class_name", "confidence")]
+    return ("file", "wnid", "class_name", "confidence", *ranked)
+
+
+def prediction_rows(names, probabilities, classes, class_names, k=TOP_K):
+    """One row per image: its name, then the k most likely classes (wnid, name, probability)."""
+    confidence, label = probabilities.topk(min(k, probabilities.shape[1]), dim=1)
+    rows = []
+    for name, ps, cs in zip(names, confidence.tolist(), label.tolist()):
+        ranked = [value for p, c in zip(ps, cs) for value in (classes[c], class_names[c], f"{p:.4f}")]
+        rows.append((name, *ranked, *[""] * (3 * k - len(ranked))))
+    return rows
+
+
+def report_unreadable(unreadable):
+    if unreadable:
+        listed = "; ".join(f"{path} ({reason})" for path, reason in unreadable)
+        print(f"skipped {len(unreadable)} unreadable file{'s' if len(unreadable) != 1 else ''}: {listed}", file=sys.stderr)
+
+
+def class_names_for(checkpoint, data_dir):
+    """The checkpoint's class names (train.py saves them), else the prepared data's when its
+    classes are the checkpoint's, else the wnids themselves."""
+    classes = checkpoint.get("classes")
+    if classes is None:
+        meta = read_meta(data_dir)
+        if meta is None:
+            raise DataError(f"the checkpoint does not list its classes and {data_dir}/ holds no prepared data to "
+                            "take them from: pass the --data-dir it was trained on")
+        return meta["classes"], meta["class_names"]
+    if checkpoint.get("class_names"):
+        return classes, checkpoint["class_names"]
+    meta = read_meta(data_dir)
+    return classes, meta["class_names"] if meta and meta["classes"] == classes else list(classes)
+
+
+def predict_own_images(args, checkpoint, model, data_dir):
+    """--predict with --files: label the user's images; needs no prepared data."""
+    classes, class_names = class_names_for(checkpoint, data_dir)
+    if model.config.num_classes != len(classes):
+        raise DataError(f"{args.checkpoint} predicts {model.config.num_classes} classes but lists {len(classes)}")
+    images, unreadable = read_images(own_image_files(args.files), load_any_image)
+    report_unreadable(unreadable)
+    if not images:
+        raise DataError("none of the --files is a readable image: nothing to label")
+    device = resolve_device(args.device)
+    probabilities = predict_probabilities(model.to(device), [p for _, p in images], device, amp_dtype(device, args.amp), args.batch_size)
+    rows = prediction_rows([path for path, _ in images], probabilities, classes, class_names)
+    write_csv(args.predict, prediction_header(), rows)
+    for row in rows[:5]:
+        print(f"{row[0]}: {short_name(row[2])} ({row[1]}) {float(row[3]):.0%}, then {short_name(row[5])} {float(row[6]):.0%}"
+              if len(classes) > 1 else f"{row[0]}: {short_name(row[2])}")
+    more = " (the first 5 above)" if len(rows) > 5 else ""
+    print(f"predictions for {len(rows):,} image{'s' if len(rows) != 1 else ''}, top-{min(TOP_K, len(classes))} each: {args.predict}{more}")
     return rows
 
 
@@ -260,29 +376,40 @@ def predict_files(model, paths, classes, class_names, device, dtype, batch_size)
 
 
 def parse_args(argv):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=HelpFormatter)
     parser.add_argument("checkpoint", help="a .pt file written by train.py (or a Lightning .ckpt)")
     parser.add_argument("--data-dir", help="prepared data (default: the one the checkpoint was trained on, else data)")
-    parser.add_argument("--split", default="test", choices=("train", "val", "test"))
-    parser.add_argument("--batch-size", type=int, default=256)
+    parser.add_argument("--split", default="test", choices=("train", "val", "test"), help="the split to evaluate")
+    parser.add_argument("--batch-size", type=int, default=256, help="images per forward pass")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
     parser.add_argument("--amp", action=argparse.BooleanOptionalAction, default=False,
-                        help="bf16 autocast (fp16 on GPUs without bf16), as in train.py; default off: fp32")
+                        help="bf16 autocast (fp16 on GPUs without bf16), as in train.py; off: fp32")
     parser.add_argument("--no-ema", dest="ema", action="store_false",
                         help="evaluate the raw trained weights of a run that kept an EMA (default: the EMA weights)")
     parser.add_argument("--json", metavar="PATH", help="also write the whole report as JSON")
     parser.add_argument("--predict", metavar="OUT.csv",
-                        help="also label the unlabeled test/images: file, wnid, class name, confidence")
+                        help=f"also label the unlabeled test/images (or the --files): file, then the top {TOP_K} "
+                             "classes' wnid, class name and probability")
+    parser.add_argument("--files", nargs="+", metavar="PATH",
+                        help="with --predict: label these images and the images in these folders instead (any size or "
+                             "mode: converted to RGB, centre-cropped and resized to 64x64); no evaluation, no data needed")
     args = parser.parse_args(argv)
     if args.batch_size < 1:
         parser.error("--batch-size must be at least 1")
+    if args.files and not args.predict:
+        parser.error("--files needs --predict OUT.csv (where the labels go)")
     return args
 
 
 def run(args):
+    for path, flag in ((args.json, "--json"), (args.predict, "--predict")):
+        if path:  # before any work: an unwritable output must not waste an evaluation
+            check_output_path(path, flag)
     checkpoint = load_checkpoint(args.checkpoint)
     model = model_from_checkpoint(checkpoint, args.checkpoint, use_ema=args.ema)
     data_dir = args.data_dir or checkpoint.get("config", {}).get("data_dir") or "data"
+    if args.files:
+        return predict_own_images(args, checkpoint, model, data_dir)
     data = load_packed(data_dir)
     check_classes(checkpoint, data.classes, args.checkpoint)
     if model.config.num_classes != len(data.classes):
@@ -315,8 +442,13 @@ def run(args):
     if args.json:
         write_json(args.json, metrics)
     if args.predict:
-        rows = predict_files(model, test_images, data.classes, data.class_names, device, dtype, args.batch_size)
-        write_csv(args.predict, ("file", "wnid", "class_name", "confidence"), rows)
+        from prepare_data import decode  # the zip's own 64x64 images, converted exactly as the packed data
+
+        images, unreadable = read_images(test_images, decode)
+        report_unreadable(unreadable)
+        probabilities = predict_probabilities(model, [p for _, p in images], device, dtype, args.batch_size)
+        rows = prediction_rows([os.path.basename(path) for path, _ in images], probabilities, data.classes, data.class_names)
+        write_csv(args.predict, prediction_header(), rows)
         print(f"predictions for {len(rows):,} test images: {args.predict}")
     return metrics
 

@@ -11,19 +11,26 @@ and curves.png. On CUDA it uses bf16 autocast (fp16 + GradScaler on older GPUs),
 torch.compile, TF32 and a fused optimizer by default; on CPU, eager with bf16 autocast where
 the CPU has native bf16, else fp32.
 """
+import sys
+
+if __name__ == "__main__":  # before the imports below, which take a moment
+    from cli import exit_quietly_on_ctrl_c
+
+    exit_quietly_on_ctrl_c()
+
 import argparse
 import gc
 import math
 import os
 import signal
-import sys
+import socket
 import time
 from dataclasses import asdict, dataclass
 
 import torch
 from torch.nn.parallel import DistributedDataParallel
-from tqdm import tqdm
 
+from cli import HelpFormatter, progress_bar, shell_command
 from curves import draw_curves_or_explain
 from data import BatchLoader, load_packed, make_splits
 from evaluate import class_difference, evaluate, load_checkpoint, model_from_checkpoint, topk_correct
@@ -54,34 +61,36 @@ class TrainingError(Exception):
 RUN_DEFINING = ("batch_size", "embed_dim", "depth", "num_heads", "mlp_ratio", "dropout", "seed", "recipe", *RECIPE_FLAGS)
 
 
-def build_parser():
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def build_parser(add_help=True):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=HelpFormatter, add_help=add_help)
     data = parser.add_argument_group("data")
     data.add_argument("--data-dir", default="data", help="prepared by prepare_data.py")
-    data.add_argument("--batch-size", type=int, default=64, help="the notebook's 64")
-    data.add_argument("--eval-batch-size", type=int, default=256)
+    data.add_argument("--batch-size", type=int, default=64, help="images per optimizer step, over all processes")
+    data.add_argument("--eval-batch-size", type=int, default=256, help="images per batch in validation and test")
     model = parser.add_argument_group("model (defaults: the notebook's)")
-    model.add_argument("--embed-dim", type=int, default=64)
-    model.add_argument("--depth", type=int, default=2)
-    model.add_argument("--num-heads", type=int, default=1)
-    model.add_argument("--mlp-ratio", type=float, default=4.0)
-    model.add_argument("--dropout", type=float, default=0.1)
-    optim = parser.add_argument_group("recipe (defaults: --recipe seed, the notebook's; explicit flags override a preset)")
+    model.add_argument("--embed-dim", type=int, default=64, help="token width")
+    model.add_argument("--depth", type=int, default=2, help="transformer blocks")
+    model.add_argument("--num-heads", type=int, default=1, help="attention heads")
+    model.add_argument("--mlp-ratio", type=float, default=4.0, help="MLP hidden width / token width")
+    model.add_argument("--dropout", type=float, default=0.1, help="dropout rate")
+    optim = parser.add_argument_group("recipe (defaults shown: --recipe seed, the notebook's; another --recipe changes "
+                                      "them, and explicit flags override a preset)")
     optim.add_argument("--recipe", default="seed", choices=tuple(PRESETS),
                        help="seed: Adam 1e-3 constant; study: AdamW 1e-4, wd 1e-3, smoothing 0.1, 5 warm-up "
                             "epochs, cosine; improved (measured, see README): AdamW 5e-3, wd 0.05, smoothing 0.1, "
                             "1 warm-up epoch, cosine, grad clip 1")
-    optim.add_argument("--epochs", type=int, default=10)
-    optim.add_argument("--optimizer", choices=("adam", "adamw"))
+    optim.add_argument("--epochs", type=int, default=10, help="epochs to train (more with --resume extends a run)")
+    optim.add_argument("--optimizer", choices=("adam", "adamw"), help="adam: L2 weight decay; adamw: decoupled")
     optim.add_argument("--lr", type=float, help="peak learning rate")
     optim.add_argument("--weight-decay", type=float, help="not applied to biases and LayerNorm weights")
     optim.add_argument("--lr-schedule", choices=("constant", "cosine"), help="set every step")
     optim.add_argument("--warmup-epochs", type=float, help="linear warm-up from --min-lr (may be fractional)")
     optim.add_argument("--min-lr", type=float, help="where the warm-up starts and the cosine ends")
-    optim.add_argument("--label-smoothing", type=float)
+    optim.add_argument("--label-smoothing", type=float, help="of the training loss (val and test losses are plain)")
     optim.add_argument("--grad-clip", type=float, help="max gradient norm; 0: off")
     optim.add_argument("--ema-decay", type=float, help="EMA of the weights, evaluated and saved; 0: off")
     optim.add_argument("--seed", type=int, default=0, help="model init, dropout, shuffling and augmentation")
+    optim.set_defaults(**PRESETS["seed"])
     system = parser.add_argument_group("system")
     system.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda, cuda:N")
     system.add_argument("--amp", action=argparse.BooleanOptionalAction, default=None,
@@ -91,19 +100,21 @@ def build_parser():
                         help="auto: bf16 where supported, else fp16 with a GradScaler")
     system.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
                         help="torch.compile the model; default: on for CUDA")
-    system.add_argument("--compile-mode", default="default", choices=("default", "reduce-overhead", "max-autotune"))
-    system.add_argument("--run-dir", help="output directory (default: runs/<date-time>)")
+    system.add_argument("--compile-mode", default="default", choices=("default", "reduce-overhead", "max-autotune"),
+                        help="torch.compile's mode")
+    system.add_argument("--run-dir", help="output directory (default: runs/<date-time>; with --resume, the checkpoint's)")
     system.add_argument("--resume", metavar="CHECKPOINT",
                         help="continue the run saved in this last.pt, with its settings (more --epochs is fine)")
-    system.add_argument("--log-every", type=int, default=20, help="steps between progress-bar updates (a CPU-GPU sync)")
+    system.add_argument("--log-every", type=int, default=20,
+                        help="steps between progress updates and loss checks (a CPU-GPU sync)")
     return parser
 
 
 def explicit_flags(argv):
     """{dest: value} of the flags given on the command line (not defaulted)."""
-    probe = build_parser()
+    probe = build_parser(add_help=False)  # --help is for the real parser, which shows the defaults
     probe.set_defaults(**dict.fromkeys(vars(probe.parse_args([])), None))
-    return {key: value for key, value in vars(probe.parse_args(argv)).items() if value is not None}
+    return {key: value for key, value in vars(probe.parse_known_args(argv)[0]).items() if value is not None}
 
 
 def parse_args(argv):
@@ -177,7 +188,6 @@ def train_one_epoch(model, loader, updater, device, dtype, totals, start_step, l
         totals["loss_sum"] += loss.detach() * len(y)
         totals["correct"] += topk_correct(logits.detach().float(), y)
         totals["count"] += len(y)
-        bar.update(1)
         stop_now = stop is not None and not dist.enabled and stop()
         if (step + 1) % log_every == 0 or step + 1 == len(loader):
             # The sync point; under torchrun also where the ranks agree on the loss and on stopping,
@@ -192,7 +202,9 @@ def train_one_epoch(model, loader, updater, device, dtype, totals, start_step, l
                     f"the loss became {mean_loss} at step {step + 1} of epoch {loader.epoch + 1}; "
                     "try a lower --lr or --no-amp (the last good checkpoint is kept)"
                 )
-            bar.set_postfix(loss=f"{mean_loss:.3f}", img_s=f"{(step + 1 - start_step) * len(y) * dist.world_size / (time.perf_counter() - start):.0f}")
+            images_per_s = (step + 1 - start_step) * len(y) * dist.world_size / (time.perf_counter() - start)
+            bar.set_postfix_str(f"loss {mean_loss:.3f}, {images_per_s:.0f} img/s")
+        bar.update(1)
         if stop_now:
             return step + 1
     return len(loader)
@@ -259,8 +271,11 @@ def choose_run_dir(args):
 
 def prepare_run_dir(run_dir, resuming):
     """Create the run directory; refuse one that already holds another run."""
+    if os.path.exists(run_dir) and not os.path.isdir(run_dir):
+        raise DataError(f"--run-dir {run_dir} is a file, not a directory: choose another --run-dir")
     if not resuming and os.path.exists(os.path.join(run_dir, "config.json")):
-        raise DataError(f"{run_dir} already holds a run: pass --resume {run_dir}/last.pt or choose another --run-dir")
+        resume = shell_command("train.py", "--resume", os.path.join(run_dir, "last.pt"))
+        raise DataError(f"{run_dir} already holds a run: continue it with `{resume}` or choose another --run-dir")
     try:
         os.makedirs(run_dir, exist_ok=True)
     except OSError as error:
@@ -394,23 +409,52 @@ class Run:
 
 def run(args, stop, dist, device):
     r = start_run(args, dist, device)
-    for epoch in range(r.progress["epoch"], args.epochs):
-        if not run_epoch(r, epoch, stop):
-            r.log(f"interrupted at step {r.progress['step_in_epoch']} of epoch {epoch + 1}; continue with: "
-                  f"python train.py --resume {r.run_dir}/last.pt", file=sys.stderr)
-            return None
-        if dist.all_reduce(torch.tensor(float(stop()), device=device)).item():
-            r.log(f"stopped after epoch {epoch + 1}; continue with: python train.py --resume {r.run_dir}/last.pt",
-                  file=sys.stderr)
-            return None
-    if dist.enabled:
-        check_ranks_agree(r.model, dist, r.log)
-    test_metrics = evaluate_test(r)
-    on_main(dist, lambda: write_json(os.path.join(r.run_dir, "test_metrics.json"), test_metrics))
+    with RunStatus(r.run_dir, enabled=dist.is_main) as status:
+        for epoch in range(r.progress["epoch"], args.epochs):
+            finished_epoch = run_epoch(r, epoch, stop)
+            if not finished_epoch or dist.all_reduce(torch.tensor(float(stop()), device=device)).item():
+                where = f"at step {r.progress['step_in_epoch']} of epoch {epoch + 1}" if not finished_epoch else f"after epoch {epoch + 1}"
+                status.set("interrupted", f"stopped {where}")
+                resume = shell_command("train.py", "--resume", os.path.join(r.run_dir, "last.pt"))
+                r.log(f"stopped {where}; continue with: {resume}", file=sys.stderr)
+                return None
+        if dist.enabled:
+            check_ranks_agree(r.model, dist, r.log)
+        test_metrics = evaluate_test(r)
+        on_main(dist, lambda: write_json(os.path.join(r.run_dir, "test_metrics.json"), test_metrics))
+        status.set("finished")
     if dist.is_main:
         draw_curves_or_explain(r.run_dir)
-    r.log(f"run saved in {r.run_dir}/ (evaluate again: python evaluate.py {r.run_dir}/best.pt)")
+    evaluate_again = shell_command("evaluate.py", os.path.join(r.run_dir, "best.pt"))
+    r.log(f"run saved in {r.run_dir}/ (evaluate again: {evaluate_again})")
     return test_metrics
+
+
+class RunStatus:
+    """status.json in the run directory: running, then finished, interrupted (resumable) or
+    crashed (with the error), so that a listing (runs.py) can tell them apart. A run killed
+    outright stays "running" with the process id that runs.py checks."""
+
+    def __init__(self, run_dir, enabled=True):
+        self.path, self.enabled = os.path.join(run_dir, "status.json"), enabled
+        self.state = {"state": "running", "pid": os.getpid(), "host": socket.gethostname(),
+                      "started": time.strftime("%Y-%m-%d %H:%M:%S")}
+
+    def set(self, state, detail=None):
+        self.state.update(state=state, detail=detail, ended=time.strftime("%Y-%m-%d %H:%M:%S"))
+        if self.enabled:
+            write_json(self.path, self.state)
+
+    def __enter__(self):
+        if self.enabled:
+            write_json(self.path, self.state)
+        return self
+
+    def __exit__(self, kind, error, traceback):
+        if kind is KeyboardInterrupt:
+            self.set("interrupted", "stopped at once (second Ctrl-C)")
+        elif kind is not None:
+            self.set("crashed", str(error).splitlines()[0][:300] if str(error) else kind.__name__)
 
 
 def start_run(args, dist, device):
@@ -469,6 +513,7 @@ def start_run(args, dist, device):
     if checkpoint is not None:
         where = f", step {progress['step_in_epoch']}" if progress["step_in_epoch"] else ""
         r.log(f"resuming {args.resume} after epoch {progress['epoch']}{where}")
+        bring_best_checkpoint(r, args.resume)
         saved_schedule = checkpoint.get("schedule")
         if saved_schedule and saved_schedule != asdict(updater.schedule):
             step = progress["step"]
@@ -480,6 +525,26 @@ def start_run(args, dist, device):
           f"{len(data.classes)} classes, {args.epochs} epoch{'s' if args.epochs != 1 else ''} -> {run_dir}")
     r.log(f"recipe {args.recipe}: {describe_recipe(args)}")
     return r
+
+
+def bring_best_checkpoint(r, resume_path):
+    """A run resumed into another --run-dir brings its best.pt along (the test of the best
+    weights and the printed evaluate command need it there): the resumed checkpoint itself when
+    it is the best, else the best.pt beside it; when there is none, the best is tracked afresh."""
+    progress, best = r.progress, os.path.join(r.run_dir, "best.pt")
+    if progress["best_epoch"] == 0 or os.path.exists(best):
+        return
+    beside = os.path.join(os.path.dirname(os.path.abspath(resume_path)), "best.pt")
+    if progress["best_epoch"] == progress["epoch"] and not progress["step_in_epoch"]:
+        r.save("best.pt")
+        return
+    saved = load_checkpoint(beside) if os.path.exists(beside) else None
+    if saved is not None and saved.get("progress", {}).get("epoch") == progress["best_epoch"]:
+        on_main(r.dist, lambda: save_atomically(saved, best))
+        return
+    r.log(f"note: no best.pt of epoch {progress['best_epoch']} beside {resume_path}: "
+          "best.pt will be the best of the epochs still to come")
+    progress.update(best_val_top1=-1.0, best_val_loss=math.inf, best_epoch=0)
 
 
 def describe_recipe(args):
@@ -500,8 +565,8 @@ def run_epoch(r, epoch, stop):
     train_loader.set_epoch(epoch)
     start_step, totals, seconds_before = resume_point(progress, r.device)
     start = time.perf_counter()
-    with tqdm(total=len(train_loader), initial=start_step, desc=f"epoch {epoch + 1}/{args.epochs}",
-              leave=False, mininterval=1, disable=None if r.dist.is_main else True) as bar:
+    with progress_bar(len(train_loader), f"epoch {epoch + 1}/{args.epochs}", "steps", initial=start_step, leave=False,
+                  disable=not r.dist.is_main) as bar:
         next_step = train_one_epoch(r.trained, train_loader, r.updater, r.device, r.dtype, totals,
                                     start_step, args.log_every, bar, stop, r.dist)
     seconds = seconds_before + time.perf_counter() - start
@@ -543,6 +608,7 @@ def checkpoint_payload(model, model_config, data, updater, progress, config, rng
         "model": model.state_dict(),  # the plain model: no module. or _orig_mod. prefixes
         "model_config": asdict(model_config),
         "classes": list(data.classes),
+        "class_names": list(data.class_names),  # so that evaluate.py --files needs no prepared data
         "synthetic": data.synthetic,
         "optimizer": updater.optimizer.state_dict(),
         "scaler": updater.scaler.state_dict(),

@@ -4,13 +4,14 @@ import csv
 import json
 import os
 
+import numpy as np
 import pytest
 import torch
 
 import evaluate
 import prepare_data
 import train
-from data import MEAN, STD, load_packed
+from data import MEAN, STD, load_packed, make_splits
 from evaluate import class_report, model_from_checkpoint, natural_key
 from prepare_data import decode
 from synthetic import write_synthetic_zip
@@ -44,25 +45,41 @@ def test_class_report_on_a_known_confusion_matrix():
     assert report["most_confused"][0]["share_of_true"] == pytest.approx(0.4)
 
 
+def head_blind_checkpoint(run_dir, tmp_path):
+    """best.pt with the classifier's weights zeroed and its bias favouring class 0: every image
+    is predicted as class 0, so the confusions and F1 are known in advance."""
+    checkpoint = torch.load(run_dir / "best.pt", weights_only=True)
+    checkpoint["model"]["head.2.weight"].zero_()  # the final Linear of the notebook's model
+    checkpoint["model"]["head.2.bias"].copy_(torch.tensor([1.0, 0.0, 0.0, 0.0]))
+    torch.save(checkpoint, tmp_path / "blind.pt")
+    return tmp_path / "blind.pt"
+
+
 def test_report_in_the_summary_and_in_json(run_with_test_images, tmp_path, capsys):
     data_dir, run_dir = run_with_test_images
     out = tmp_path / "report.json"
-    assert evaluate.main([str(run_dir / "best.pt"), "--json", str(out), "--batch-size", "8"]) == 0
+    assert evaluate.main([str(head_blind_checkpoint(run_dir, tmp_path)), "--json", str(out), "--batch-size", "8"]) == 0
     printed = capsys.readouterr().out
     report = json.load(open(out))
     data = load_packed(data_dir)
     assert report["parameters"] == sum(p.numel() for p in model_from_checkpoint(torch.load(run_dir / "best.pt")).parameters())
+    y = make_splits(data)["test"][1]
+    counts = torch.bincount(y, minlength=4).tolist()  # every image predicted as class 0:
+    assert report["top1"] == counts[0] / 32
+    f1_class0 = 2 * counts[0] / (counts[0] + 32)  # 2 TP / (images of class 0 + predictions of class 0)
+    assert report["macro_f1"] == pytest.approx(f1_class0 / 4)  # the other three classes score 0
     assert report["images_per_s"] > 0 and report["peak_memory_mb"] > 0 and report["batch_size"] == 8
     assert [c["name"] for c in report["per_class"]] == data.class_names  # from words.txt
     assert data.class_names[0].startswith("synthetic")
     assert sum(c["images"] for c in report["per_class"]) == report["images"] == 32
     # per-class accuracies weighted by their images give the top-1
     assert sum(c["accuracy"] * c["images"] for c in report["per_class"]) / report["images"] == pytest.approx(report["top1"])
-    assert 0 <= report["macro_f1"] <= 1
-    for label in ("macro-F1", f"{report['parameters']:,} parameters", "images/s", "MB", "best classes:", "worst classes:"):
+    expected = sorted(((counts[c], data.classes[c]) for c in (1, 2, 3) if counts[c]), key=lambda p: (-p[0], p[1]))
+    assert sorted((p["images"], p["true"]) for p in report["most_confused"]) == sorted(expected)
+    assert all(p["predicted"] == data.classes[0] and p["share_of_true"] == 1.0 for p in report["most_confused"])
+    for label in ("macro-F1", f"{report['parameters']:,} parameters", "images/s", "MB", "best classes:", "worst classes:",
+                  "most confused (true -> predicted, images): "):
         assert label in printed
-    if report["most_confused"]:
-        assert "most confused" in printed
 
 
 def test_results_do_not_depend_on_batch_size_and_amp_is_reported(run_with_test_images, tmp_path):
@@ -111,3 +128,69 @@ def test_predict_without_the_test_folder_is_a_one_line_error(run_with_test_image
 def test_natural_file_order():
     names = ["test_10.JPEG", "test_2.JPEG", "test_1.JPEG", "test_100.JPEG"]
     assert sorted(names, key=natural_key) == ["test_1.JPEG", "test_2.JPEG", "test_10.JPEG", "test_100.JPEG"]
+
+
+def test_predict_rows_hold_the_top_five_classes_in_order(run_with_test_images, tmp_path):
+    _, run_dir = run_with_test_images
+    out = tmp_path / "p.csv"
+    assert evaluate.main([str(run_dir / "best.pt"), "--predict", str(out)]) == 0
+    for row in csv.DictReader(open(out)):
+        ranked = [float(row["confidence"])] + [float(row[f"confidence_{k}"]) for k in (2, 3, 4)]
+        assert ranked == sorted(ranked, reverse=True) and sum(ranked) == pytest.approx(1, abs=1e-3)  # 4 classes
+        assert len({row["wnid"], *(row[f"wnid_{k}"] for k in (2, 3, 4))}) == 4 and row["wnid_5"] == ""
+
+
+def write_own_images(folder):
+    """Images as users have them: other sizes, modes and formats, in nested folders, and some
+    files that are not images at all."""
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    folder.mkdir()
+    (folder / "sub").mkdir()
+    Image.fromarray(rng.integers(0, 255, (480, 640, 3), dtype=np.uint8)).save(folder / "photo.jpg")
+    Image.fromarray(rng.integers(0, 255, (50, 100), dtype=np.uint8), mode="L").save(folder / "gray.png")
+    Image.fromarray(rng.integers(0, 255, (70, 70, 4), dtype=np.uint8), mode="RGBA").save(folder / "sub" / "alpha.png")
+    Image.fromarray(rng.integers(0, 255, (64, 64, 3), dtype=np.uint8)).convert("P").save(folder / "sub" / "palette.gif")
+    Image.fromarray(rng.integers(0, 255, (64, 64, 3), dtype=np.uint8)).convert("CMYK").save(folder / "cmyk.jpg")
+    (folder / "notes.txt").write_text("not an image")  # not an image extension: not picked up from a folder
+    (folder / "broken.jpg").write_bytes(b"\xff\xd8 truncated")  # an image name, unreadable content
+    return folder
+
+
+def test_predict_own_files_of_any_size_and_mode_with_no_prepared_data(run_with_test_images, tmp_path, capsys):
+    _, run_dir = run_with_test_images
+    folder = write_own_images(tmp_path / "mine")
+    single = tmp_path / "single.png"
+    from PIL import Image
+
+    Image.new("RGB", (200, 100), (200, 30, 30)).save(single)
+    out = tmp_path / "own.csv"
+    argv = [str(run_dir / "best.pt"), "--predict", str(out), "--files", str(single), str(folder), str(tmp_path / "missing.jpg"),
+            "--data-dir", str(tmp_path / "no-data-here")]
+    assert evaluate.main(argv) == 0
+    captured = capsys.readouterr()
+    rows = list(csv.DictReader(open(out)))
+    names = [os.path.relpath(r["file"], tmp_path) for r in rows]
+    assert names == ["single.png", "mine/cmyk.jpg", "mine/gray.png", "mine/photo.jpg", "mine/sub/alpha.png", "mine/sub/palette.gif"]
+    skipped = [line for line in captured.err.splitlines() if line.startswith("skipped")]
+    assert len(skipped) == 1 and skipped[0].startswith("skipped 2 unreadable files: ")
+    assert "broken.jpg" in skipped[0] and "missing.jpg" in skipped[0] and "notes.txt" not in skipped[0]
+    assert "predictions for 6 images, top-4 each" in captured.out
+    # The probabilities are the model's on the image converted to RGB, centre-cropped and resized to 64x64.
+    model = model_from_checkpoint(torch.load(run_dir / "best.pt")).eval()
+    expected_pixels = np.array(Image.open(single).crop((50, 0, 150, 100)).resize((64, 64), Image.BILINEAR))
+    probabilities = model(evaluate.normalize(torch.from_numpy(expected_pixels[None]))).softmax(1)[0]
+    assert float(rows[0]["confidence"]) == pytest.approx(probabilities.max().item(), abs=1e-4)
+    data_classes = torch.load(run_dir / "best.pt")["classes"]
+    assert rows[0]["wnid"] == data_classes[int(probabilities.argmax())] and rows[0]["class_name"].startswith("synthetic")
+
+
+def test_predict_own_files_needs_predict_and_a_readable_image(run_with_test_images, tmp_path, capsys):
+    _, run_dir = run_with_test_images
+    with pytest.raises(SystemExit) as exit_info:
+        evaluate.main([str(run_dir / "best.pt"), "--files", "a.jpg"])
+    assert exit_info.value.code == 2 and "--files needs --predict" in capsys.readouterr().err
+    (tmp_path / "bad.jpg").write_bytes(b"nope")
+    assert evaluate.main([str(run_dir / "best.pt"), "--predict", str(tmp_path / "o.csv"), "--files", str(tmp_path / "bad.jpg")]) == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1] == "error: none of the --files is a readable image: nothing to label"

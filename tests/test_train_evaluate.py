@@ -3,14 +3,19 @@ import csv
 import json
 import os
 import pickle
+import shlex
+import subprocess
+import sys
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 import evaluate
 import train
-from conftest import assert_same_training_state
-from evaluate import load_checkpoint
+from conftest import ROOT, assert_same_training_state
+from data import load_packed, make_splits, normalize
+from evaluate import load_checkpoint, model_from_checkpoint
 from runtime import default_amp
 
 FAST = ["--batch-size", "16", "--eval-batch-size", "16", "--log-every", "2"]
@@ -27,16 +32,26 @@ def finished_run(prepared_once, tmp_path_factory):
     return run_dir
 
 
-def test_a_run_writes_config_metrics_checkpoints_and_test_results(finished_run):
-    assert sorted(os.listdir(finished_run)) == ["best.pt", "config.json", "curves.png", "last.pt", "metrics.csv", "test_metrics.json"]
+def test_a_run_writes_config_metrics_checkpoints_and_test_results(finished_run, prepared_once):
+    assert sorted(os.listdir(finished_run)) == ["best.pt", "config.json", "curves.png", "last.pt", "metrics.csv",
+                                                "status.json", "test_metrics.json"]
+    assert json.load(open(finished_run / "status.json"))["state"] == "finished"
     rows = list(csv.DictReader(open(finished_run / "metrics.csv")))
     assert [int(r["epoch"]) for r in rows] == [1, 2]
     assert set(rows[0]) >= {"train_loss", "train_top1", "train_top5", "val_loss", "val_top1", "val_top5", "lr", "seconds", "images_per_s"}
     config = json.load(open(finished_run / "config.json"))
     assert config["optimizer"] == "adam" and config["lr"] == 1e-3 and config["batch_size"] == 16
     assert config["amp_dtype"] == ("bfloat16" if default_amp(torch.device("cpu")) else None)
-    test = json.load(open(finished_run / "test_metrics.json"))
-    assert test["final"]["images"] == 32 and 0 <= test["final"]["top1"] <= test["final"]["top5"] <= 1
+    # The recorded test numbers are the final model's on the notebook's test split, recomputed
+    # here with nothing but the checkpoint, the split and plain torch.
+    test = json.load(open(finished_run / "test_metrics.json"))["final"]
+    x, y = make_splits(load_packed(prepared_once))["test"]
+    with torch.no_grad():
+        logits = model_from_checkpoint(load_checkpoint(str(finished_run / "last.pt"))).eval()(normalize(x))
+    assert test["images"] == len(y) == 32
+    assert test["top1"] == (logits.argmax(1) == y).float().mean().item()
+    assert test["top5"] == (logits.topk(4, 1).indices == y[:, None]).any(1).float().mean().item()  # 4 classes: top-4
+    assert test["loss"] == pytest.approx(F.cross_entropy(logits, y).item(), abs=1e-5)
 
 
 def test_checkpoints_hold_only_plain_values_and_the_plain_model(finished_run):
@@ -79,20 +94,35 @@ def test_resume_with_a_different_model_is_refused(prepared_once, finished_run, c
     assert "--embed-dim 32 (the run has 64)" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("flag,dtype", [("--amp", "bfloat16"), ("--no-amp", None)])
-def test_amp_flags_on_cpu(prepared_once, tmp_path, flag, dtype):
-    assert train_run(prepared_once, tmp_path / "r", "--epochs", "1", flag) == 0
-    config = json.load(open(tmp_path / "r" / "config.json"))
-    assert config["amp_dtype"] == dtype
-    assert torch.isfinite(torch.tensor(json.load(open(tmp_path / "r" / "test_metrics.json"))["final"]["loss"]))
+def test_bf16_autocast_trains_in_bf16_and_its_losses_track_fp32(prepared_once, tmp_path, monkeypatch):
+    """--amp really runs the forward in bf16 (the logits come out bf16) and its losses follow the
+    fp32 run's within bf16 noise; --no-amp is fp32 throughout."""
+    logit_dtypes = []
+    original_loss = train.Updater.loss
+    monkeypatch.setattr(train.Updater, "loss", lambda self, logits, y: logit_dtypes.append(logits.dtype) or original_loss(self, logits, y))
+    losses = {}
+    for flag in ("--amp", "--no-amp"):
+        logit_dtypes.clear()
+        assert train_run(prepared_once, tmp_path / flag, "--epochs", "3", flag) == 0
+        assert set(logit_dtypes) == {torch.bfloat16 if flag == "--amp" else torch.float32}
+        assert json.load(open(tmp_path / flag / "config.json"))["amp_dtype"] == ("bfloat16" if flag == "--amp" else None)
+        losses[flag] = [float(r["train_loss"]) for r in csv.DictReader(open(tmp_path / flag / "metrics.csv"))]
+    assert losses["--amp"] != losses["--no-amp"]  # not the same computation ...
+    assert losses["--amp"] == pytest.approx(losses["--no-amp"], abs=0.05)  # ... but the same training
 
 
 @pytest.mark.slow
-def test_compiled_training_on_cpu_saves_the_plain_model(prepared_once, tmp_path):
-    assert train_run(prepared_once, tmp_path / "r", "--epochs", "1", "--compile") == 0
+def test_compiled_training_on_cpu_saves_the_plain_model_and_matches_eager(prepared_once, tmp_path):
+    """The compiled model computed the test numbers train.py recorded; evaluate.py recomputes
+    them with the eager model from the plain checkpoint: compiled outputs equal eager's."""
+    assert train_run(prepared_once, tmp_path / "r", "--epochs", "1", "--compile", "--no-amp") == 0
     checkpoint = torch.load(tmp_path / "r" / "last.pt", weights_only=True)
     assert not any(key.startswith("_orig_mod.") for key in checkpoint["model"])
-    assert evaluate.main([str(tmp_path / "r" / "last.pt")]) == 0
+    assert json.load(open(tmp_path / "r" / "config.json"))["compile"] is True
+    recorded = json.load(open(tmp_path / "r" / "test_metrics.json"))["final"]
+    assert evaluate.main([str(tmp_path / "r" / "last.pt"), "--batch-size", "16", "--json", str(tmp_path / "e.json")]) == 0
+    eager = json.load(open(tmp_path / "e.json"))
+    assert eager["top1"] == recorded["top1"] and eager["loss"] == pytest.approx(recorded["loss"], abs=1e-5)
 
 
 def test_evaluate_accepts_lightning_and_compiled_checkpoints(finished_run, tmp_path):
@@ -197,3 +227,85 @@ def test_evaluate_rejects_an_unknown_split(finished_run):
     with pytest.raises(SystemExit) as exit_info:
         evaluate.main([str(finished_run / "last.pt"), "--split", "holdout"])
     assert exit_info.value.code == 2
+
+
+def test_whole_pickled_models_and_empty_files_get_messages_that_say_what_to_do(tmp_path, capsys):
+    from model import CvTConfig, CvTSimplifiedEmbedding
+
+    torch.save(CvTSimplifiedEmbedding(CvTConfig(num_classes=4)), tmp_path / "whole.pt")  # torch.save(model)
+    (tmp_path / "empty.pt").write_bytes(b"")
+    assert evaluate.main([str(tmp_path / "whole.pt")]) == 2
+    err = last_error_line(capsys)
+    assert "it is a PyTorch file" in err and "would run code" in err and "state_dict()" in err
+    assert evaluate.main([str(tmp_path / "empty.pt")]) == 2
+    assert last_error_line(capsys) == f"error: {tmp_path}/empty.pt is empty (0 bytes): the file was not written completely; use another checkpoint"
+    assert evaluate.main([str(tmp_path)]) == 2
+    assert "is a directory" in last_error_line(capsys)
+
+
+# ---------------------------------------------------------------- output paths and printed commands
+
+
+def run_printed(command):
+    """Run a command exactly as the kit printed it (`python ...`), with this interpreter."""
+    words = shlex.split(command)
+    assert words[0] == "python"
+    return subprocess.run([sys.executable, *words[1:]], cwd=ROOT, capture_output=True, text=True)
+
+
+def printed_command(text, after):
+    """The command printed after `after` in text, up to the closing parenthesis or line end."""
+    line = next(line for line in text.splitlines() if after in line)
+    return line.split(after, 1)[1].strip().rstrip(")")
+
+
+def test_json_into_a_missing_folder_is_created_and_a_directory_refused_before_any_work(finished_run, tmp_path, capsys):
+    out = tmp_path / "not" / "yet" / "r.json"
+    assert evaluate.main([str(finished_run / "last.pt"), "--json", str(out)]) == 0
+    assert json.load(open(out))["images"] == 32
+    capsys.readouterr()
+    assert evaluate.main([str(finished_run / "last.pt"), "--json", str(tmp_path)]) == 2
+    captured = capsys.readouterr()
+    assert captured.err.strip() == f"error: --json {tmp_path} is a directory: give a file name"
+    assert "test: loss" not in captured.out  # refused before the evaluation, not after it
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    assert evaluate.main([str(finished_run / "last.pt"), "--predict", str(blocker / "p.csv")]) == 2
+    assert "cannot create the folder" in last_error_line(capsys)
+
+
+def test_resumed_from_best_into_a_new_run_dir_every_printed_file_exists(prepared_once, tmp_path, capsys):
+    """The reported bug: resuming best.pt into a new --run-dir printed an evaluate command for
+    a best.pt that was never written (and the test of the best weights looked for it)."""
+    first = tmp_path / "first"
+    assert train_run(prepared_once, first, "--epochs", "2", "--lr", "0.05") == 0  # a high lr: the best epoch may be either
+    assert run_printed(printed_command(capsys.readouterr().out, "evaluate again: ")).returncode == 0
+    for source in ("best.pt", "last.pt"):
+        new_dir = tmp_path / f"from-{source}"
+        assert train.main(["--resume", str(first / source), "--run-dir", str(new_dir), "--epochs", "3"]) == 0
+        out = capsys.readouterr().out
+        assert (new_dir / "best.pt").exists()
+        best = torch.load(new_dir / "best.pt", weights_only=True)["progress"]
+        assert best["epoch"] == best["best_epoch"] == torch.load(new_dir / "last.pt", weights_only=True)["progress"]["best_epoch"]
+        result = run_printed(printed_command(out, "evaluate again: "))
+        assert result.returncode == 0, result.stderr
+
+
+def test_the_printed_resume_command_continues_the_run(prepared_once, tmp_path, monkeypatch, capsys):
+    from conftest import signal_during_training
+
+    run_dir = tmp_path / "with space"
+    signal_during_training(monkeypatch, epoch=0, step=1)
+    assert train_run(prepared_once, run_dir, "--epochs", "1") == 130
+    command = printed_command(capsys.readouterr().err, "continue with: ")
+    assert "'" in command  # the path with a space is quoted
+    result = run_printed(command)
+    assert result.returncode == 0, result.stderr
+    assert json.load(open(run_dir / "status.json"))["state"] == "finished"
+    assert (run_dir / "test_metrics.json").exists()
+
+
+def test_a_run_dir_that_is_a_file_is_refused(prepared_once, tmp_path, capsys):
+    (tmp_path / "f").write_text("x")
+    assert train_run(prepared_once, tmp_path / "f", "--epochs", "1") == 2
+    assert last_error_line(capsys) == f"error: --run-dir {tmp_path}/f is a file, not a directory: choose another --run-dir"

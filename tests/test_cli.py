@@ -1,0 +1,140 @@
+"""What a user sees on the command line: --help with every default, progress in log files,
+a quiet Ctrl-C at start-up, and runs.py's listing of run states."""
+import argparse
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+from conftest import ROOT, signal_during_training
+
+import cli
+import curves
+import evaluate
+import prepare_data
+import runs
+import train
+
+FAST = ["--batch-size", "16", "--eval-batch-size", "16", "--log-every", "2", "--device", "cpu"]
+SCRIPTS = ("prepare_data.py", "train.py", "evaluate.py", "curves.py", "runs.py")
+
+
+def parser_of(module):
+    """The script's real ArgumentParser, caught as main() builds it (main never runs further)."""
+    built = []
+    original = argparse.ArgumentParser.parse_args
+
+    def capture(self, *args, **kwargs):
+        built.append(self)
+        raise SystemExit(0)
+
+    argparse.ArgumentParser.parse_args = capture
+    try:
+        with pytest.raises(SystemExit):
+            module.main(["x"])
+    finally:
+        argparse.ArgumentParser.parse_args = original
+    return built[-1]
+
+
+@pytest.mark.parametrize("module", [prepare_data, train, evaluate, curves, runs])
+def test_help_shows_every_default(module):
+    """Every flag with a default value says it in --help (switches and unset flags explain
+    themselves in words)."""
+    parser = parser_of(module)
+    text = parser.format_help()
+    for action in parser._actions:
+        if action.option_strings and action.default not in (None, False, argparse.SUPPRESS):
+            assert action.help, action.option_strings
+            assert f"(default: {action.default})" in " ".join(text.split()), action.option_strings
+
+
+def test_help_names_the_data_dir_epochs_recipe_values_and_synthetic_sizes():
+    prepare_help = " ".join(parser_of(prepare_data).format_help().split())
+    for fragment in ("(default: data)", "number of synthetic classes (default: 10)", "(default: 200)", "(default: 50)"):
+        assert fragment in prepare_help
+    train_help = " ".join(parser_of(train).format_help().split())
+    for fragment in ("(default: data)", "(default: 10)", "peak learning rate (default: 0.001)", "(default: adam)"):
+        assert fragment in train_help
+
+
+def test_help_from_the_command_line_for_every_script():
+    for script in SCRIPTS:
+        result = subprocess.run([sys.executable, script, "--help"], cwd=ROOT, capture_output=True, text=True)
+        assert result.returncode == 0 and result.stdout.startswith("usage:"), script
+        assert script == "runs.py" or "(default:" in result.stdout, script  # runs.py has no flag with a default
+
+
+@pytest.mark.parametrize("script", ["train.py", "evaluate.py"])  # the scripts that import torch
+def test_ctrl_c_while_torch_imports_prints_one_line_not_a_traceback(script):
+    process = subprocess.Popen([sys.executable, script, "--help"], cwd=ROOT, stderr=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    time.sleep(0.3)  # well inside `import torch` (a second or more), after the hook is set
+    process.send_signal(signal.SIGINT)
+    _, err = process.communicate(timeout=60)
+    assert "Traceback" not in err and "KeyboardInterrupt" not in err
+    assert err.strip() == "interrupted" and process.returncode in (130, -signal.SIGINT)
+
+
+def test_progress_in_a_log_file_is_plain_lines_with_time_left(prepared_once, tmp_path, monkeypatch, capsys):
+    """Not on a terminal (capsys is not one): no tqdm frames, a plain line every
+    PLAIN_PROGRESS_SECONDS with the step, loss, images/s and the time left."""
+    monkeypatch.setattr(cli, "PLAIN_PROGRESS_SECONDS", 0)
+    assert train.main(["--data-dir", prepared_once, "--run-dir", str(tmp_path / "r"), *FAST, "--epochs", "1"]) == 0
+    err = capsys.readouterr().err
+    assert "\r" not in err
+    lines = [line for line in err.splitlines() if line.startswith("epoch 1/1: ")]
+    assert len(lines) == 6  # 96 images / 16: a line per step when the interval is 0
+    assert lines[0].startswith("epoch 1/1: 1/6 steps (17%)") and lines[-1].startswith("epoch 1/1: 6/6 steps (100%)")
+    assert "loss " in lines[1] and " img/s" in lines[1] and lines[1].endswith(" left")
+
+
+def test_prepare_progress_in_a_log_file_has_no_carriage_returns(tiny_zip, tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(cli, "PLAIN_PROGRESS_SECONDS", 0)
+    assert prepare_data.main(["--zip", tiny_zip, "--data-dir", str(tmp_path / "d")]) == 0
+    err = capsys.readouterr().err
+    assert "\r" not in err and "pack train: 96/96 images (100%)" in err
+
+
+def test_shell_commands_quote_paths_with_spaces():
+    assert cli.shell_command("train.py", "--resume", "my runs/a/last.pt") == "python train.py --resume 'my runs/a/last.pt'"
+
+
+# ---------------------------------------------------------------- runs.py
+
+
+def test_runs_lists_finished_interrupted_crashed_and_killed_runs(prepared_once, tmp_path, monkeypatch, capsys):
+    base = ["--data-dir", prepared_once, *FAST]
+    assert train.main([*base, "--run-dir", str(tmp_path / "done"), "--epochs", "2", "--recipe", "improved"]) == 0
+    with monkeypatch.context() as patch:
+        signal_during_training(patch, epoch=1, step=1)
+        assert train.main([*base, "--run-dir", str(tmp_path / "stopped"), "--epochs", "2"]) == 130
+    with monkeypatch.context() as patch:
+        patch.setattr(train, "evaluate_test", lambda r: (_ for _ in ()).throw(RuntimeError("disk on fire")))
+        with pytest.raises(RuntimeError):
+            train.main([*base, "--run-dir", str(tmp_path / "crashed"), "--epochs", "1"])
+    killed = tmp_path / "killed"
+    assert train.main([*base, "--run-dir", str(killed), "--epochs", "1"]) == 0
+    os.remove(killed / "test_metrics.json")  # as if SIGKILLed before the end: status.json still says running,
+    status = json.load(open(killed / "status.json"))  # with the id of a process that is gone
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    json.dump({**status, "state": "running", "pid": int(dead.stdout)}, open(killed / "status.json", "w"))
+    (tmp_path / "picture.png").write_bytes(b"not a run")
+    capsys.readouterr()
+
+    assert runs.main([str(tmp_path)]) == 0
+    lines = {line.split(" | ")[0].lstrip("| ").split("/")[-1]: line for line in capsys.readouterr().out.splitlines()[2:]}
+    assert sorted(lines) == ["crashed", "done", "killed", "stopped"]
+    done = json.load(open(tmp_path / "done" / "test_metrics.json"))["final"]
+    assert "| improved | 2/2 |" in lines["done"] and f"| {done['top1']:.2%} | finished |" in lines["done"]
+    assert "| seed | 1/2 |" in lines["stopped"] and f"interrupted: python train.py --resume {tmp_path}/stopped/last.pt" in lines["stopped"]
+    assert lines["crashed"].endswith("crashed: disk on fire |") and "| 1/1 |" in lines["crashed"]
+    assert lines["killed"].endswith("killed (no clean stop) |")
+    assert "(epoch " in lines["done"] and "cvt-simplified d64x2" in lines["done"]
+
+
+def test_runs_without_any_run_is_a_one_line_error(tmp_path, capsys):
+    assert runs.main([str(tmp_path)]) == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1].startswith("error: no train.py run")
