@@ -192,8 +192,10 @@ class BatchLoader:
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--data-dir", default="data")
+    from cli import HelpFormatter
+
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0], formatter_class=HelpFormatter)
+    parser.add_argument("--data-dir", default="data", help="prepared by prepare_data.py")
     args = parser.parse_args(argv)
     try:
         data = load_packed(args.data_dir)

@@ -185,7 +185,9 @@ def flops_per_image(model, image_size=64, backward=False):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description="Print the model's size and cost.")
+    from cli import HelpFormatter
+
+    parser = argparse.ArgumentParser(description="Print the model's size and cost.", formatter_class=HelpFormatter)
     parser.add_argument("--num-classes", type=int, default=200, help="200 for Tiny ImageNet")
     args = parser.parse_args(argv)
     model = CvTSimplifiedEmbedding(CvTConfig(num_classes=args.num_classes))

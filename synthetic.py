@@ -107,12 +107,14 @@ def write_synthetic_zip(path, classes=10, train_per_class=200, val_per_class=50,
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    from cli import HelpFormatter
+
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0], formatter_class=HelpFormatter)
     parser.add_argument("out", help="path of the zip to write")
-    parser.add_argument("--classes", type=int, default=10)
-    parser.add_argument("--train-per-class", type=int, default=200)
-    parser.add_argument("--val-per-class", type=int, default=50)
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--classes", type=int, default=10, help="number of classes")
+    parser.add_argument("--train-per-class", type=int, default=200, help="training images per class")
+    parser.add_argument("--val-per-class", type=int, default=50, help="val images per class")
+    parser.add_argument("--seed", type=int, default=0, help="same seed, same bytes")
     args = parser.parse_args(argv)
     write_synthetic_zip(args.out, args.classes, args.train_per_class, args.val_per_class, seed=args.seed)
     print(f"wrote {args.out}")

@@ -26,6 +26,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 from benchmarks import notebook  # noqa: E402
+from cli import HelpFormatter  # noqa: E402
+from layout import DataError, check_output_path, write_json  # noqa: E402
 from data import BatchLoader, load_packed, make_splits  # noqa: E402
 from layout import read_meta  # noqa: E402
 from model import CvTConfig, CvTSimplifiedEmbedding, flops_per_image  # noqa: E402
@@ -223,19 +225,24 @@ def our_prepare_seconds(zip_path):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=HelpFormatter)
     parser.add_argument("--data-dir", required=True, help="prepared by prepare_data.py (its extracted folder is used too)")
     parser.add_argument("--zip", help="time prepare_data.py and the notebook's extraction on this zip "
                         "(default: DATA_DIR/tiny-imagenet-200.zip, else ../shared/data/tiny-imagenet-200-mini.zip)")
     parser.add_argument("--steps", type=int, default=30, help="timed steps per measurement")
-    parser.add_argument("--large-batch", type=int, default=256)
+    parser.add_argument("--large-batch", type=int, default=256, help="the second batch size timed")
     parser.add_argument("--workers", type=int, default=2, help="DataLoader workers for the notebook's loader")
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="where to time")
     parser.add_argument("--no-compile", action="store_true", help="skip the torch.compile modes (quick check)")
     parser.add_argument("--json", help="also write the numbers as JSON")
     args = parser.parse_args(argv)
+    try:
+        if args.json:
+            check_output_path(args.json, "--json")
+        data = load_packed(args.data_dir)
+    except DataError as error:
+        parser.exit(2, f"error: {error}\n")
     device = torch.device(args.device)
-    data = load_packed(args.data_dir)
     train_split = make_splits(data)["train"]
     num_classes = len(data.classes)
     dataset_root = os.path.join(args.data_dir, "tiny-imagenet-200")
@@ -293,8 +300,7 @@ def main(argv=None):
 
     print_table(rows, results, flops, peaks)
     if args.json:
-        with open(args.json, "w") as f:
-            json.dump(results, f, indent=1, default=str)
+        write_json(args.json, json.loads(json.dumps(results, default=str)))
 
 
 def default_zips(data_dir):

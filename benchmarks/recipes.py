@@ -18,6 +18,10 @@ import subprocess
 import sys
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+from cli import HelpFormatter  # noqa: E402
+from layout import DataError, check_output_path, write_json  # noqa: E402
 
 
 def parse_entry(entry):
@@ -74,24 +78,28 @@ def table(results, seeds):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--data-dir", required=True)
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=HelpFormatter)
+    parser.add_argument("--data-dir", required=True, help="prepared by prepare_data.py")
     parser.add_argument("--recipes", nargs="+", default=["seed", "study", "improved"], help="presets or NAME=FLAGS")
-    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
-    parser.add_argument("--epochs", type=int, default=10)
-    parser.add_argument("--out-dir", default="runs/recipes")
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2], help="one run per seed and entry")
+    parser.add_argument("--epochs", type=int, default=10, help="epochs per run")
+    parser.add_argument("--out-dir", default="runs/recipes", help="runs go to OUT_DIR/NAME-sSEED")
     parser.add_argument("--train-flags", default="", help="added to every train.py command, e.g. '--batch-size 32'")
     parser.add_argument("--json", help="also write every run's numbers here")
     parser.add_argument("--quiet", action="store_true", help="hide train.py's output")
     args = parser.parse_args(argv)
+    if args.json:
+        try:
+            check_output_path(args.json, "--json")
+        except DataError as error:
+            parser.exit(2, f"error: {error}\n")
     results = {}
     for entry in args.recipes:
         name, flags = parse_entry(entry)
         results[name] = [run_summary(train(name, flags, seed, args)) for seed in args.seeds]
     print(table(results, args.seeds))
     if args.json:
-        with open(args.json, "w") as f:
-            json.dump(results, f, indent=1)
+        write_json(args.json, results)
     return 0
 
 

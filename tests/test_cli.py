@@ -13,10 +13,14 @@ from conftest import ROOT, signal_during_training
 
 import cli
 import curves
+import data
 import evaluate
+import model
 import prepare_data
 import runs
+import synthetic
 import train
+from benchmarks import bench, recipes
 
 FAST = ["--batch-size", "16", "--eval-batch-size", "16", "--log-every", "2", "--device", "cpu"]
 SCRIPTS = ("prepare_data.py", "train.py", "evaluate.py", "curves.py", "runs.py")
@@ -40,7 +44,7 @@ def parser_of(module):
     return built[-1]
 
 
-@pytest.mark.parametrize("module", [prepare_data, train, evaluate, curves, runs])
+@pytest.mark.parametrize("module", [prepare_data, train, evaluate, curves, runs, data, model, synthetic, bench, recipes])
 def test_help_shows_every_default(module):
     """Every flag with a default value says it in --help (switches and unset flags explain
     themselves in words)."""
