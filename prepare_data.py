@@ -58,8 +58,11 @@ IMAGE_SIZE = 64
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
 MAX_UNCOMPRESSED_BYTES = 4 << 30  # the real zip expands to ~0.5 GB; refuse zip bombs
 MAX_ENTRIES = 500_000
-DECODE_CHUNK = 256
-EXTRACT_CHUNK = 1000
+# Pool tasks carry only a chunk's index: the work lists reach the workers at fork. So every task
+# fits in the task pipe at once, and a Ctrl-C's pool.terminate() cannot deadlock on a task
+# handler blocked in a full pipe (a CPython Pool race that big tasks trigger).
+DECODE_CHUNK = 512  # images per task: ~200 tasks for the full set
+EXTRACT_CHUNK = 1000  # files per task
 
 
 # ---------------------------------------------------------------- getting the zip
@@ -197,11 +200,11 @@ def extract(zip_path, target, data_dir):
         os.makedirs(os.path.join(target, folder), exist_ok=True)
     # Both cores write files: each worker opens the zip once and takes chunks of members.
     names = [info.filename for info in members]
-    chunks = [names[i : i + EXTRACT_CHUNK] for i in range(0, len(names), EXTRACT_CHUNK)]
-    with process_pool(initializer=open_worker_zip, initargs=(zip_path, root, target)) as pool, progress_bar(
+    starts = range(0, len(names), EXTRACT_CHUNK)
+    with process_pool(initializer=open_worker_zip, initargs=(zip_path, root, target, names)) as pool, progress_bar(
         len(names), "extract", "files"
     ) as bar:
-        for done, error in pool.imap_unordered(extract_chunk, chunks):
+        for done, error in pool.imap_unordered(extract_chunk, starts):
             if error:
                 raise DataError(f"{zip_path} is corrupt at {error}: {corrupt_zip_advice(zip_path, data_dir)}")
             bar.update(done)
@@ -228,17 +231,19 @@ def start_worker(initializer, initargs):
         initializer(*initargs)
 
 
-_worker_zip = None  # (archive, root prefix, destination) in each extraction worker
+_worker_zip = None  # (archive, root prefix, destination, member names) in each extraction worker
 
 
-def open_worker_zip(zip_path, root, destination):
+def open_worker_zip(zip_path, root, destination, names):
     global _worker_zip
-    _worker_zip = (zipfile.ZipFile(zip_path), root, destination)
+    _worker_zip = (zipfile.ZipFile(zip_path), root, destination, names)
 
 
-def extract_chunk(names):
-    """Write these members; return (count, None) or (0, "member (reason)")."""
-    archive, root, destination = _worker_zip
+def extract_chunk(start):
+    """Write the members from start on (EXTRACT_CHUNK of them); return (count, None) or
+    (0, "member (reason)")."""
+    archive, root, destination, names = _worker_zip
+    names = names[start : start + EXTRACT_CHUNK]
     for name in names:
         try:
             data = archive.read(name)
@@ -406,11 +411,22 @@ def decode(path):
     return pixels
 
 
-def decode_chunk(job):
-    """Decode images and write them at their byte offset in the .npy being packed: no pixels
-    go back through the pool's pipe, and one write per chunk is cheaper than page faults on a
-    shared memory map. Returns (count, None) or (0, error message)."""
-    x_path, offset, paths = job
+_pack_targets = None  # {split: (x_path, byte offset of image 0, image paths)} in each packing worker
+
+
+def share_pack_targets(targets):
+    global _pack_targets
+    _pack_targets = targets
+
+
+def decode_chunk(task):
+    """Decode the images of split `name` from start on (DECODE_CHUNK of them) and write them at
+    their byte offset in the .npy being packed: no pixels go back through the pool's pipe, and
+    one write per chunk is cheaper than page faults on a shared memory map. Returns
+    (count, None) or (0, error message)."""
+    name, start = task
+    x_path, first_offset, paths = _pack_targets[name]
+    paths = paths[start : start + DECODE_CHUNK]
     pixels = np.empty((len(paths), IMAGE_SIZE, IMAGE_SIZE, 3), dtype=np.uint8)
     try:
         for i, path in enumerate(paths):
@@ -418,24 +434,24 @@ def decode_chunk(job):
     except DataError as error:
         return 0, str(error)
     with open(x_path, "r+b") as f:
-        os.pwrite(f.fileno(), pixels.data, offset)
+        os.pwrite(f.fileno(), pixels.data, first_offset + start * IMAGE_SIZE * IMAGE_SIZE * 3)
     return len(paths), None
 
 
-def pack_split(out_dir, name, pairs, pool):
-    """Write <name>_x.npy and <name>_y.npy into out_dir; return their sizes in bytes."""
-    if not pairs:
+def start_array(out_dir, name, count):
+    """Create <name>_x.npy at its full size; (its path, the byte offset of its first image)."""
+    if not count:
         raise DataError(f"no {name} images found")
+    x_path = os.path.join(out_dir, name + "_x.npy")
+    header = np.lib.format.open_memmap(x_path, mode="w+", dtype=np.uint8, shape=(count, IMAGE_SIZE, IMAGE_SIZE, 3))
+    return x_path, header.offset
+
+
+def pack_split(out_dir, name, pairs, pool):
+    """Fill <name>_x.npy (made by start_array) and write <name>_y.npy; return their sizes in bytes."""
     x_path, y_path = os.path.join(out_dir, name + "_x.npy"), os.path.join(out_dir, name + "_y.npy")
-    header = np.lib.format.open_memmap(x_path, mode="w+", dtype=np.uint8, shape=(len(pairs), IMAGE_SIZE, IMAGE_SIZE, 3))
-    data_offset, image_bytes = header.offset, IMAGE_SIZE * IMAGE_SIZE * 3
-    del header
-    jobs = [
-        (x_path, data_offset + i * image_bytes, [p for p, _ in pairs[i : i + DECODE_CHUNK]])
-        for i in range(0, len(pairs), DECODE_CHUNK)
-    ]
     with progress_bar(len(pairs), f"pack {name}", "images") as bar:
-        for done, error in pool.imap_unordered(decode_chunk, jobs):
+        for done, error in pool.imap_unordered(decode_chunk, [(name, i) for i in range(0, len(pairs), DECODE_CHUNK)]):
             if error:
                 raise DataError(error)
             bar.update(done)
@@ -467,8 +483,9 @@ def pack(data_dir, root, val_dir, source):
     shutil.rmtree(tmp, ignore_errors=True)
     os.makedirs(tmp)
     check_free_space(tmp, sum(len(p) for p in splits.values()) * IMAGE_SIZE * IMAGE_SIZE * 3)
+    targets = {name: (*start_array(tmp, name, len(pairs)), [p for p, _ in pairs]) for name, pairs in splits.items()}
     sizes = {}
-    with process_pool() as pool:
+    with process_pool(initializer=share_pack_targets, initargs=(targets,)) as pool:
         for name, pairs in splits.items():
             sizes.update(pack_split(tmp, name, pairs, pool))
     meta = {
