@@ -24,6 +24,17 @@ class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescript
         return super()._get_help_string(action)
 
 
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse with --help showing the defaults, and a bad flag reported in one line (with the
+    way to the full usage) instead of the usage block followed by the error."""
+
+    def __init__(self, *args, formatter_class=HelpFormatter, **kwargs):
+        super().__init__(*args, formatter_class=formatter_class, **kwargs)
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message} (--help lists the flags)\n")
+
+
 def exit_quietly_on_ctrl_c():
     """A Ctrl-C before main() handles it itself (torch takes a second or two to import) ends
     the script with one line instead of Python's KeyboardInterrupt traceback."""

@@ -7,12 +7,11 @@ from its metrics.csv, into curves.png in the run directory.
 train.py draws it at the end of a run. matplotlib is in requirements.txt; without it, the rest
 of the kit works and this says how to install it.
 """
-import argparse
 import csv
 import os
 import sys
 
-from cli import HelpFormatter, exit_quietly_on_ctrl_c
+from cli import ArgumentParser, exit_quietly_on_ctrl_c
 from layout import DataError, check_output_path, read_json
 
 INSTALL_HINT = "matplotlib is not installed: `python -m pip install matplotlib` to draw curves.png"
@@ -108,7 +107,7 @@ def draw_curves_or_explain(run_dir):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=HelpFormatter)
+    parser = ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="directories written by train.py")
     parser.add_argument("--out", help="the PNG to write (default: RUN_DIR/curves.png for one run)")
     args = parser.parse_args(argv)

@@ -8,7 +8,6 @@ batch loader that augments whole batches on the model's device.
 
 Run `python data.py --data-dir data` to print the sizes of the prepared splits.
 """
-import argparse
 from dataclasses import dataclass
 
 import numpy as np
@@ -192,9 +191,9 @@ class BatchLoader:
 
 
 def main(argv=None):
-    from cli import HelpFormatter
+    from cli import ArgumentParser
 
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0], formatter_class=HelpFormatter)
+    parser = ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--data-dir", default="data", help="prepared by prepare_data.py")
     args = parser.parse_args(argv)
     try:

@@ -32,7 +32,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from cli import HelpFormatter, shell_command
+from cli import ArgumentParser, shell_command
 from data import BatchLoader, load_packed, make_splits, normalize
 from layout import DATASET_DIR, DataError, check_output_path, read_meta, write_csv, write_json
 from model import CvTConfig, CvTSimplifiedEmbedding, config_from_state_dict, count_parameters
@@ -98,7 +98,8 @@ REFUSED_PICKLE = ("it is a PyTorch file, but it holds pickled Python objects (su
 def load_checkpoint(path):
     """The checkpoint's dict, loaded without executing anything in it."""
     if os.path.isdir(path):
-        raise DataError(f"{path} is a directory: give a checkpoint file such as {os.path.join(path, 'best.pt')}")
+        raise DataError(f"{path} is a directory: give a checkpoint file, such as {os.path.join(path, 'best.pt')} "
+                        f"(or last.pt to resume)")
     if not os.path.isfile(path):
         raise DataError(f"no checkpoint at {path}")
     if os.path.getsize(path) == 0:
@@ -365,7 +366,7 @@ def predict_own_images(args, checkpoint, model, data_dir):
     rows = prediction_rows([path for path, _ in images], probabilities, classes, class_names)
     write_csv(args.predict, prediction_header(), rows)
     for row in rows[:5]:
-        print(f"{row[0]}: {short_name(row[2])} ({row[1]}) {float(row[3]):.0%}, then {short_name(row[5])} {float(row[6]):.0%}"
+        print(f"{row[0]}: {short_name(row[2])} ({row[1]}) {float(row[3]):.1%}, then {short_name(row[5])} {float(row[6]):.1%}"
               if len(classes) > 1 else f"{row[0]}: {short_name(row[2])}")
     more = " (the first 5 above)" if len(rows) > 5 else ""
     print(f"predictions for {len(rows):,} image{'s' if len(rows) != 1 else ''}, top-{min(TOP_K, len(classes))} each: {args.predict}{more}")
@@ -376,7 +377,7 @@ def predict_own_images(args, checkpoint, model, data_dir):
 
 
 def parse_args(argv):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=HelpFormatter)
+    parser = ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("checkpoint", help="a .pt file written by train.py (or a Lightning .ckpt)")
     parser.add_argument("--data-dir", help="prepared data (default: the one the checkpoint was trained on, else data)")
     parser.add_argument("--split", default="test", choices=("train", "val", "test"), help="the split to evaluate")

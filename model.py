@@ -8,7 +8,6 @@ F.scaled_dot_product_attention instead of nn.MultiheadAttention's slow path.
 
     python model.py                   # parameters and FLOPs per image (200 classes)
 """
-import argparse
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -185,9 +184,9 @@ def flops_per_image(model, image_size=64, backward=False):
 
 
 def main(argv=None):
-    from cli import HelpFormatter
+    from cli import ArgumentParser
 
-    parser = argparse.ArgumentParser(description="Print the model's size and cost.", formatter_class=HelpFormatter)
+    parser = ArgumentParser(description="Print the model's size and cost.")
     parser.add_argument("--num-classes", type=int, default=200, help="200 for Tiny ImageNet")
     args = parser.parse_args(argv)
     model = CvTSimplifiedEmbedding(CvTConfig(num_classes=args.num_classes))

@@ -18,7 +18,6 @@ if __name__ == "__main__":  # before the imports below, which take a moment
 
     exit_quietly_on_ctrl_c()
 
-import argparse
 import hashlib
 import multiprocessing
 import os
@@ -34,7 +33,7 @@ import zlib
 import numpy as np
 from PIL import Image
 
-from cli import HelpFormatter, progress_bar, shell_command
+from cli import ArgumentParser, progress_bar, shell_command
 from layout import (
     DATASET_DIR,
     EXTRACTED_MARKER,
@@ -604,7 +603,7 @@ def prepare(args):
 
 
 def parse_args(argv):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=HelpFormatter)
+    parser = ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data-dir", default="data", help="where the zip, the extracted folder and the packed arrays go")
     parser.add_argument("--zip", help="a local tiny-imagenet-200.zip, used as given (no download)")
     parser.add_argument("--url", default=OFFICIAL_URL, help="where to download the zip from")

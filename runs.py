@@ -7,12 +7,11 @@ best val top-1, test top-1 and state (finished, interrupted, crashed, killed, ru
 Reads only what train.py writes (config.json, metrics.csv, test_metrics.json, status.json):
 no torch, so it answers at once even for many runs.
 """
-import argparse
 import os
 import socket
 import sys
 
-from cli import HelpFormatter, exit_quietly_on_ctrl_c, shell_command
+from cli import ArgumentParser, exit_quietly_on_ctrl_c, shell_command
 from curves import read_metrics
 from layout import DataError, read_json
 
@@ -21,17 +20,19 @@ COLUMNS = ("run", "model", "recipe", "epochs", "best val top-1", "test top-1", "
 
 def find_runs(paths):
     """Run directories (those holding a config.json) among paths and, for a folder that is not
-    a run itself, among its subfolders; plus the paths that held no run."""
+    a run itself, among its subfolders, each once; plus the paths that held no run."""
     runs, not_runs = [], []
     for path in paths:
         if os.path.exists(os.path.join(path, "config.json")):
-            runs.append(path)
+            found = [path]
         elif os.path.isdir(path):
-            inside = sorted(e.path for e in os.scandir(path) if os.path.exists(os.path.join(e.path, "config.json")))
-            runs += inside
-            if not inside:
-                not_runs.append(path)
-        # files (a picture beside the runs, say) are not runs and need no mention
+            found = sorted(e.path for e in os.scandir(path) if os.path.exists(os.path.join(e.path, "config.json")))
+        else:
+            found = []
+        if not found and (os.path.isdir(path) or not os.path.exists(path)):
+            not_runs.append(path)  # (a file beside the runs, a picture say, needs no mention)
+        seen = {os.path.realpath(run) for run in runs}
+        runs += [run for run in found if os.path.realpath(run) not in seen]
     return runs, not_runs
 
 
@@ -74,7 +75,8 @@ def describe_run(run_dir):
     except DataError:  # no finished epoch yet
         metrics = {"epoch": [], "val_top1": []}
     done = int(metrics["epoch"][-1]) if metrics["epoch"] else 0
-    best = max(zip(metrics["val_top1"], metrics["epoch"]), default=None)
+    # best.pt's rule (train.py): the highest val top-1, a tie going to the lower val loss
+    best = max(zip(metrics["val_top1"], [-v for v in metrics.get("val_loss", [])], metrics["epoch"]), default=None)
     test = (read_json(os.path.join(run_dir, "test_metrics.json")) or {}).get("final")
     size = f"d{config.get('embed_dim')}x{config.get('depth')}" if "embed_dim" in config else ""
     return {
@@ -82,7 +84,7 @@ def describe_run(run_dir):
         "model": f"{config.get('model', 'cvt-simplified')} {size}".strip(),
         "recipe": config.get("recipe", "?"),
         "epochs": f"{done}/{config.get('epochs', '?')}",
-        "best val top-1": f"{best[0]:.2%} (epoch {int(best[1])})" if best else "-",
+        "best val top-1": f"{best[0]:.2%} (epoch {int(best[2])})" if best else "-",
         "test top-1": f"{test['top1']:.2%}" if test else "-",
         "state": run_state(run_dir),
     }
@@ -95,12 +97,13 @@ def markdown_table(rows):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=HelpFormatter)
+    parser = ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("paths", nargs="+", metavar="PATH", help="run directories, or folders holding them")
     args = parser.parse_args(argv)
     runs, not_runs = find_runs(args.paths)
     for path in not_runs:
-        print(f"note: {path} holds no train.py run (no config.json)", file=sys.stderr)
+        what = "holds no train.py run (no config.json)" if os.path.exists(path) else "does not exist"
+        print(f"note: {path} {what}", file=sys.stderr)
     if not runs:
         print("error: no train.py run directories among the paths given", file=sys.stderr)
         return 2

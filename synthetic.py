@@ -7,7 +7,6 @@ offline smoke run, and by the tests for their tiny datasets.
 
     python synthetic.py out.zip --classes 10 --train-per-class 200 --val-per-class 50
 """
-import argparse
 import io
 import zipfile
 
@@ -107,9 +106,9 @@ def write_synthetic_zip(path, classes=10, train_per_class=200, val_per_class=50,
 
 
 def main(argv=None):
-    from cli import HelpFormatter
+    from cli import ArgumentParser
 
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0], formatter_class=HelpFormatter)
+    parser = ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("out", help="path of the zip to write")
     parser.add_argument("--classes", type=int, default=10, help="number of classes")
     parser.add_argument("--train-per-class", type=int, default=200, help="training images per class")

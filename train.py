@@ -30,7 +30,7 @@ from dataclasses import asdict, dataclass
 import torch
 from torch.nn.parallel import DistributedDataParallel
 
-from cli import HelpFormatter, progress_bar, shell_command
+from cli import ArgumentParser, progress_bar, shell_command
 from curves import draw_curves_or_explain
 from data import BatchLoader, load_packed, make_splits
 from evaluate import class_difference, evaluate, load_checkpoint, model_from_checkpoint, topk_correct
@@ -62,7 +62,7 @@ RUN_DEFINING = ("batch_size", "embed_dim", "depth", "num_heads", "mlp_ratio", "d
 
 
 def build_parser(add_help=True):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=HelpFormatter, add_help=add_help)
+    parser = ArgumentParser(description=__doc__.split("\n\n")[0], add_help=add_help)
     data = parser.add_argument_group("data")
     data.add_argument("--data-dir", default="data", help="prepared by prepare_data.py")
     data.add_argument("--batch-size", type=int, default=64, help="images per optimizer step, over all processes")

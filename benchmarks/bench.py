@@ -6,7 +6,6 @@ Prints a markdown table: loading, the train step in each mode, end-to-end traini
 share of the machine's matmul peak, and prepare_data.py's wall time. Ratios are what to read:
 absolute numbers move with the machine and its load.
 """
-import argparse
 import json
 import os
 import platform
@@ -26,7 +25,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 from benchmarks import notebook  # noqa: E402
-from cli import HelpFormatter  # noqa: E402
+from cli import ArgumentParser  # noqa: E402
 from layout import DataError, check_output_path, write_json  # noqa: E402
 from data import BatchLoader, load_packed, make_splits  # noqa: E402
 from layout import read_meta  # noqa: E402
@@ -225,7 +224,7 @@ def our_prepare_seconds(zip_path):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=HelpFormatter)
+    parser = ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data-dir", required=True, help="prepared by prepare_data.py (its extracted folder is used too)")
     parser.add_argument("--zip", help="time prepare_data.py and the notebook's extraction on this zip "
                         "(default: DATA_DIR/tiny-imagenet-200.zip, else ../shared/data/tiny-imagenet-200-mini.zip)")

@@ -9,7 +9,6 @@ finished there is reused and an interrupted one resumed, so a sweep can be stopp
 continued. Prints a markdown table: val and test top-1/top-5 and the test loss of the final
 weights, as the mean and the standard deviation over seeds, and the per-seed test top-1.
 """
-import argparse
 import json
 import os
 import shlex
@@ -20,7 +19,7 @@ import sys
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from cli import HelpFormatter  # noqa: E402
+from cli import ArgumentParser  # noqa: E402
 from layout import DataError, check_output_path, write_json  # noqa: E402
 
 
@@ -78,7 +77,7 @@ def table(results, seeds):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=HelpFormatter)
+    parser = ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data-dir", required=True, help="prepared by prepare_data.py")
     parser.add_argument("--recipes", nargs="+", default=["seed", "study", "improved"], help="presets or NAME=FLAGS")
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2], help="one run per seed and entry")

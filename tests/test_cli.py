@@ -72,6 +72,14 @@ def test_help_from_the_command_line_for_every_script():
         assert script == "runs.py" or "(default:" in result.stdout, script  # runs.py has no flag with a default
 
 
+@pytest.mark.parametrize("argv", [["train.py", "--epochs", "0"], ["train.py", "--bogus"], ["evaluate.py", "c.pt", "--files", "a.jpg"],
+                                  ["prepare_data.py", "--synthetic", "--zip", "z.zip"], ["curves.py"]])
+def test_a_bad_flag_is_one_line_with_exit_code_2(argv):
+    result = subprocess.run([sys.executable, *argv], cwd=ROOT, capture_output=True, text=True)
+    assert result.returncode == 2 and result.stdout == ""
+    assert len(result.stderr.splitlines()) == 1 and ": error: " in result.stderr and "(--help lists the flags)" in result.stderr
+
+
 @pytest.mark.parametrize("script", ["train.py", "evaluate.py"])  # the scripts that import torch
 def test_ctrl_c_while_torch_imports_prints_one_line_not_a_traceback(script):
     process = subprocess.Popen([sys.executable, script, "--help"], cwd=ROOT, stderr=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
