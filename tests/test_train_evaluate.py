@@ -164,9 +164,12 @@ def test_unknown_device(prepared_once, capsys):
     assert "device" in last_error_line(capsys)
 
 
-def test_run_dir_holding_another_run_is_refused(prepared_once, finished_run, capsys):
+def test_run_dir_holding_another_run_is_refused_and_the_suggested_resume_works(prepared_once, finished_run, capsys):
     assert train_run(prepared_once, finished_run, "--epochs", "1") == 2
-    assert "already holds a run" in last_error_line(capsys)
+    error = last_error_line(capsys)
+    assert "already holds a run" in error
+    result = run_printed(error.split("`")[1])  # resuming a finished run: it is tested again, nothing retrained
+    assert result.returncode == 0 and "test (final weights, epoch 2)" in result.stdout
 
 
 def test_batch_larger_than_the_training_set(prepared_once, tmp_path, capsys):
