@@ -55,6 +55,11 @@ def shell_command(*words):
     return subprocess.list2cmdline(words) if os.name == "nt" else shlex.join(words)
 
 
+def resume_command(run_dir):
+    """The command that continues the run in run_dir."""
+    return shell_command("train.py", "--resume", os.path.join(run_dir, "last.pt"))
+
+
 def duration(seconds):
     """72 -> '1m12s'; 4000 -> '1h06m'."""
     seconds = int(seconds)

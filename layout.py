@@ -4,7 +4,7 @@ data.py (which reads it). Kept free of torch so that `prepare_data.py` answers a
     data/
       tiny-imagenet-200.zip          downloaded (or given with --zip)
       tiny-imagenet-200/             the extracted zip, as the notebook has it
-        .extracted.json              marker: extraction complete, from which zip, and its id
+        .extracted.json              marker: extraction complete, its source and its id
         val_processed/<wnid>/*.JPEG  val/ restructured into class folders (the notebook's step)
         val_processed/.complete      marker
       packed/                        uint8 arrays that data.py memory-maps
@@ -16,12 +16,17 @@ A prepare builds the new folder and arrays beside the old ones (`*.partial`) and
 at the end, so a failed prepare leaves the directory as it was. Readers accept the packed
 arrays only when the extracted folder beside them (if any) carries the id recorded in
 meta.json: parts of two different prepares are never read together.
+
+A source is where the data came from: {"zip": name, "bytes": size}, {"synthetic": {sizes,
+seed}} for `--synthetic`, or {"zip": None, "reused": True} for a folder extracted by another
+tool. prepare_data.py never replaces data from one source by another without --force.
 """
 import csv
 import json
 import os
 
 ZIP_NAME = "tiny-imagenet-200.zip"
+SYNTHETIC_ZIP_NAME = "tiny-imagenet-200-synthetic.zip"  # what `prepare_data.py --synthetic` generates
 DATASET_DIR = "tiny-imagenet-200"
 EXTRACTED_MARKER = ".extracted.json"
 VAL_PROCESSED_DIR = "val_processed"
@@ -73,44 +78,90 @@ def inspect_prepared(data_dir):
     return meta, None
 
 
+def present_source(data_dir):
+    """The recorded source of what data_dir holds (packed or only extracted, in any format),
+    or None when it holds neither."""
+    meta = read_json(os.path.join(packed_dir(data_dir), META_FILE))
+    if isinstance(meta, dict) and meta.get("source"):
+        return meta["source"]
+    folder = os.path.join(data_dir, DATASET_DIR)
+    marker = read_json(os.path.join(folder, EXTRACTED_MARKER))
+    if isinstance(marker, dict):
+        return marker_source(marker)
+    return {"zip": None, "reused": True} if os.path.isdir(folder) else None
+
+
+def marker_source(marker):
+    """An extraction marker's source (markers from before sources were recorded name the zip)."""
+    if marker.get("source"):
+        return marker["source"]
+    return {"zip": None, "reused": True} if marker.get("reused") else {"zip": marker.get("zip"), "bytes": marker.get("bytes")}
+
+
+def is_synthetic(source):
+    return "synthetic" in source or source.get("zip") == SYNTHETIC_ZIP_NAME
+
+
+def prepare_command(data_dir):
+    """The command that (re)prepares data_dir from the source it holds."""
+    from cli import shell_command
+
+    source = present_source(data_dir) or {}
+    sizes = source.get("synthetic")
+    flags = ["--synthetic", "--classes", sizes["classes"], "--train-per-class", sizes["train_per_class"],
+             "--val-per-class", sizes["val_per_class"], "--seed", sizes["seed"]] if sizes else []
+    return shell_command("prepare_data.py", *flags, "--data-dir", data_dir)
+
+
 def read_meta(data_dir):
     """The packed data's meta.json, or None unless the data is complete and consistent."""
     return inspect_prepared(data_dir)[0]
 
 
+def ensure_dir(path, what, advice=""):
+    """Create the directory path (and its parents); a DataError says so, in the terms of `what`,
+    when it is a file, cannot be created or is not writable."""
+    if os.path.exists(path) and not os.path.isdir(path):
+        raise DataError(f"{what} is a file, not a directory{advice}")
+    try:
+        os.makedirs(path, exist_ok=True)
+    except OSError as error:
+        raise DataError(f"cannot create {what} ({error.strerror or error}){advice}") from None
+    if not os.access(path, os.W_OK):
+        raise DataError(f"{what} is not writable{advice}")
+
+
 def check_output_path(path, flag):
     """Make sure a file can be written at path before the work that produces it starts:
     create its folder, refuse a directory or an unwritable place."""
-    folder = os.path.dirname(os.path.abspath(path))
-    if os.path.isdir(path):
+    if os.path.isdir(path) or path.endswith(("/", os.sep)):
         raise DataError(f"{flag} {path} is a directory: give a file name")
-    try:
-        os.makedirs(folder, exist_ok=True)
-    except OSError as error:
-        raise DataError(f"{flag} {path}: cannot create the folder {folder} ({error.strerror or error})") from None
-    if not os.access(folder, os.W_OK):
-        raise DataError(f"{flag} {path}: the folder {folder} is not writable")
+    folder = os.path.dirname(os.path.abspath(path))
+    ensure_dir(folder, f"the folder {folder} of {flag} {path}")
 
 
-def write_json(path, value):
-    """Write JSON through a temporary file and a rename: a reader never sees half a file; a
-    failure is a DataError and leaves the previous file intact."""
+def write_atomically(path, write):
+    """Write a text file through a temporary file and a rename: a reader never sees half a file;
+    a failure is a DataError that leaves the previous file intact and no temporary behind."""
     try:
-        with open(path + ".tmp", "w") as f:
-            json.dump(value, f, indent=1)
+        with open(path + ".tmp", "w", newline="") as f:
+            write(f)
         os.replace(path + ".tmp", path)
     except OSError as error:
         raise DataError(f"cannot write {path} ({error.strerror or error}); the previous file is intact") from None
+    finally:
+        if os.path.exists(path + ".tmp"):
+            os.remove(path + ".tmp")
+
+
+def write_json(path, value, default=None):
+    write_atomically(path, lambda f: json.dump(value, f, indent=1, default=default))
 
 
 def write_csv(path, header, rows):
-    """Write a CSV through a temporary file and a rename; a failure is a DataError and leaves
-    the previous file intact."""
-    try:
-        with open(path + ".tmp", "w", newline="") as f:
-            writer = csv.writer(f)
-            writer.writerow(header)
-            writer.writerows(rows)
-        os.replace(path + ".tmp", path)
-    except OSError as error:
-        raise DataError(f"cannot write {path} ({error.strerror or error}); the previous file is intact") from None
+    def write(f):
+        writer = csv.writer(f)
+        writer.writerow(header)
+        writer.writerows(rows)
+
+    write_atomically(path, write)

@@ -39,11 +39,17 @@ from layout import (
     EXTRACTED_MARKER,
     META_FILE,
     PACK_FORMAT,
+    PACKED_DIR,
+    SYNTHETIC_ZIP_NAME,
     VAL_PROCESSED_DIR,
     VAL_PROCESSED_MARKER,
     ZIP_NAME,
     DataError,
+    ensure_dir,
+    is_synthetic,
+    marker_source,
     packed_dir,
+    present_source,
     read_json,
     read_meta,
     write_json,
@@ -51,7 +57,6 @@ from layout import (
 
 OFFICIAL_URL = "http://cs231n.stanford.edu/tiny-imagenet-200.zip"
 OFFICIAL_MD5 = "90528d7ca1a48142e341f4ef8d21d0de"
-SYNTHETIC_ZIP_NAME = "tiny-imagenet-200-synthetic.zip"
 IMAGE_SIZE = 64
 # torchvision's IMG_EXTENSIONS: the files ImageFolder takes as images.
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
@@ -133,7 +138,7 @@ def zip_identity(zip_path):
 def corrupt_zip_advice(zip_path, data_dir):
     """What to do about a damaged zip: ours is downloaded again, the user's own is theirs to replace."""
     if os.path.abspath(zip_path) == os.path.abspath(os.path.join(data_dir, ZIP_NAME)):
-        return f"delete it and run {shell_command('prepare_data.py', '--data-dir', data_dir)} to download it again"
+        return f"delete it and run `{shell_command('prepare_data.py', '--data-dir', data_dir)}` to download it again"
     return "get a fresh copy of it (is the download or copy complete?)"
 
 
@@ -183,9 +188,10 @@ def replace_dir(tmp, target):
         os.replace(tmp, target)
 
 
-def extract(zip_path, target, data_dir):
-    """Extract the zip's dataset folder into target (a staging folder), its marker written last
-    with a new id that the packed arrays will record."""
+def extract(zip_path, target, data_dir, source=None):
+    """Extract the zip's dataset folder into target (a staging folder). Its marker, written
+    last, records the source (the zip's identity unless given) and a new id that the packed
+    arrays will record."""
     try:
         archive = zipfile.ZipFile(zip_path)
     except (zipfile.BadZipFile, OSError) as error:
@@ -207,7 +213,7 @@ def extract(zip_path, target, data_dir):
             if error:
                 raise DataError(f"{zip_path} is corrupt at {error}: {corrupt_zip_advice(zip_path, data_dir)}")
             bar.update(done)
-    write_json(os.path.join(target, EXTRACTED_MARKER), {**zip_identity(zip_path), "id": uuid.uuid4().hex})
+    write_json(os.path.join(target, EXTRACTED_MARKER), {"source": source or zip_identity(zip_path), "id": uuid.uuid4().hex})
 
 
 def process_pool(initializer=None, initargs=()):
@@ -283,37 +289,48 @@ def staging_dir(target):
     return target + ".partial"
 
 
-def reusable_extraction(folder, zip_path):
-    """True when folder holds a finished extraction (its marker) of zip_path, or of any zip
-    when zip_path is None. A marker from before extraction ids existed gets an id."""
+def matches(present, requested, folder, zip_path):
+    """Whether data from source `present` is what was asked for: `requested` (None: any zip,
+    never generated data); a folder extracted by another tool matches a --zip it holds whole."""
+    if requested is None:
+        return not is_synthetic(present)
+    if present == requested:
+        return True
+    return bool(present.get("reused")) and zip_path is not None and folder_matches_zip(folder, zip_path)
+
+
+def reusable_extraction(folder, requested, zip_path):
+    """True when folder holds a finished extraction (its marker) of what was asked for. A marker
+    from before sources and ids were recorded gets them."""
     marker = read_json(os.path.join(folder, EXTRACTED_MARKER))
-    if not isinstance(marker, dict) or (zip_path and {k: marker.get(k) for k in ("zip", "bytes")} != zip_identity(zip_path)):
+    if not isinstance(marker, dict) or not matches(marker_source(marker), requested, folder, zip_path):
         return False
-    if "id" not in marker:
-        write_json(os.path.join(folder, EXTRACTED_MARKER), {**marker, "id": uuid.uuid4().hex})
+    if "id" not in marker or "source" not in marker:
+        write_json(os.path.join(folder, EXTRACTED_MARKER), {"source": marker_source(marker), "id": uuid.uuid4().hex})
     return True
 
 
-def ensure_extracted(args, fresh):
-    """The extracted dataset folder to pack from: the one in place when it is this zip's (or
-    complete, when extracted by someone else), a finished staging folder of an interrupted run,
-    or a new extraction into the staging folder (always when fresh)."""
+def ensure_extracted(args, requested, fresh):
+    """The extracted dataset folder to pack from: the one in place when it is what was asked
+    for (or complete, when extracted by another tool), a finished staging folder of an
+    interrupted run, or a new extraction into the staging folder (always when fresh)."""
     target = os.path.join(args.data_dir, DATASET_DIR)
     staged = staging_dir(target)
     if not fresh:
         for folder in (target, staged):
-            if reusable_extraction(folder, args.zip):
+            if reusable_extraction(folder, requested, args.zip):
                 return folder
         if os.path.isdir(target) and not os.path.exists(os.path.join(target, EXTRACTED_MARKER)):
-            # Extracted by someone else (the notebook, unzip): reuse it when it is complete.
+            # Extracted by another tool (the notebook, unzip): reuse it when it is complete.
             default_zip = os.path.join(args.data_dir, ZIP_NAME)
             reference = args.zip or (default_zip if os.path.isfile(default_zip) else None)
             if folder_matches_zip(target, reference) if reference else folder_looks_complete(target):
                 print(f"reusing the extracted folder {target}")
-                write_json(os.path.join(target, EXTRACTED_MARKER), {"zip": None, "reused": True, "id": uuid.uuid4().hex})
+                reused = {"zip": None, "reused": True}
+                write_json(os.path.join(target, EXTRACTED_MARKER), {"source": reused, "id": uuid.uuid4().hex})
                 return target
-            print(f"{target} is incomplete: extracting again")
-    extract(find_zip(args), staged, args.data_dir)
+            print(f"{target} is incomplete (files of {reference or 'the dataset'} are missing): extracting again")
+    extract(find_zip(args), staged, args.data_dir, requested if args.synthetic else None)
     return staged
 
 
@@ -519,12 +536,19 @@ def discard_unfinished_work(data_dir, keep_extraction):
         shutil.rmtree(staged, ignore_errors=True)
 
 
+def discard_leftovers(data_dir):
+    """What killed runs can leave beside finished data: staging and half-replaced folders."""
+    for name in (DATASET_DIR, PACKED_DIR):
+        for leftover in (staging_dir(os.path.join(data_dir, name)), os.path.join(data_dir, name) + ".old"):
+            shutil.rmtree(leftover, ignore_errors=True)
+
+
 # ---------------------------------------------------------------- the command
 
 
 def requested_source(args):
-    """What the packed data must come from: a given zip, synthetic parameters, or (None) any
-    real Tiny ImageNet zip (the data dir's own, or a download)."""
+    """What the data must come from: a given zip, synthetic parameters, or (None) any real
+    Tiny ImageNet zip (the data dir's own, or a download)."""
     if args.synthetic:
         keys = ("classes", "train_per_class", "val_per_class", "seed")
         return {"synthetic": {key: getattr(args, key) for key in keys}}
@@ -540,58 +564,51 @@ def describe_source(source, data_dir):
                 f"images per class, seed {s['seed']})")
     if source.get("reused"):
         return f"a {DATASET_DIR}/ folder extracted by another tool"
-    return f"{source['zip']} ({source['bytes']:,} bytes)"
+    return f"{source['zip']} ({source['bytes']:,} bytes)" if source.get("bytes") else f"{source['zip']}"
 
 
-def is_prepared_from(meta, source):
-    if source is None:  # a plain run keeps data from any zip, never data made by --synthetic
-        return "synthetic" not in meta["source"]
-    return meta["source"] == source
-
-
-def check_data_dir(args):
-    if os.path.exists(args.data_dir) and not os.path.isdir(args.data_dir):
-        raise DataError(f"--data-dir {args.data_dir} is a file, not a directory: choose another --data-dir")
-    try:
-        os.makedirs(args.data_dir, exist_ok=True)
-    except OSError as error:
-        raise DataError(f"cannot create the data directory {args.data_dir}: {error.strerror}") from None
-    if not os.access(args.data_dir, os.W_OK):
-        raise DataError(f"the data directory {args.data_dir} is not writable")
+def check_paths(args):
+    ensure_dir(args.data_dir, f"the data directory {args.data_dir}", ": choose another --data-dir")
     if args.zip and os.path.isdir(args.zip):
         raise DataError(f"--zip {args.zip} is a directory: give the zip file itself (tiny-imagenet-200.zip)")
     if args.zip and not os.path.isfile(args.zip):
         raise DataError(f"--zip {args.zip}: no such file")
 
 
+def check_source(args, requested):
+    """Refuse (without --force) to replace data that came from another source, whether it is
+    packed or only extracted, and whatever version prepared it."""
+    present = present_source(args.data_dir)
+    folder = os.path.join(args.data_dir, DATASET_DIR)
+    if present is not None and not args.force and not matches(present, requested, folder, args.zip):
+        raise DataError(f"{args.data_dir}/ already holds data prepared from {describe_source(present, args.data_dir)}, "
+                        f"not from {describe_source(requested, args.data_dir)}: add --force to replace it, "
+                        "or choose another --data-dir")
+
+
 def prepare(args):
     start = time.perf_counter()
-    check_data_dir(args)
-    source, meta = requested_source(args), read_meta(args.data_dir)
-    if meta is not None and not args.force:
-        if is_prepared_from(meta, source):
-            print(f"{args.data_dir}/ is already prepared: nothing to do (--force redoes it)")
-            return
-        raise DataError(f"{args.data_dir}/ already holds data prepared from {describe_source(meta['source'], args.data_dir)}, "
-                        f"not from {describe_source(source, args.data_dir)}: add --force to replace it, "
-                        "or choose another --data-dir")
-    if args.synthetic:
-        from synthetic import write_synthetic_zip
-
-        args.zip = os.path.join(args.data_dir, SYNTHETIC_ZIP_NAME)
-        write_synthetic_zip(args.zip, args.classes, args.train_per_class, args.val_per_class, seed=args.seed)
+    check_paths(args)
+    requested, meta = requested_source(args), read_meta(args.data_dir)
+    if meta is not None and not args.force and matches(meta["source"], requested, os.path.join(args.data_dir, DATASET_DIR), args.zip):
+        discard_leftovers(args.data_dir)
+        print(f"{args.data_dir}/ is already prepared: nothing to do (--force redoes it)")
+        return
+    check_source(args, requested)
     try:
-        root = ensure_extracted(args, fresh=args.force)
+        if args.synthetic:
+            from synthetic import write_synthetic_zip
+
+            args.zip = os.path.join(args.data_dir, SYNTHETIC_ZIP_NAME)
+            write_synthetic_zip(args.zip, args.classes, args.train_per_class, args.val_per_class, seed=args.seed)
+        root = ensure_extracted(args, requested, fresh=args.force)
         val_dir = ensure_val_restructured(root)
-        if source is None:  # record which zip (or folder) it actually was
-            source = {k: v for k, v in read_json(os.path.join(root, EXTRACTED_MARKER)).items() if k != "id"}
-        meta = pack(args.data_dir, root, val_dir, source)
+        meta = pack(args.data_dir, root, val_dir, read_json(os.path.join(root, EXTRACTED_MARKER))["source"])
         commit(args.data_dir, root)
-    except DataError:
-        discard_unfinished_work(args.data_dir, keep_extraction=False)
-        raise
-    except KeyboardInterrupt:
-        discard_unfinished_work(args.data_dir, keep_extraction=True)
+    except BaseException as error:
+        # Only a Ctrl-C keeps a finished staged extraction, for the same command to resume from
+        # (a --force run would extract again anyway).
+        discard_unfinished_work(args.data_dir, keep_extraction=isinstance(error, KeyboardInterrupt) and not args.force)
         raise
     counts = meta["counts"]
     print(
@@ -635,6 +652,9 @@ def main(argv=None):
     except KeyboardInterrupt:
         print("\ninterrupted: run the same command again to finish", file=sys.stderr)
         return 130
+    except OSError as error:  # a disk that fills up or a folder that turns read-only mid-way
+        print(f"error: {error.strerror or error}: {error.filename or args.data_dir} (nothing was changed)", file=sys.stderr)
+        return 2
     return 0
 
 

@@ -6,7 +6,6 @@ Prints a markdown table: loading, the train step in each mode, end-to-end traini
 share of the machine's matmul peak, and prepare_data.py's wall time. Ratios are what to read:
 absolute numbers move with the machine and its load.
 """
-import json
 import os
 import platform
 import shutil
@@ -26,9 +25,8 @@ sys.path.insert(0, ROOT)
 
 from benchmarks import notebook  # noqa: E402
 from cli import ArgumentParser  # noqa: E402
-from layout import DataError, check_output_path, write_json  # noqa: E402
 from data import BatchLoader, load_packed, make_splits  # noqa: E402
-from layout import read_meta  # noqa: E402
+from layout import DataError, check_output_path, read_meta, write_json  # noqa: E402
 from model import CvTConfig, CvTSimplifiedEmbedding, flops_per_image  # noqa: E402
 from runtime import default_amp, maybe_compile  # noqa: E402
 from recipe import LRSchedule, Updater, build_optimizer  # noqa: E402
@@ -299,7 +297,7 @@ def main(argv=None):
 
     print_table(rows, results, flops, peaks)
     if args.json:
-        write_json(args.json, json.loads(json.dumps(results, default=str)))
+        write_json(args.json, results, default=str)
 
 
 def default_zips(data_dir):

@@ -292,7 +292,8 @@ def test_data_dir_that_is_not_writable(tmp_path, tiny_zip, capsys):
 
 def test_meta_records_its_source(prepared_once, tiny_zip):
     assert read_meta(prepared_once)["source"] == {"zip": os.path.basename(tiny_zip), "bytes": os.path.getsize(tiny_zip)}
-    assert json.load(open(os.path.join(prepared_once, "tiny-imagenet-200", ".extracted.json")))["zip"] == "tiny.zip"
+    marker = json.load(open(os.path.join(prepared_once, "tiny-imagenet-200", ".extracted.json")))
+    assert marker["source"] == read_meta(prepared_once)["source"] and marker["id"] == read_meta(prepared_once)["extracted_id"]
 
 
 def snapshot(data_dir):
@@ -369,7 +370,7 @@ def test_a_damaged_zip_of_the_users_own_is_not_to_be_deleted(tmp_path, tiny_zip,
     data_dir = tmp_path / "d2"
     data_dir.mkdir()
     shutil.copy(truncated, data_dir / "tiny-imagenet-200.zip")  # the data dir's own (downloaded) zip
-    expect_error(capsys, ["--data-dir", data_dir], "delete it and run python prepare_data.py --data-dir")
+    expect_error(capsys, ["--data-dir", data_dir], "delete it and run `python prepare_data.py --data-dir")
 
 
 def test_truncated_array_is_never_used(prepared):
@@ -445,3 +446,67 @@ def test_ctrl_c_stops_cleanly_and_the_next_run_finishes(tmp_path):
     assert interrupted
     assert subprocess.run(interrupted[-1], cwd=ROOT, capture_output=True).returncode == 0
     assert read_meta(interrupted[-1][-1])["counts"]["train"] == 6000
+
+
+def test_data_of_an_older_version_or_only_extracted_is_not_replaced_by_another_source(prepared, tmp_path, tiny_zip, capsys):
+    meta_path = os.path.join(prepared, "packed", "meta.json")
+    old = json.load(open(meta_path))
+    del old["extracted_id"]
+    json.dump({**old, "format": 1}, open(meta_path, "w"))  # what the previous version wrote
+    expect_error(capsys, ["--synthetic", "--data-dir", prepared], "already holds data prepared from tiny.zip", "--force")
+    notebook = tmp_path / "notebook"
+    with zipfile.ZipFile(tiny_zip) as archive:  # a folder the notebook extracted, nothing packed
+        archive.extractall(notebook)
+    before = snapshot(notebook)
+    expect_error(capsys, ["--synthetic", "--data-dir", notebook], "a tiny-imagenet-200/ folder extracted by another tool")
+    assert snapshot(notebook) == before
+    assert run_prepare("--zip", tiny_zip, "--data-dir", notebook) == 0  # the zip it was extracted from: reused
+    assert "reusing the extracted folder" in capsys.readouterr().out
+
+
+def test_a_plain_run_never_adopts_an_interrupted_synthetic_extraction(tmp_path, monkeypatch, capsys):
+    data_dir = tmp_path / "d"
+    with monkeypatch.context() as patch:
+        patch.setattr(prepare_data, "pack", lambda *args: (_ for _ in ()).throw(KeyboardInterrupt))
+        assert run_prepare("--synthetic", "--classes", "2", "--train-per-class", "4", "--data-dir", data_dir) == 130
+    assert (data_dir / "tiny-imagenet-200.partial" / ".extracted.json").exists()  # kept, for the same command
+    expect_error(capsys, ["--data-dir", data_dir, "--url", "http://127.0.0.1:9/none.zip"], "cannot download")
+    assert run_prepare("--synthetic", "--classes", "2", "--train-per-class", "4", "--data-dir", data_dir) == 0
+    assert read_meta(data_dir)["source"]["synthetic"]["classes"] == 2
+    assert not (data_dir / "tiny-imagenet-200.partial").exists()
+
+
+def test_a_disk_error_half_way_is_one_line_and_leaves_nothing_behind(prepared, tmp_path, tiny_zip, monkeypatch, capsys):
+    def disk_full(*args):
+        raise OSError(28, "No space left on device")
+
+    before = snapshot(prepared)
+    monkeypatch.setattr(prepare_data.os, "pwrite", disk_full)
+    monkeypatch.setattr(prepare_data.multiprocessing, "get_context", lambda kind: ThreadContext())
+    assert run_prepare("--zip", tiny_zip, "--data-dir", prepared, "--force") == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("error: No space left on device") and not any("Traceback" in line for line in err)
+    assert snapshot(prepared) == before
+
+
+class ThreadContext:
+    """A pool of threads in place of processes, so that a monkeypatch reaches the workers."""
+
+    def Pool(self, processes, initializer, initargs):
+        from multiprocessing.pool import ThreadPool
+
+        work_initializer, work_initargs = initargs  # process_pool's: start_worker sets signals, not for threads
+        return ThreadPool(processes, initializer=work_initializer, initargs=work_initargs)
+
+
+def test_the_hint_for_unusable_synthetic_data_names_its_sizes(tmp_path):
+    import data
+
+    data_dir = tmp_path / "d"
+    assert run_prepare("--synthetic", "--classes", "2", "--train-per-class", "4", "--data-dir", data_dir) == 0
+    os.remove(data_dir / "packed" / "val_x.npy")
+    with pytest.raises(data.DataError) as refused:
+        data.load_packed(str(data_dir))
+    command = str(refused.value).split("`")[1]
+    assert command == f"python prepare_data.py --synthetic --classes 2 --train-per-class 4 --val-per-class 50 --seed 0 --data-dir {data_dir}"
+    assert subprocess.run([sys.executable, *shlex.split(command)[1:]], cwd=ROOT, capture_output=True).returncode == 0
