@@ -23,19 +23,18 @@ if __name__ == "__main__":  # before the imports below, which take a moment
 import argparse
 import os
 import pickle
-import re
 import resource
 import time
 import zipfile
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 
-from cli import ArgumentParser, shell_command
-from data import BatchLoader, load_packed, make_splits, normalize
-from layout import DATASET_DIR, DataError, check_output_path, read_meta, write_csv, write_json
+from cli import ArgumentParser
+from data import BatchLoader, load_packed, make_splits
+from layout import DataError, check_output_path, write_json
 from model import CvTConfig, CvTSimplifiedEmbedding, config_from_state_dict, count_parameters
+from predict import TOP_K, class_names_for, load_any_image, own_image_files, test_image_files, write_predictions
 from runtime import amp_dtype, autocast, resolve_device
 
 KEY_PREFIXES = ("model.", "_orig_mod.", "module.")  # Lightning, torch.compile, DDP
@@ -241,133 +240,17 @@ def print_report(m, show=5):
         print(f"most confused (true -> predicted, images): {pairs}")
 
 
-# ---------------------------------------------------------------- predictions: test/images or your own files
-
-TOP_K = 5  # classes per image in --predict's CSV
-
-
-def natural_key(name):
-    """test_2.JPEG before test_10.JPEG."""
-    return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", name)]
-
-
-def test_image_files(data_dir):
-    folder = os.path.join(data_dir, DATASET_DIR, "test", "images")
-    try:
-        names = sorted((n for n in os.listdir(folder) if n.lower().endswith((".jpeg", ".jpg", ".png"))), key=natural_key)
-    except OSError:
-        raise DataError(f"no {folder}/: --predict labels the zip's unlabeled test images; run "
-                        f"`{shell_command('prepare_data.py', '--data-dir', data_dir)}`, or label your own "
-                        "images with --files") from None
-    if not names:
-        raise DataError(f"{folder}/ holds no images")
-    return [os.path.join(folder, n) for n in names]
-
-
-def own_image_files(paths):
-    """The files named, and the image files inside the folders named (recursively, in natural
-    order); a path that does not exist is reported as unreadable later, like a broken image."""
-    from prepare_data import IMAGE_EXTENSIONS
-
-    extensions = (*IMAGE_EXTENSIONS, ".gif")  # what ImageFolder takes, and GIFs (their first frame)
-    files = []
-    for path in paths:
-        if os.path.isdir(path):
-            found = [os.path.join(d, n) for d, _, names in os.walk(path) for n in names if n.lower().endswith(extensions)]
-            files += sorted(found, key=natural_key)
-        else:
-            files.append(path)
-    return files
-
-
-def load_any_image(path):
-    """Any image file, any size or mode -> 64x64x3 uint8: turned upright (EXIF), converted to
-    RGB like the training images, its centre cropped to a square and resized to 64x64 with
-    PIL's antialiased bilinear filter (torchvision's Resize(64) + CenterCrop(64) on a PIL image)."""
-    from PIL import Image, ImageOps
-
-    with Image.open(path) as image:
-        image = ImageOps.exif_transpose(image).convert("RGB")
-        return np.asarray(ImageOps.fit(image, (64, 64), method=Image.BILINEAR))
-
-
-def read_images(paths, load):
-    """([(path, 64x64x3 pixels)], [(path, why it could not be read)])."""
-    images, unreadable = [], []
-    for path in paths:
-        try:
-            images.append((path, load(path)))
-        except Exception as error:  # PIL raises many types for bad files; DataError from decode()
-            reason = error.strerror if isinstance(error, OSError) and error.strerror else str(error).split(": ")[-1]
-            unreadable.append((path, reason or type(error).__name__))
-    return images, unreadable
-
-
-@torch.no_grad()
-def predict_probabilities(model, pixels, device, dtype, batch_size):
-    """Softmax probabilities (N, classes) on the CPU for a list of 64x64x3 uint8 images."""
-    model.eval()
-    chunks = []
-    for start in range(0, len(pixels), batch_size):
-        x = normalize(torch.from_numpy(np.stack(pixels[start : start + batch_size])).to(device))
-        with autocast(device, dtype):
-            chunks.append(model(x).float().softmax(dim=1).cpu())
-    return torch.cat(chunks)
-
-
-def prediction_header(k=TOP_K):
-    ranked = [f"{name}_{rank}" for rank in range(2, k + 1) for name in ("wnid", "class_name", "confidence")]
-    return ("file", "wnid", "class_name", "confidence", *ranked)
-
-
-def prediction_rows(names, probabilities, classes, class_names, k=TOP_K):
-    """One row per image: its name, then the k most likely classes (wnid, name, probability)."""
-    confidence, label = probabilities.topk(min(k, probabilities.shape[1]), dim=1)
-    rows = []
-    for name, ps, cs in zip(names, confidence.tolist(), label.tolist()):
-        ranked = [value for p, c in zip(ps, cs) for value in (classes[c], class_names[c], f"{p:.4f}")]
-        rows.append((name, *ranked, *[""] * (3 * k - len(ranked))))
-    return rows
-
-
-def report_unreadable(unreadable):
-    if unreadable:
-        listed = "; ".join(f"{path} ({reason})" for path, reason in unreadable)
-        print(f"skipped {len(unreadable)} unreadable file{'s' if len(unreadable) != 1 else ''}: {listed}", file=sys.stderr)
-
-
-def class_names_for(checkpoint, data_dir):
-    """The checkpoint's class names (train.py saves them), else the prepared data's when its
-    classes are the checkpoint's, else the wnids themselves."""
-    classes = checkpoint.get("classes")
-    if classes is None:
-        meta = read_meta(data_dir)
-        if meta is None:
-            raise DataError(f"the checkpoint does not list its classes and {data_dir}/ holds no prepared data to "
-                            "take them from: pass the --data-dir it was trained on")
-        return meta["classes"], meta["class_names"]
-    if checkpoint.get("class_names"):
-        return classes, checkpoint["class_names"]
-    meta = read_meta(data_dir)
-    return classes, meta["class_names"] if meta and meta["classes"] == classes else list(classes)
-
-
 def predict_own_images(args, checkpoint, model, data_dir):
     """--predict with --files: label the user's images; needs no prepared data."""
     classes, class_names = class_names_for(checkpoint, data_dir)
     if model.config.num_classes != len(classes):
         raise DataError(f"{args.checkpoint} predicts {model.config.num_classes} classes but lists {len(classes)}")
-    images, unreadable = read_images(own_image_files(args.files), load_any_image)
-    report_unreadable(unreadable)
-    if not images:
-        raise DataError("none of the --files is a readable image: nothing to label")
     device = resolve_device(args.device)
-    probabilities = predict_probabilities(model.to(device), [p for _, p in images], device, amp_dtype(device, args.amp), args.batch_size)
-    rows = prediction_rows([path for path, _ in images], probabilities, classes, class_names)
-    write_csv(args.predict, prediction_header(), rows)
+    rows = write_predictions(model.to(device), own_image_files(args.files), load_any_image, lambda path: path,
+                             classes, class_names, device, amp_dtype(device, args.amp), args.batch_size, args.predict)
     for row in rows[:5]:
-        print(f"{row[0]}: {short_name(row[2])} ({row[1]}) {float(row[3]):.1%}, then {short_name(row[5])} {float(row[6]):.1%}"
-              if len(classes) > 1 else f"{row[0]}: {short_name(row[2])}")
+        alternatives = [f"{short_name(row[i + 1])} {float(row[i + 2]):.1%}" for i in range(4, len(row), 3) if row[i]][:2]
+        print(f"{row[0]}: {short_name(row[2])} ({row[1]}) {float(row[3]):.1%}" + "".join(f", then {a}" for a in alternatives))
     more = " (the first 5 above)" if len(rows) > 5 else ""
     print(f"predictions for {len(rows):,} image{'s' if len(rows) != 1 else ''}, top-{min(TOP_K, len(classes))} each: {args.predict}{more}")
     return rows
@@ -399,6 +282,8 @@ def parse_args(argv):
         parser.error("--batch-size must be at least 1")
     if args.files and not args.predict:
         parser.error("--files needs --predict OUT.csv (where the labels go)")
+    if args.files and args.json:
+        parser.error("--json is the report of an evaluation, which --files does not run: drop --json")
     return args
 
 
@@ -445,11 +330,8 @@ def run(args):
     if args.predict:
         from prepare_data import decode  # the zip's own 64x64 images, converted exactly as the packed data
 
-        images, unreadable = read_images(test_images, decode)
-        report_unreadable(unreadable)
-        probabilities = predict_probabilities(model, [p for _, p in images], device, dtype, args.batch_size)
-        rows = prediction_rows([os.path.basename(path) for path, _ in images], probabilities, data.classes, data.class_names)
-        write_csv(args.predict, prediction_header(), rows)
+        rows = write_predictions(model, test_images, decode, os.path.basename, data.classes, data.class_names,
+                                 device, dtype, args.batch_size, args.predict)
         print(f"predictions for {len(rows):,} test images: {args.predict}")
     return metrics
 

@@ -7,11 +7,12 @@ best val top-1, test top-1 and state (finished, interrupted, crashed, killed, ru
 Reads only what train.py writes (config.json, metrics.csv, test_metrics.json, status.json):
 no torch, so it answers at once even for many runs.
 """
+import glob
 import os
 import socket
 import sys
 
-from cli import ArgumentParser, exit_quietly_on_ctrl_c, shell_command
+from cli import ArgumentParser, exit_quietly_on_ctrl_c, resume_command
 from curves import read_metrics
 from layout import DataError, read_json
 
@@ -50,13 +51,15 @@ def process_alive(pid):
 
 
 def run_state(run_dir):
-    """finished / interrupted / crashed: <error> / killed / running, from the files train.py writes."""
-    if os.path.exists(os.path.join(run_dir, "test_metrics.json")):
-        return "finished"
-    status = read_json(os.path.join(run_dir, "status.json")) or {}
+    """finished / interrupted / crashed: <error> / killed / running, from status.json (runs from
+    before it existed: finished when they have test results)."""
+    status = read_json(os.path.join(run_dir, "status.json"))
+    if status is None:
+        return "finished" if os.path.exists(os.path.join(run_dir, "test_metrics.json")) else "stopped"
     state = status.get("state")
     if state == "interrupted":
-        return "interrupted: " + shell_command("train.py", "--resume", os.path.join(run_dir, "last.pt"))
+        has_checkpoint = os.path.exists(os.path.join(run_dir, "last.pt"))
+        return f"interrupted: {resume_command(run_dir)}" if has_checkpoint else "interrupted before its first checkpoint"
     if state == "crashed":
         return f"crashed: {status.get('detail')}"
     if state == "running":
@@ -64,7 +67,7 @@ def run_state(run_dir):
             return f"running on {status.get('host')}, or killed"
         alive = process_alive(status["pid"])
         return "running" if alive else "running, or killed" if alive is None else "killed (no clean stop)"
-    return "stopped" if os.path.exists(os.path.join(run_dir, "last.pt")) else "not started"
+    return state
 
 
 def describe_run(run_dir):
@@ -77,7 +80,9 @@ def describe_run(run_dir):
     done = int(metrics["epoch"][-1]) if metrics["epoch"] else 0
     # best.pt's rule (train.py): the highest val top-1, a tie going to the lower val loss
     best = max(zip(metrics["val_top1"], [-v for v in metrics.get("val_loss", [])], metrics["epoch"]), default=None)
-    test = (read_json(os.path.join(run_dir, "test_metrics.json")) or {}).get("final")
+    state = run_state(run_dir)
+    # test results belong to a finished run (an extended run still holds the shorter run's)
+    test = (read_json(os.path.join(run_dir, "test_metrics.json")) or {}).get("final") if state == "finished" else None
     size = f"d{config.get('embed_dim')}x{config.get('depth')}" if "embed_dim" in config else ""
     return {
         "run": run_dir,
@@ -86,7 +91,7 @@ def describe_run(run_dir):
         "epochs": f"{done}/{config.get('epochs', '?')}",
         "best val top-1": f"{best[0]:.2%} (epoch {int(best[2])})" if best else "-",
         "test top-1": f"{test['top1']:.2%}" if test else "-",
-        "state": run_state(run_dir),
+        "state": state,
     }
 
 
@@ -100,7 +105,9 @@ def main(argv=None):
     parser = ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("paths", nargs="+", metavar="PATH", help="run directories, or folders holding them")
     args = parser.parse_args(argv)
-    runs, not_runs = find_runs(args.paths)
+    # Windows shells pass `runs/*` through unexpanded
+    paths = [path for arg in args.paths for path in (sorted(glob.glob(arg)) or [arg] if any(c in arg for c in "*?[") else [arg])]
+    runs, not_runs = find_runs(paths)
     for path in not_runs:
         what = "holds no train.py run (no config.json)" if os.path.exists(path) else "does not exist"
         print(f"note: {path} {what}", file=sys.stderr)

@@ -30,11 +30,11 @@ from dataclasses import asdict, dataclass
 import torch
 from torch.nn.parallel import DistributedDataParallel
 
-from cli import ArgumentParser, progress_bar, shell_command
+from cli import ArgumentParser, progress_bar, resume_command, shell_command
 from curves import draw_curves_or_explain
 from data import BatchLoader, load_packed, make_splits
 from evaluate import class_difference, evaluate, load_checkpoint, model_from_checkpoint, topk_correct
-from layout import DataError, write_csv, write_json
+from layout import DataError, ensure_dir, write_csv, write_json
 from model import CvTConfig, CvTSimplifiedEmbedding
 from recipe import EMA, PRESETS, RECIPE_FLAGS, LRSchedule, Updater, build_optimizer
 from runtime import (
@@ -73,8 +73,8 @@ def build_parser(add_help=True):
     model.add_argument("--num-heads", type=int, default=1, help="attention heads")
     model.add_argument("--mlp-ratio", type=float, default=4.0, help="MLP hidden width / token width")
     model.add_argument("--dropout", type=float, default=0.1, help="dropout rate")
-    optim = parser.add_argument_group("recipe (defaults shown: --recipe seed, the notebook's; another --recipe changes "
-                                      "them, and explicit flags override a preset)")
+    optim = parser.add_argument_group("recipe (the defaults shown are those of the --recipe given, seed (the "
+                                      "notebook's) if none; explicit flags override them)")
     optim.add_argument("--recipe", default="seed", choices=tuple(PRESETS),
                        help="seed: Adam 1e-3 constant; study: AdamW 1e-4, wd 1e-3, smoothing 0.1, 5 warm-up "
                             "epochs, cosine; improved (measured, see README): AdamW 5e-3, wd 0.05, smoothing 0.1, "
@@ -269,17 +269,15 @@ def choose_run_dir(args):
     return os.path.join("runs", time.strftime("%Y%m%d-%H%M%S"))
 
 
-def prepare_run_dir(run_dir, resuming):
-    """Create the run directory; refuse one that already holds another run."""
-    if os.path.exists(run_dir) and not os.path.isdir(run_dir):
-        raise DataError(f"--run-dir {run_dir} is a file, not a directory: choose another --run-dir")
-    if not resuming and os.path.exists(os.path.join(run_dir, "config.json")):
-        resume = shell_command("train.py", "--resume", os.path.join(run_dir, "last.pt"))
-        raise DataError(f"{run_dir} already holds a run: continue it with `{resume}` or choose another --run-dir")
-    try:
-        os.makedirs(run_dir, exist_ok=True)
-    except OSError as error:
-        raise DataError(f"cannot create the run directory {run_dir}: {error.strerror}") from None
+def prepare_run_dir(run_dir, resume_path):
+    """Create the run directory; refuse one that already holds another run (a resumed run may
+    continue in its own directory, or in a new one)."""
+    holds_a_run = os.path.exists(os.path.join(run_dir, "config.json"))
+    own = resume_path and os.path.realpath(run_dir) == os.path.realpath(os.path.dirname(os.path.abspath(resume_path)))
+    if holds_a_run and not own:
+        raise DataError(f"{run_dir} already holds a run: continue it with `{resume_command(run_dir)}` "
+                        "or choose another --run-dir")
+    ensure_dir(run_dir, f"the run directory {run_dir}", ": choose another --run-dir")
 
 
 def restore(checkpoint, model, updater, model_config, classes, path, dist):
@@ -370,7 +368,7 @@ def main(argv=None):
         print(f"error: {error}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
-        print("\nstopped at once; the last checkpoint is intact", file=sys.stderr)
+        print("\nstopped at once; the last checkpoint written (if any) is intact", file=sys.stderr)
         return 130
     return stop.exit_code
 
@@ -415,8 +413,7 @@ def run(args, stop, dist, device):
             if not finished_epoch or dist.all_reduce(torch.tensor(float(stop()), device=device)).item():
                 where = f"at step {r.progress['step_in_epoch']} of epoch {epoch + 1}" if not finished_epoch else f"after epoch {epoch + 1}"
                 status.set("interrupted", f"stopped {where}")
-                resume = shell_command("train.py", "--resume", os.path.join(r.run_dir, "last.pt"))
-                r.log(f"stopped {where}; continue with: {resume}", file=sys.stderr)
+                r.log(f"stopped {where}; continue with: {resume_command(r.run_dir)}", file=sys.stderr)
                 return None
         if dist.enabled:
             check_ranks_agree(r.model, dist, r.log)
@@ -425,7 +422,8 @@ def run(args, stop, dist, device):
         status.set("finished")
     if dist.is_main:
         draw_curves_or_explain(r.run_dir)
-    evaluate_again = shell_command("evaluate.py", os.path.join(r.run_dir, "best.pt"))
+    best = os.path.join(r.run_dir, "best.pt")
+    evaluate_again = shell_command("evaluate.py", best if os.path.exists(best) else os.path.join(r.run_dir, "last.pt"))
     r.log(f"run saved in {r.run_dir}/ (evaluate again: {evaluate_again})")
     return test_metrics
 
@@ -473,7 +471,7 @@ def start_run(args, dist, device):
     if len(splits["train"][1]) < args.batch_size:
         raise DataError(f"--batch-size {args.batch_size} is larger than the training set ({len(splits['train'][1])} images)")
     run_dir = dist.all_gather(choose_run_dir(args))[0]  # rank 0's clock names the run
-    on_main(dist, lambda: prepare_run_dir(run_dir, resuming=checkpoint is not None))
+    on_main(dist, lambda: prepare_run_dir(run_dir, args.resume))
 
     torch.manual_seed(args.seed)  # the same initial weights on every rank
     model_config = CvTConfig(
@@ -530,21 +528,29 @@ def start_run(args, dist, device):
 def bring_best_checkpoint(r, resume_path):
     """A run resumed into another --run-dir brings its best.pt along (the test of the best
     weights and the printed evaluate command need it there): the resumed checkpoint itself when
-    it is the best, else the best.pt beside it; when there is none, the best is tracked afresh."""
+    it is the best, else the best.pt beside it; when there is none, the best is tracked afresh.
+    Rank 0 decides (only it reads the files) and every rank follows."""
     progress, best = r.progress, os.path.join(r.run_dir, "best.pt")
-    if progress["best_epoch"] == 0 or os.path.exists(best):
-        return
     beside = os.path.join(os.path.dirname(os.path.abspath(resume_path)), "best.pt")
-    if progress["best_epoch"] == progress["epoch"] and not progress["step_in_epoch"]:
+    choice, saved = None, None
+    if r.dist.is_main and progress["best_epoch"] and not os.path.exists(best):
+        if progress["best_epoch"] == progress["epoch"] and not progress["step_in_epoch"]:
+            choice = "this"
+        else:
+            try:
+                saved = load_checkpoint(beside) if os.path.exists(beside) else None
+            except DataError:  # a damaged best.pt is no best.pt
+                saved = None
+            choice = "beside" if saved and saved.get("progress", {}).get("epoch") == progress["best_epoch"] else "none"
+    choice = r.dist.all_gather(choice)[0]
+    if choice == "this":
         r.save("best.pt")
-        return
-    saved = load_checkpoint(beside) if os.path.exists(beside) else None
-    if saved is not None and saved.get("progress", {}).get("epoch") == progress["best_epoch"]:
+    elif choice == "beside":
         on_main(r.dist, lambda: save_atomically(saved, best))
-        return
-    r.log(f"note: no best.pt of epoch {progress['best_epoch']} beside {resume_path}: "
-          "best.pt will be the best of the epochs still to come")
-    progress.update(best_val_top1=-1.0, best_val_loss=math.inf, best_epoch=0)
+    elif choice == "none":
+        r.log(f"note: no best.pt of epoch {progress['best_epoch']} beside {resume_path}: "
+              "best.pt will be the best of the epochs still to come")
+        progress.update(best_val_top1=-1.0, best_val_loss=math.inf, best_epoch=0)
 
 
 def describe_recipe(args):

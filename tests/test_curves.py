@@ -104,6 +104,9 @@ def test_one_epoch_runs_have_whole_epoch_ticks_and_smoothing_is_named_only_when_
     both = curves.build_figure([str(plain), str(smoothed)])
     assert both.axes[0].get_title() == "loss (train of smoothed includes label smoothing)"
     assert [t.get_text() for t in both.axes[2].get_legend().get_texts()] == ["plain", "smoothed"]
+    import matplotlib.pyplot as plt
+
+    plt.close("all")
 
 
 @needs_matplotlib

@@ -11,8 +11,9 @@ import torch
 import evaluate
 import prepare_data
 import train
-from data import MEAN, STD, load_packed, make_splits
-from evaluate import class_report, model_from_checkpoint, natural_key
+from data import MEAN, STD, load_packed, make_splits, normalize
+from evaluate import class_report, model_from_checkpoint
+from predict import natural_key
 from prepare_data import decode
 from synthetic import write_synthetic_zip
 
@@ -167,7 +168,7 @@ def test_predict_own_files_of_any_size_and_mode_with_no_prepared_data(run_with_t
     Image.new("RGB", (200, 100), (200, 30, 30)).save(single)
     out = tmp_path / "own.csv"
     argv = [str(run_dir / "best.pt"), "--predict", str(out), "--files", str(single), str(folder), str(tmp_path / "missing.jpg"),
-            "--data-dir", str(tmp_path / "no-data-here")]
+            str(folder / "photo.jpg"), "--data-dir", str(tmp_path / "no-data-here")]  # photo.jpg twice: labelled once
     assert evaluate.main(argv) == 0
     captured = capsys.readouterr()
     rows = list(csv.DictReader(open(out)))
@@ -180,7 +181,7 @@ def test_predict_own_files_of_any_size_and_mode_with_no_prepared_data(run_with_t
     # The probabilities are the model's on the image converted to RGB, centre-cropped and resized to 64x64.
     model = model_from_checkpoint(torch.load(run_dir / "best.pt")).eval()
     expected_pixels = np.array(Image.open(single).crop((50, 0, 150, 100)).resize((64, 64), Image.BILINEAR))
-    probabilities = model(evaluate.normalize(torch.from_numpy(expected_pixels[None]))).softmax(1)[0]
+    probabilities = model(normalize(torch.from_numpy(expected_pixels[None]))).softmax(1)[0]
     assert float(rows[0]["confidence"]) == pytest.approx(probabilities.max().item(), abs=1e-4)
     data_classes = torch.load(run_dir / "best.pt")["classes"]
     assert rows[0]["wnid"] == data_classes[int(probabilities.argmax())] and rows[0]["class_name"].startswith("synthetic")
@@ -193,4 +194,21 @@ def test_predict_own_files_needs_predict_and_a_readable_image(run_with_test_imag
     assert exit_info.value.code == 2 and "--files needs --predict" in capsys.readouterr().err
     (tmp_path / "bad.jpg").write_bytes(b"nope")
     assert evaluate.main([str(run_dir / "best.pt"), "--predict", str(tmp_path / "o.csv"), "--files", str(tmp_path / "bad.jpg")]) == 2
-    assert capsys.readouterr().err.strip().splitlines()[-1] == "error: none of the --files is a readable image: nothing to label"
+    assert capsys.readouterr().err.strip().splitlines()[-1] == "error: none of the images is readable: nothing to label"
+    with pytest.raises(SystemExit) as exit_info:
+        evaluate.main([str(run_dir / "best.pt"), "--predict", str(tmp_path / "o.csv"), "--files", "a.jpg", "--json", "r.json"])
+    assert exit_info.value.code == 2 and "--files does not run" in capsys.readouterr().err
+
+
+def test_predict_when_no_test_image_is_readable_is_a_one_line_error(run_with_test_images, tmp_path, capsys):
+    import shutil
+
+    data_dir, run_dir = run_with_test_images
+    copy = tmp_path / "data"
+    shutil.copytree(data_dir, copy)
+    folder = copy / "tiny-imagenet-200" / "test" / "images"
+    for image in folder.iterdir():
+        image.write_bytes(b"damaged")
+    assert evaluate.main([str(run_dir / "best.pt"), "--data-dir", str(copy), "--predict", str(tmp_path / "p.csv")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-2].startswith("skipped 12 unreadable files: ") and err[-1] == "error: none of the images is readable: nothing to label"

@@ -169,7 +169,6 @@ def test_the_lr_follows_the_schedule_step_by_step(prepared_once, tmp_path, monke
     low, peak = 1e-5, 3e-3
     warmup = [low, low + (peak - low) / 3, low + 2 * (peak - low) / 3]
     cosine = [low + (peak - low) * (1 + math.cos(math.pi * k / 9)) / 2 for k in range(9)]
-    assert cosine[0] == peak and cosine[8] == pytest.approx(low + (peak - low) * 0.0302, rel=1e-2)  # cos(8 pi / 9) = -0.9397
     assert seen == pytest.approx(warmup + cosine, rel=1e-9)
     rows = list(csv.DictReader(open(run_dir / "metrics.csv")))
     assert [float(r["lr"]) for r in rows] == pytest.approx([seen[5], seen[11]])  # the lr of each epoch's last step

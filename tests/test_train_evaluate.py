@@ -274,24 +274,63 @@ def test_json_into_a_missing_folder_is_created_and_a_directory_refused_before_an
     blocker = tmp_path / "file"
     blocker.write_text("x")
     assert evaluate.main([str(finished_run / "last.pt"), "--predict", str(blocker / "p.csv")]) == 2
-    assert "cannot create the folder" in last_error_line(capsys)
+    assert last_error_line(capsys).endswith(f"of --predict {blocker}/p.csv is a file, not a directory")
 
 
-def test_resumed_from_best_into_a_new_run_dir_every_printed_file_exists(prepared_once, tmp_path, capsys):
-    """The reported bug: resuming best.pt into a new --run-dir printed an evaluate command for
-    a best.pt that was never written (and the test of the best weights looked for it)."""
-    first = tmp_path / "first"
-    assert train_run(prepared_once, first, "--epochs", "2", "--lr", "0.05") == 0  # a high lr: the best epoch may be either
-    assert run_printed(printed_command(capsys.readouterr().out, "evaluate again: ")).returncode == 0
-    for source in ("best.pt", "last.pt"):
-        new_dir = tmp_path / f"from-{source}"
-        assert train.main(["--resume", str(first / source), "--run-dir", str(new_dir), "--epochs", "3"]) == 0
-        out = capsys.readouterr().out
-        assert (new_dir / "best.pt").exists()
-        best = torch.load(new_dir / "best.pt", weights_only=True)["progress"]
-        assert best["epoch"] == best["best_epoch"] == torch.load(new_dir / "last.pt", weights_only=True)["progress"]["best_epoch"]
-        result = run_printed(printed_command(out, "evaluate again: "))
-        assert result.returncode == 0, result.stderr
+@pytest.fixture(scope="module")
+def epoch_checkpoints(prepared_once, tmp_path_factory):
+    """last.pt after 1 and after 2 epochs of the same run (seed 0)."""
+    root = tmp_path_factory.mktemp("epochs")
+    assert train_run(prepared_once, root / "one", "--epochs", "1") == 0
+    assert train_run(prepared_once, root / "two", "--epochs", "2") == 0
+    return root / "one" / "last.pt", root / "two" / "last.pt"
+
+
+def resumable_run(folder, last, best=None, best_epoch=None):
+    """A run folder holding last.pt (its progress naming best_epoch) and, if given, best.pt."""
+    folder.mkdir()
+    checkpoint = torch.load(last, weights_only=True)
+    if best_epoch is not None:
+        checkpoint["progress"]["best_epoch"] = best_epoch
+    torch.save(checkpoint, folder / "last.pt")
+    if best is not None:
+        torch.save(torch.load(best, weights_only=True), folder / "best.pt")
+    return folder / "last.pt"
+
+
+@pytest.mark.parametrize("case", ["resumed checkpoint is the best", "best.pt beside it", "no best.pt beside it"])
+def test_resumed_into_a_new_run_dir_best_pt_comes_along_and_the_printed_command_works(epoch_checkpoints, tmp_path, capsys, case):
+    """The reported bug: resuming into a new --run-dir printed an evaluate command for a best.pt
+    that was never written (and the test of the best weights looked for it)."""
+    after_one, after_two = epoch_checkpoints
+    if case == "resumed checkpoint is the best":
+        source = resumable_run(tmp_path / "a", after_two, best_epoch=2)
+    elif case == "best.pt beside it":
+        source = resumable_run(tmp_path / "a", after_two, best=after_one, best_epoch=1)
+    else:
+        source = resumable_run(tmp_path / "a", after_two, best_epoch=1)
+    new_dir = tmp_path / "new"
+    epochs = "3" if case == "no best.pt beside it" else "2"  # 2: nothing more is trained, best.pt is what came along
+    assert train.main(["--resume", str(source), "--run-dir", str(new_dir), "--epochs", epochs]) == 0
+    out = capsys.readouterr().out
+    best = torch.load(new_dir / "best.pt", weights_only=True)
+    expected = {"resumed checkpoint is the best": (2, after_two), "best.pt beside it": (1, after_one)}.get(case)
+    if expected:
+        assert best["progress"]["epoch"] == expected[0]
+        assert torch.equal(best["model"]["head.2.weight"], torch.load(expected[1], weights_only=True)["model"]["head.2.weight"])
+        assert json.load(open(new_dir / "test_metrics.json"))["best"]["epoch"] == expected[0]
+    else:
+        assert "note: no best.pt of epoch 1 beside" in out and best["progress"]["epoch"] == 3  # the best of the epochs to come
+    result = run_printed(printed_command(out, "evaluate again: "))
+    assert result.returncode == 0, result.stderr
+
+
+def test_resume_into_a_folder_holding_another_run_is_refused(epoch_checkpoints, finished_run, capsys):
+    after_one, _ = epoch_checkpoints
+    before = (finished_run / "best.pt").read_bytes()
+    assert train.main(["--resume", str(after_one), "--run-dir", str(finished_run), "--epochs", "2"]) == 2
+    assert "already holds a run" in last_error_line(capsys)
+    assert (finished_run / "best.pt").read_bytes() == before
 
 
 def test_the_printed_resume_command_continues_the_run(prepared_once, tmp_path, monkeypatch, capsys):
@@ -311,4 +350,4 @@ def test_the_printed_resume_command_continues_the_run(prepared_once, tmp_path, m
 def test_a_run_dir_that_is_a_file_is_refused(prepared_once, tmp_path, capsys):
     (tmp_path / "f").write_text("x")
     assert train_run(prepared_once, tmp_path / "f", "--epochs", "1") == 2
-    assert last_error_line(capsys) == f"error: --run-dir {tmp_path}/f is a file, not a directory: choose another --run-dir"
+    assert last_error_line(capsys) == f"error: the run directory {tmp_path}/f is a file, not a directory: choose another --run-dir"
