@@ -19,7 +19,7 @@ class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescript
     default is None (unset) or False (a switch) says in its help what happens without it."""
 
     def _get_help_string(self, action):
-        if action.default is None or action.default is False:
+        if action.default is None or action.nargs == 0:  # unset, or a switch (store_true, store_false)
             return action.help
         return super()._get_help_string(action)
 

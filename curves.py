@@ -57,7 +57,7 @@ def build_figure(run_dirs):
     import matplotlib.pyplot as plt
     from matplotlib.ticker import MaxNLocator
 
-    runs = [(os.path.basename(os.path.normpath(d)), read_metrics(d)) for d in run_dirs]
+    runs, run_dirs = read_runs(run_dirs)
     smoothed = [name for (name, _), d in zip(runs, run_dirs) if (read_json(os.path.join(d, "config.json")) or {}).get("label_smoothing")]
     fig, (loss_ax, top1_ax, lr_ax) = plt.subplots(1, 3, figsize=(14, 4), gridspec_kw={"width_ratios": [3, 3, 2]})
     for index, (name, m) in enumerate(runs):
@@ -81,6 +81,23 @@ def build_figure(run_dirs):
     fig.suptitle(", ".join(name for name, _ in runs))
     fig.tight_layout()
     return fig
+
+
+def read_runs(run_dirs):
+    """([(name, metrics)], their directories): in a comparison, a run with nothing to draw yet
+    (or a folder that is no run) is left out with a note; alone, it is an error."""
+    runs, drawn = [], []
+    for run_dir in run_dirs:
+        try:
+            runs.append((os.path.basename(os.path.normpath(run_dir)), read_metrics(run_dir)))
+            drawn.append(run_dir)
+        except DataError as error:
+            if len(run_dirs) == 1:
+                raise
+            print(f"note: left out of the picture: {error}", file=sys.stderr)
+    if not runs:
+        raise DataError("none of the runs has a finished epoch to draw")
+    return runs, drawn
 
 
 def smoothing_note(smoothed, num_runs):

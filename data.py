@@ -8,6 +8,7 @@ batch loader that augments whole batches on the model's device.
 
 Run `python data.py --data-dir data` to print the sizes of the prepared splits.
 """
+import os
 from dataclasses import dataclass
 
 import numpy as np
@@ -40,6 +41,9 @@ class PackedData:
 
 def load_packed(data_dir):
     """Memory-map the arrays written by prepare_data.py."""
+    if os.path.exists(data_dir) and not os.path.isdir(data_dir):
+        raise DataError(f"--data-dir {data_dir} is a file, not a prepared data directory: give the --data-dir "
+                        "that prepare_data.py prepared")
     meta, problem = inspect_prepared(data_dir)
     if meta is None:
         raise DataError(f"{problem} in {data_dir}/: run `{prepare_command(data_dir)}`")

@@ -327,6 +327,7 @@ def run(args):
     print_report(metrics)
     if args.json:
         write_json(args.json, metrics)
+        print(f"report: {args.json}")
     if args.predict:
         from prepare_data import decode  # the zip's own 64x64 images, converted exactly as the packed data
 

@@ -72,7 +72,9 @@ def read_images(paths, load):
             images.append((path, load(path)))
         except Exception as error:  # PIL raises many types for bad files; DataError from decode()
             reason = error.strerror if isinstance(error, OSError) and error.strerror else str(error)
-            reason = reason.replace(f"cannot decode {path}: ", "").replace(f"'{path}'", "it").replace(str(path), "it")
+            reason = reason.replace(f"cannot decode {path}: ", "").replace(f"'{path}'", "").replace(str(path), "it").strip()
+            if reason.startswith("cannot identify image file"):
+                reason = "not an image PIL can read"
             unreadable.append((path, reason or type(error).__name__))
     return images, unreadable
 

@@ -644,6 +644,7 @@ def parse_args(argv):
 
 def main(argv=None):
     args = parse_args(argv)
+    created = not os.path.exists(args.data_dir)
     try:
         prepare(args)
     except DataError as error:
@@ -655,6 +656,9 @@ def main(argv=None):
     except OSError as error:  # a disk that fills up or a folder that turns read-only mid-way
         print(f"error: {error.strerror or error}: {error.filename or args.data_dir} (nothing was changed)", file=sys.stderr)
         return 2
+    finally:
+        if created and os.path.isdir(args.data_dir) and not os.listdir(args.data_dir):
+            os.rmdir(args.data_dir)  # a first prepare that failed leaves no empty folder behind
     return 0
 
 

@@ -265,7 +265,7 @@ def choose_run_dir(args):
     if args.run_dir:
         return args.run_dir
     if args.resume:
-        return os.path.dirname(os.path.abspath(args.resume))
+        return os.path.dirname(args.resume) or "."  # relative as given: printed paths stay short
     return os.path.join("runs", time.strftime("%Y%m%d-%H%M%S"))
 
 
@@ -509,8 +509,9 @@ def start_run(args, dist, device):
     r = Run(args, dist, device, dtype, data, splits, run_dir, model_config, model, trained, evaluated, updater,
             train_loader, val_loader, progress, config)
     if checkpoint is not None:
-        where = f", step {progress['step_in_epoch']}" if progress["step_in_epoch"] else ""
-        r.log(f"resuming {args.resume} after epoch {progress['epoch']}{where}")
+        where = (f"at step {progress['step_in_epoch']} of epoch {progress['epoch'] + 1}" if progress["step_in_epoch"]
+                 else f"after epoch {progress['epoch']}")  # numbered as the stop message numbered it
+        r.log(f"resuming {args.resume} {where}")
         bring_best_checkpoint(r, args.resume)
         saved_schedule = checkpoint.get("schedule")
         if saved_schedule and saved_schedule != asdict(updater.schedule):

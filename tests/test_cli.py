@@ -51,9 +51,15 @@ def test_help_shows_every_default(module):
     parser = parser_of(module)
     text = parser.format_help()
     for action in parser._actions:
-        if action.option_strings and action.default not in (None, False, argparse.SUPPRESS):
+        if action.option_strings and action.nargs != 0 and action.default not in (None, argparse.SUPPRESS):
             assert action.help, action.option_strings
             assert f"(default: {action.default})" in " ".join(text.split()), action.option_strings
+
+
+def test_switches_do_not_claim_a_default_value():
+    no_ema = next(a for a in parser_of(evaluate)._actions if "--no-ema" in a.option_strings)
+    assert "(default:" not in parser_of(evaluate).format_help().split("--no-ema")[1].split("--json")[0]
+    assert no_ema.default is True  # argparse's store_false: a "(default: True)" would read as "on by default"
 
 
 def test_help_names_the_data_dir_epochs_recipe_values_and_synthetic_sizes():

@@ -110,6 +110,20 @@ def test_one_epoch_runs_have_whole_epoch_ticks_and_smoothing_is_named_only_when_
 
 
 @needs_matplotlib
+def test_a_comparison_leaves_out_a_run_with_nothing_to_draw_yet(prepared_once, tmp_path, monkeypatch, capsys):
+    done, stopped = tmp_path / "done", tmp_path / "stopped"
+    assert train.main(["--data-dir", prepared_once, "--run-dir", str(done), *FAST, "--epochs", "1"]) == 0
+    signal_during_training(monkeypatch, epoch=0, step=1)
+    assert train.main(["--data-dir", prepared_once, "--run-dir", str(stopped), *FAST, "--epochs", "1"]) == 130
+    capsys.readouterr()
+    assert curves.main([str(done), str(stopped), "--out", str(tmp_path / "both.png")]) == 0
+    assert is_png(tmp_path / "both.png")
+    assert f"note: left out of the picture: {stopped}/ has no finished epoch yet" in capsys.readouterr().err
+    assert curves.main([str(stopped), str(tmp_path), "--out", str(tmp_path / "none.png")]) == 2
+    assert "none of the runs has a finished epoch to draw" in capsys.readouterr().err
+
+
+@needs_matplotlib
 def test_out_folder_is_created_and_a_directory_is_refused(prepared_once, tmp_path, capsys):
     run_dir = tmp_path / "r"
     assert train.main(["--data-dir", prepared_once, "--run-dir", str(run_dir), *FAST, "--epochs", "1"]) == 0

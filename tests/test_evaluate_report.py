@@ -176,7 +176,7 @@ def test_predict_own_files_of_any_size_and_mode_with_no_prepared_data(run_with_t
     assert names == ["single.png", "mine/cmyk.jpg", "mine/gray.png", "mine/photo.jpg", "mine/sub/alpha.png", "mine/sub/palette.gif"]
     skipped = [line for line in captured.err.splitlines() if line.startswith("skipped")]
     assert len(skipped) == 1 and skipped[0].startswith("skipped 2 unreadable files: ")
-    assert "broken.jpg" in skipped[0] and "missing.jpg" in skipped[0] and "notes.txt" not in skipped[0]
+    assert "broken.jpg" in skipped[0] and "missing.jpg (No such file or directory)" in skipped[0] and "notes.txt" not in skipped[0]
     assert "predictions for 6 images, top-4 each" in captured.out
     # The probabilities are the model's on the image converted to RGB, centre-cropped and resized to 64x64.
     model = model_from_checkpoint(torch.load(run_dir / "best.pt")).eval()

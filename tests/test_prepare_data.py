@@ -205,6 +205,7 @@ def test_offline_download_fails_with_one_clear_line(tmp_path, capsys):
     assert run_prepare("--data-dir", tmp_path / "data", "--url", "http://127.0.0.1:9/none.zip") == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: cannot download") and "--zip" in err and "\n" not in err
+    assert not (tmp_path / "data").exists()  # the failed first prepare leaves no empty folder behind
 
 
 # ---------------------------------------------------------------- bad inputs
@@ -359,6 +360,7 @@ def test_prepared_data_without_its_extracted_folder_still_loads(prepared):
 
 def test_zip_that_is_a_directory_and_data_dir_that_is_a_file(tmp_path, tiny_zip, capsys):
     expect_error(capsys, ["--zip", tmp_path, "--data-dir", tmp_path / "d"], "is a directory", "the zip file itself")
+    assert not (tmp_path / "d").exists()
     blocker = tmp_path / "file"
     blocker.write_text("a file")
     expect_error(capsys, ["--zip", tiny_zip, "--data-dir", blocker], "is a file, not a directory")

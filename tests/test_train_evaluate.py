@@ -149,6 +149,10 @@ def last_error_line(capsys):
 def test_unprepared_data_names_the_command(tmp_path, capsys):
     assert train.main(["--data-dir", str(tmp_path / "nothing"), "--device", "cpu"]) == 2
     assert "python prepare_data.py --data-dir" in last_error_line(capsys)
+    (tmp_path / "afile").write_text("x")  # a file: preparing it would not help, so no command is suggested
+    assert train.main(["--data-dir", str(tmp_path / "afile"), "--device", "cpu"]) == 2
+    assert last_error_line(capsys) == (f"error: --data-dir {tmp_path}/afile is a file, not a prepared data directory: "
+                                       "give the --data-dir that prepare_data.py prepared")
 
 
 @pytest.mark.parametrize("flags", [["--epochs", "0"], ["--batch-size", "-1"], ["--lr", "0"], ["--lr", "-1e-3"], ["--optimizer", "sgd"]])
@@ -265,7 +269,7 @@ def printed_command(text, after):
 def test_json_into_a_missing_folder_is_created_and_a_directory_refused_before_any_work(finished_run, tmp_path, capsys):
     out = tmp_path / "not" / "yet" / "r.json"
     assert evaluate.main([str(finished_run / "last.pt"), "--json", str(out)]) == 0
-    assert json.load(open(out))["images"] == 32
+    assert json.load(open(out))["images"] == 32 and f"report: {out}" in capsys.readouterr().out
     capsys.readouterr()
     assert evaluate.main([str(finished_run / "last.pt"), "--json", str(tmp_path)]) == 2
     captured = capsys.readouterr()
@@ -339,10 +343,12 @@ def test_the_printed_resume_command_continues_the_run(prepared_once, tmp_path, m
     run_dir = tmp_path / "with space"
     signal_during_training(monkeypatch, epoch=0, step=1)
     assert train_run(prepared_once, run_dir, "--epochs", "1") == 130
-    command = printed_command(capsys.readouterr().err, "continue with: ")
-    assert "'" in command  # the path with a space is quoted
+    err = capsys.readouterr().err
+    command = printed_command(err, "continue with: ")
+    assert "'" in command and "stopped at step 2 of epoch 1" in err  # the path with a space is quoted
     result = run_printed(command)
     assert result.returncode == 0, result.stderr
+    assert "at step 2 of epoch 1" in result.stdout  # the resume numbers the position as the stop did
     assert json.load(open(run_dir / "status.json"))["state"] == "finished"
     assert (run_dir / "test_metrics.json").exists()
 
