@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from layout import PACKED_ARRAYS, DataError, array_path, inspect_prepared, prepare_command
+from layout import PACKED_ARRAYS, DataError, array_path, inspect_prepared, prepare_advice
 
 # The notebook's normalisation (ImageNet-style statistics of Tiny ImageNet).
 MEAN = (0.4802, 0.4481, 0.3975)
@@ -46,7 +46,7 @@ def load_packed(data_dir):
                         "that prepare_data.py prepared")
     meta, problem = inspect_prepared(data_dir)
     if meta is None:
-        raise DataError(f"{problem} in {data_dir}/: run `{prepare_command(data_dir)}`")
+        raise DataError(f"{problem} in {data_dir}/: {prepare_advice(data_dir)}")
     arrays = {}
     for name in PACKED_ARRAYS:
         # mode "c" (copy-on-write) gives a writable view, so torch shares the pages without copying.

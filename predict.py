@@ -9,9 +9,8 @@ import sys
 import numpy as np
 import torch
 
-from cli import shell_command
 from data import normalize
-from layout import DATASET_DIR, DataError, read_meta, write_csv
+from layout import DATASET_DIR, DataError, prepare_advice, read_meta, write_csv
 from runtime import autocast
 
 TOP_K = 5  # classes per image in --predict's CSV
@@ -27,9 +26,9 @@ def test_image_files(data_dir):
     try:
         names = sorted((n for n in os.listdir(folder) if n.lower().endswith((".jpeg", ".jpg", ".png"))), key=natural_key)
     except OSError:
-        raise DataError(f"no {folder}/: --predict labels the zip's unlabeled test images; run "
-                        f"`{shell_command('prepare_data.py', '--data-dir', data_dir)}`, or label your own "
-                        "images with --files") from None
+        advice = prepare_advice(data_dir, force=read_meta(data_dir) is not None)  # extract again
+        raise DataError(f"no {folder}/: --predict labels the zip's unlabeled test images; {advice}, or label "
+                        "your own images with --files") from None
     if not names:
         raise DataError(f"{folder}/ holds no images")
     return [os.path.join(folder, n) for n in names]
@@ -71,12 +70,20 @@ def read_images(paths, load):
         try:
             images.append((path, load(path)))
         except Exception as error:  # PIL raises many types for bad files; DataError from decode()
-            reason = error.strerror if isinstance(error, OSError) and error.strerror else str(error)
-            reason = reason.replace(f"cannot decode {path}: ", "").replace(f"'{path}'", "").replace(str(path), "it").strip()
-            if reason.startswith("cannot identify image file"):
-                reason = "not an image PIL can read"
-            unreadable.append((path, reason or type(error).__name__))
+            unreadable.append((path, why_unreadable(error, str(path))))
     return images, unreadable
+
+
+def why_unreadable(error, path):
+    """The reason in a few words, without repeating the path (which is listed beside it)."""
+    if isinstance(error, OSError) and error.strerror:
+        return error.strerror
+    reason = str(error)
+    if reason.startswith("cannot identify image file"):
+        return "not an image PIL can read"
+    if path:
+        reason = reason.replace(f"cannot decode {path}: ", "").replace(f"{path} is ", "it is ")
+    return reason or type(error).__name__
 
 
 @torch.no_grad()

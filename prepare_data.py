@@ -40,6 +40,7 @@ from layout import (
     META_FILE,
     PACK_FORMAT,
     PACKED_DIR,
+    SYNTHETIC_FILE,
     SYNTHETIC_ZIP_NAME,
     VAL_PROCESSED_DIR,
     VAL_PROCESSED_MARKER,
@@ -326,8 +327,8 @@ def ensure_extracted(args, requested, fresh):
             reference = args.zip or (default_zip if os.path.isfile(default_zip) else None)
             if folder_matches_zip(target, reference) if reference else folder_looks_complete(target):
                 print(f"reusing the extracted folder {target}")
-                reused = {"zip": None, "reused": True}
-                write_json(os.path.join(target, EXTRACTED_MARKER), {"source": reused, "id": uuid.uuid4().hex})
+                source = requested if args.synthetic else {"zip": None, "reused": True}
+                write_json(os.path.join(target, EXTRACTED_MARKER), {"source": source, "id": uuid.uuid4().hex})
                 return target
             print(f"{target} is incomplete (files of {reference or 'the dataset'} are missing): extracting again")
     extract(find_zip(args), staged, args.data_dir, requested if args.synthetic else None)
@@ -510,7 +511,7 @@ def pack(data_dir, root, val_dir, source):
         "class_names": read_class_names(root, classes),
         "counts": {name: len(pairs) for name, pairs in splits.items()},
         "bytes": sizes,
-        "synthetic": os.path.exists(os.path.join(root, "SYNTHETIC")),
+        "synthetic": os.path.exists(os.path.join(root, SYNTHETIC_FILE)),
         "source": source,
         "extracted_id": read_json(os.path.join(root, EXTRACTED_MARKER))["id"],
     }
@@ -536,11 +537,26 @@ def discard_unfinished_work(data_dir, keep_extraction):
         shutil.rmtree(staged, ignore_errors=True)
 
 
-def discard_leftovers(data_dir):
-    """What killed runs can leave beside finished data: staging and half-replaced folders."""
+def finish_interrupted_commit(data_dir):
+    """A run killed inside commit() left complete new parts in the staging folders (the arrays'
+    meta.json is written last, and records the id of the folder they belong to): swap them in,
+    rather than prepare again; then drop what replace_dir() had set aside."""
+    pending = read_json(os.path.join(staging_dir(packed_dir(data_dir)), META_FILE))
+    target = os.path.join(data_dir, DATASET_DIR)
+    if isinstance(pending, dict):
+        for folder in (staging_dir(target), target):
+            marker = read_json(os.path.join(folder, EXTRACTED_MARKER))
+            if isinstance(marker, dict) and marker.get("id") == pending.get("extracted_id"):
+                commit(data_dir, folder)
+                break
     for name in (DATASET_DIR, PACKED_DIR):
-        for leftover in (staging_dir(os.path.join(data_dir, name)), os.path.join(data_dir, name) + ".old"):
-            shutil.rmtree(leftover, ignore_errors=True)
+        shutil.rmtree(os.path.join(data_dir, name) + ".old", ignore_errors=True)
+
+
+def discard_leftovers(data_dir):
+    """Staging folders of killed runs, once the data is prepared and nothing will resume from them."""
+    for name in (DATASET_DIR, PACKED_DIR):
+        shutil.rmtree(staging_dir(os.path.join(data_dir, name)), ignore_errors=True)
 
 
 # ---------------------------------------------------------------- the command
@@ -580,6 +596,9 @@ def check_source(args, requested):
     packed or only extracted, and whatever version prepared it."""
     present = present_source(args.data_dir)
     folder = os.path.join(args.data_dir, DATASET_DIR)
+    unmarked = not os.path.exists(os.path.join(folder, EXTRACTED_MARKER)) and read_meta(args.data_dir) is None
+    if present and present.get("reused") and unmarked and not folder_looks_complete(folder):
+        present = None  # half an extraction by another tool: nothing worth keeping
     if present is not None and not args.force and not matches(present, requested, folder, args.zip):
         raise DataError(f"{args.data_dir}/ already holds data prepared from {describe_source(present, args.data_dir)}, "
                         f"not from {describe_source(requested, args.data_dir)}: add --force to replace it, "
@@ -589,6 +608,7 @@ def check_source(args, requested):
 def prepare(args):
     start = time.perf_counter()
     check_paths(args)
+    finish_interrupted_commit(args.data_dir)
     requested, meta = requested_source(args), read_meta(args.data_dir)
     if meta is not None and not args.force and matches(meta["source"], requested, os.path.join(args.data_dir, DATASET_DIR), args.zip):
         discard_leftovers(args.data_dir)
@@ -644,7 +664,7 @@ def parse_args(argv):
 
 def main(argv=None):
     args = parse_args(argv)
-    created = not os.path.exists(args.data_dir)
+    created = first_missing_folder(args.data_dir)
     try:
         prepare(args)
     except DataError as error:
@@ -654,12 +674,21 @@ def main(argv=None):
         print("\ninterrupted: run the same command again to finish", file=sys.stderr)
         return 130
     except OSError as error:  # a disk that fills up or a folder that turns read-only mid-way
-        print(f"error: {error.strerror or error}: {error.filename or args.data_dir} (nothing was changed)", file=sys.stderr)
+        print(f"error: {error.strerror or error}: {error.filename or args.data_dir}; fix that and run the same "
+              "command again", file=sys.stderr)
         return 2
     finally:
-        if created and os.path.isdir(args.data_dir) and not os.listdir(args.data_dir):
-            os.rmdir(args.data_dir)  # a first prepare that failed leaves no empty folder behind
+        if created is not None and not any(files for _, _, files in os.walk(created)):
+            shutil.rmtree(created, ignore_errors=True)  # a failed first prepare leaves no empty folders behind
     return 0
+
+
+def first_missing_folder(path):
+    """The outermost folder of path that does not exist yet (what creating path would create)."""
+    path, missing = os.path.abspath(path), None
+    while not os.path.exists(path):
+        path, missing = os.path.dirname(path), path
+    return missing
 
 
 if __name__ == "__main__":

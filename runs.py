@@ -54,7 +54,7 @@ def run_state(run_dir):
     """finished / interrupted / crashed: <error> / killed / running, from status.json (runs from
     before it existed: finished when they have test results)."""
     status = read_json(os.path.join(run_dir, "status.json"))
-    if status is None:
+    if not isinstance(status, dict):
         return "finished" if os.path.exists(os.path.join(run_dir, "test_metrics.json")) else "stopped"
     state = status.get("state")
     if state == "interrupted":
@@ -65,9 +65,9 @@ def run_state(run_dir):
     if state == "running":
         if status.get("host") != socket.gethostname():
             return f"running on {status.get('host')}, or killed"
-        alive = process_alive(status["pid"])
+        alive = process_alive(status["pid"]) if isinstance(status.get("pid"), int) else None
         return "running" if alive else "running, or killed" if alive is None else "killed (no clean stop)"
-    return state
+    return str(state)
 
 
 def describe_run(run_dir):
@@ -106,7 +106,7 @@ def main(argv=None):
     parser.add_argument("paths", nargs="+", metavar="PATH", help="run directories, or folders holding them")
     args = parser.parse_args(argv)
     # Windows shells pass `runs/*` through unexpanded
-    paths = [path for arg in args.paths for path in (sorted(glob.glob(arg)) or [arg] if any(c in arg for c in "*?[") else [arg])]
+    paths = [path for arg in args.paths for path in ([arg] if os.path.exists(arg) else sorted(glob.glob(arg)) or [arg])]
     runs, not_runs = find_runs(paths)
     for path in not_runs:
         what = "holds no train.py run (no config.json)" if os.path.exists(path) else "does not exist"

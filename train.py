@@ -275,6 +275,9 @@ def prepare_run_dir(run_dir, resume_path):
     holds_a_run = os.path.exists(os.path.join(run_dir, "config.json"))
     own = resume_path and os.path.realpath(run_dir) == os.path.realpath(os.path.dirname(os.path.abspath(resume_path)))
     if holds_a_run and not own:
+        if not os.path.exists(os.path.join(run_dir, "last.pt")):
+            raise DataError(f"{run_dir} holds a run that stopped before its first checkpoint: delete the folder "
+                            "or choose another --run-dir")
         raise DataError(f"{run_dir} already holds a run: continue it with `{resume_command(run_dir)}` "
                         "or choose another --run-dir")
     ensure_dir(run_dir, f"the run directory {run_dir}", ": choose another --run-dir")
@@ -600,9 +603,9 @@ def run_epoch(r, epoch, stop):
     if improved:
         progress.update(best_val_top1=val["top1"], best_val_loss=val["loss"], best_epoch=epoch + 1)
     on_main(r.dist, lambda: write_metrics_csv(os.path.join(r.run_dir, "metrics.csv"), progress["history"]))
-    r.save("last.pt")
-    if improved:
+    if improved:  # best.pt first: a kill between the two never leaves a best.pt older than last.pt says
         r.save("best.pt")
+    r.save("last.pt")
     if r.dist.is_main:
         print_epoch(epoch, args.epochs, train, val, row, improved)
     return True

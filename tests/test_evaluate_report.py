@@ -212,3 +212,14 @@ def test_predict_when_no_test_image_is_readable_is_a_one_line_error(run_with_tes
     assert evaluate.main([str(run_dir / "best.pt"), "--data-dir", str(copy), "--predict", str(tmp_path / "p.csv")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert err[-2].startswith("skipped 12 unreadable files: ") and err[-1] == "error: none of the images is readable: nothing to label"
+
+
+def test_reasons_for_unreadable_files_do_not_repeat_or_garble_the_path():
+    from predict import why_unreadable
+    from layout import DataError
+
+    assert why_unreadable(FileNotFoundError(2, "No such file or directory", ""), "") == "No such file or directory"
+    assert why_unreadable(DataError("cannot decode a.jpg: image file is truncated"), "a.jpg") == "image file is truncated"
+    assert why_unreadable(DataError("a.jpg is 80x60, expected 64x64"), "a.jpg") == "it is 80x60, expected 64x64"
+    assert why_unreadable(OSError("cannot identify image file 'x'"), "x") == "not an image PIL can read"
+    assert why_unreadable(ValueError("odd"), "") == "odd"

@@ -202,10 +202,10 @@ def test_download_with_wrong_md5_keeps_nothing(http_server, tiny_zip, tmp_path, 
 
 
 def test_offline_download_fails_with_one_clear_line(tmp_path, capsys):
-    assert run_prepare("--data-dir", tmp_path / "data", "--url", "http://127.0.0.1:9/none.zip") == 2
+    assert run_prepare("--data-dir", tmp_path / "data" / "tiny", "--url", "http://127.0.0.1:9/none.zip") == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: cannot download") and "--zip" in err and "\n" not in err
-    assert not (tmp_path / "data").exists()  # the failed first prepare leaves no empty folder behind
+    assert not (tmp_path / "data").exists()  # the failed first prepare leaves no empty folders behind
 
 
 # ---------------------------------------------------------------- bad inputs
@@ -514,3 +514,24 @@ def test_the_hint_for_unusable_synthetic_data_names_its_sizes(tmp_path):
     command = str(refused.value).split("`")[1]
     assert command == f"python prepare_data.py --synthetic --classes 2 --train-per-class 4 --val-per-class 50 --seed 0 --data-dir {data_dir}"
     assert subprocess.run([sys.executable, *shlex.split(command)[1:]], cwd=ROOT, capture_output=True).returncode == 0
+
+
+def test_a_kill_inside_the_final_swap_is_finished_by_the_printed_command(prepared, monkeypatch):
+    """--force --synthetic over real data, killed after the new folder was renamed into place
+    and before the new arrays were: readers refuse the mix, and the command they print (the
+    synthetic one, with its sizes) completes the swap instead of preparing again."""
+    import data
+
+    with monkeypatch.context() as patch:
+        patch.setattr(prepare_data, "commit", lambda data_dir, root: prepare_data.replace_dir(
+            root, os.path.join(data_dir, "tiny-imagenet-200")))  # the first rename only: then the kill
+        assert run_prepare("--synthetic", "--classes", "2", "--train-per-class", "4", "--force", "--data-dir", prepared) == 0
+    assert read_meta(prepared) is None
+    with pytest.raises(data.DataError, match="from different prepare runs") as refused:
+        data.load_packed(prepared)
+    command = shlex.split(str(refused.value).split("`")[1])
+    assert command[2:4] == ["--synthetic", "--classes"]
+    result = subprocess.run([sys.executable, *command[1:]], cwd=ROOT, capture_output=True, text=True)
+    assert result.returncode == 0 and "nothing to do" in result.stdout  # swapped in, not prepared again
+    assert read_meta(prepared)["counts"]["train"] == 8 and read_meta(prepared)["synthetic"]
+    assert sorted(os.listdir(prepared)) == ["packed", "tiny-imagenet-200", "tiny-imagenet-200-synthetic.zip"]

@@ -353,6 +353,15 @@ def test_the_printed_resume_command_continues_the_run(prepared_once, tmp_path, m
     assert (run_dir / "test_metrics.json").exists()
 
 
+def test_a_run_dir_whose_run_stopped_before_any_checkpoint_gets_no_unusable_resume_command(prepared_once, tmp_path, capsys):
+    run_dir = tmp_path / "r"
+    run_dir.mkdir()
+    (run_dir / "config.json").write_text("{}")  # what a crash in the first epoch leaves
+    assert train_run(prepared_once, run_dir, "--epochs", "1") == 2
+    assert last_error_line(capsys) == (f"error: {run_dir} holds a run that stopped before its first checkpoint: "
+                                       "delete the folder or choose another --run-dir")
+
+
 def test_a_run_dir_that_is_a_file_is_refused(prepared_once, tmp_path, capsys):
     (tmp_path / "f").write_text("x")
     assert train_run(prepared_once, tmp_path / "f", "--epochs", "1") == 2
