@@ -12,7 +12,7 @@ import os
 import sys
 
 from cli import ArgumentParser, exit_quietly_on_ctrl_c
-from layout import DataError, check_output_path, read_json
+from layout import DataError, check_output_path, read_json, write_atomically
 
 INSTALL_HINT = "matplotlib is not installed: `python -m pip install matplotlib` to draw curves.png"
 
@@ -43,9 +43,10 @@ def draw_curves(run_dirs, out):
     import matplotlib.pyplot as plt
 
     fig = build_figure(run_dirs)
-    fig.savefig(out + ".tmp.png", dpi=100)
-    plt.close(fig)
-    os.replace(out + ".tmp.png", out)
+    try:
+        write_atomically(out, lambda tmp: fig.savefig(tmp, format="png", dpi=100))
+    finally:
+        plt.close(fig)
     return out
 
 

@@ -27,7 +27,7 @@ import os
 
 ZIP_NAME = "tiny-imagenet-200.zip"
 SYNTHETIC_ZIP_NAME = "tiny-imagenet-200-synthetic.zip"  # what `prepare_data.py --synthetic` generates
-SYNTHETIC_FILE = "SYNTHETIC"  # at the root of a generated dataset (synthetic.MARKER)
+SYNTHETIC_FILE = "SYNTHETIC"  # at the root of a dataset that synthetic.py generated
 DATASET_DIR = "tiny-imagenet-200"
 EXTRACTED_MARKER = ".extracted.json"
 VAL_PROCESSED_DIR = "val_processed"
@@ -159,27 +159,33 @@ def check_output_path(path, flag):
 
 
 def write_atomically(path, write):
-    """Write a text file through a temporary file and a rename: a reader never sees half a file;
-    a failure is a DataError that leaves the previous file intact and no temporary behind."""
+    """write(temporary_path) writes the file, which is then renamed onto path: a reader never sees
+    half a file. A failure is a DataError that leaves the previous file intact and no temporary
+    file behind. The one way every output of the kit is written (JSON, CSV, checkpoints, PNG)."""
+    tmp = path + ".tmp"
     try:
-        with open(path + ".tmp", "w", newline="") as f:
-            write(f)
-        os.replace(path + ".tmp", path)
+        write(tmp)
+        os.replace(tmp, path)
     except OSError as error:
         raise DataError(f"cannot write {path} ({error.strerror or error}); the previous file is intact") from None
     finally:
-        if os.path.exists(path + ".tmp"):
-            os.remove(path + ".tmp")
+        if os.path.exists(tmp):
+            os.remove(tmp)
 
 
 def write_json(path, value, default=None):
-    write_atomically(path, lambda f: json.dump(value, f, indent=1, default=default))
+    def write(tmp):
+        with open(tmp, "w") as f:
+            json.dump(value, f, indent=1, default=default)
+
+    write_atomically(path, write)
 
 
 def write_csv(path, header, rows):
-    def write(f):
-        writer = csv.writer(f)
-        writer.writerow(header)
-        writer.writerows(rows)
+    def write(tmp):
+        with open(tmp, "w", newline="") as f:
+            writer = csv.writer(f)
+            writer.writerow(header)
+            writer.writerows(rows)
 
     write_atomically(path, write)

@@ -34,7 +34,7 @@ from cli import ArgumentParser, progress_bar, resume_command, shell_command
 from curves import draw_curves_or_explain
 from data import BatchLoader, load_packed, make_splits
 from evaluate import class_difference, evaluate, load_checkpoint, model_from_checkpoint, topk_correct
-from layout import DataError, ensure_dir, write_csv, write_json
+from layout import DataError, ensure_dir, write_atomically, write_csv, write_json
 from model import CvTConfig, CvTSimplifiedEmbedding
 from recipe import EMA, PRESETS, RECIPE_FLAGS, LRSchedule, Updater, build_optimizer
 from runtime import (
@@ -244,14 +244,8 @@ class StopSignal:
 
 
 def save_atomically(payload, path):
-    """Write to a temporary file and rename, so a crash leaves the previous file intact."""
-    try:
-        torch.save(payload, path + ".tmp")
-        os.replace(path + ".tmp", path)
-    except OSError as error:
-        if os.path.exists(path + ".tmp"):
-            os.remove(path + ".tmp")
-        raise DataError(f"cannot write {path} ({error.strerror or error}); the previous file is intact") from None
+    """torch.save through a temporary file and a rename: a crash leaves the previous file intact."""
+    write_atomically(path, lambda tmp: torch.save(payload, tmp))
 
 
 def write_metrics_csv(path, history):
