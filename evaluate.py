@@ -9,9 +9,10 @@ Reports loss, top-1, top-5, macro-F1, per-class accuracy (with the class names f
 words.txt), the most confused class pairs, the parameter count, inference throughput and
 peak memory; --json writes all of it.
 
-Accepts checkpoints written by train.py and the notebook's Lightning checkpoints
-(state_dict keys prefixed `model.`), also from compiled or DDP models. Files are loaded
-with weights_only=True: a checkpoint can hold tensors and plain values, never code.
+Accepts checkpoints written by train.py (any model: they carry its name and config) and the
+Lightning checkpoints of the notebook and of the study (state_dict keys prefixed `model.`,
+recognised by their keys, or named with --model), also from compiled or DDP models. Files
+are loaded with weights_only=True (checkpoint.py): tensors and plain values, never code.
 """
 import sys
 
@@ -22,23 +23,19 @@ if __name__ == "__main__":  # before the imports below, which take a moment
 
 import argparse
 import os
-import pickle
 import resource
 import time
-import zipfile
 
 import torch
 import torch.nn.functional as F
 
+from checkpoint import check_classes, load_checkpoint, model_from_checkpoint
 from cli import ArgumentParser
 from data import BatchLoader, load_packed, make_splits
 from layout import DataError, check_output_path, write_json
-from model import CvTConfig, CvTSimplifiedEmbedding, config_from_state_dict, count_parameters
+from model import MODELS, count_parameters
 from predict import TOP_K, class_names_for, load_any_image, own_image_files, test_image_files, write_predictions
 from runtime import amp_dtype, autocast, resolve_device
-
-KEY_PREFIXES = ("model.", "_orig_mod.", "module.")  # Lightning, torch.compile, DDP
-
 
 @torch.no_grad()
 def evaluate(model, loader, device, dtype=None, pad_to=None, dist=None, num_classes=None):
@@ -87,82 +84,6 @@ def hits(top, y):
 def topk_correct(logits, y, k=5):
     """(top-1 hits, top-k hits) as a device tensor."""
     return hits(top_predictions(logits, k), y)
-
-
-REFUSED_PICKLE = ("it is a PyTorch file, but it holds pickled Python objects (such as a whole model saved with "
-                  "torch.save(model)), and loading those would run code from the file; save model.state_dict() "
-                  "instead, or a train.py checkpoint")
-
-
-def load_checkpoint(path):
-    """The checkpoint's dict, loaded without executing anything in it."""
-    if os.path.isdir(path):
-        raise DataError(f"{path} is a directory: give a checkpoint file, such as {os.path.join(path, 'best.pt')} "
-                        f"(or last.pt to resume)")
-    if not os.path.isfile(path):
-        raise DataError(f"no checkpoint at {path}")
-    if os.path.getsize(path) == 0:
-        raise DataError(f"{path} is empty (0 bytes): the file was not written completely; use another checkpoint")
-    try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as error:
-        if "Weights only load failed" in str(error):  # a real PyTorch file, refused for what it holds
-            raise DataError(f"cannot load {path}: {REFUSED_PICKLE}") from None
-        raise DataError(f"cannot load {path}: it is not a PyTorch checkpoint (or it is damaged)") from None
-    except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError) as error:
-        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        if isinstance(error, EOFError) or "central directory" in reason or "failed finding" in reason:
-            reason = "the file is truncated or damaged (an interrupted copy or download?)"
-        raise DataError(f"cannot load {path} as a checkpoint: {reason[:200]}") from None
-    except Exception as error:  # unpickling garbage raises anything (KeyError, IndexError, ...)
-        raise DataError(f"cannot load {path}: it is not a PyTorch checkpoint (or it is damaged: {type(error).__name__})") from None
-    if not isinstance(checkpoint, dict) or not ({"model", "state_dict"} & checkpoint.keys()):
-        raise DataError(f"{path} is not a model checkpoint (no 'model' or 'state_dict' entry)")
-    return checkpoint
-
-
-def plain_state_dict(state_dict):
-    """Strip Lightning's `model.`, torch.compile's `_orig_mod.` and DDP's `module.` prefixes."""
-    plain = {}
-    for key, value in state_dict.items():
-        for prefix in KEY_PREFIXES:
-            while key.startswith(prefix):
-                key = key[len(prefix) :]
-        plain[key] = value
-    return plain
-
-
-def model_from_checkpoint(checkpoint, path="checkpoint", use_ema=True):
-    """Rebuild the model from the checkpoint alone (config saved by train.py, or inferred): its
-    EMA weights when it has them (what train.py evaluated) unless use_ema is False."""
-    if use_ema and "ema" in checkpoint:
-        state_dict = checkpoint["ema"]["model"]
-    else:
-        state_dict = plain_state_dict(checkpoint.get("model") or checkpoint["state_dict"])
-    try:
-        config = CvTConfig(**checkpoint["model_config"]) if "model_config" in checkpoint else config_from_state_dict(state_dict)
-        model = CvTSimplifiedEmbedding(config)
-        model.load_state_dict(state_dict, strict=True)
-    except (KeyError, RuntimeError, TypeError, ValueError) as error:
-        raise DataError(f"{path} does not hold this project's model: {str(error).splitlines()[0][:200]}") from None
-    return model
-
-
-def class_difference(saved, classes):
-    """'' when the class lists agree, else a short description of how they differ."""
-    saved, classes = list(saved), list(classes)
-    if saved == classes:
-        return ""
-    if len(saved) != len(classes):
-        return f"{len(saved)} classes in the checkpoint, {len(classes)} in the data"
-    index = next(i for i, (a, b) in enumerate(zip(saved, classes)) if a != b)
-    return f"class {index} is {saved[index]} in the checkpoint, {classes[index]} in the data"
-
-
-def check_classes(checkpoint, classes, path):
-    saved = checkpoint.get("classes")
-    if saved is not None and class_difference(saved, classes):
-        raise DataError(f"{path} was trained on other classes than the prepared data: {class_difference(saved, classes)}")
 
 
 # ---------------------------------------------------------------- reports
@@ -227,7 +148,7 @@ def short_name(name):
 def print_report(m, show=5):
     print(f"{m['split']}: loss {m['loss']:.4f}  top-1 {m['top1']:.2%}  top-5 {m['top5']:.2%}  "
           f"macro-F1 {m['macro_f1']:.4f}  ({m['images']:,} images)")
-    print(f"model: {m['parameters']:,} parameters; inference {m['images_per_s']:,.0f} images/s "
+    print(f"model: {m['model']}, {m['parameters']:,} parameters; inference {m['images_per_s']:,.0f} images/s "
           f"(batch {m['batch_size']}, {m['device']}, {m['precision']}, after warm-up); "
           f"{m['peak_memory_what']} {m['peak_memory_mb']:,.0f} MB (+{m['peak_memory_added_by_evaluation_mb']:,.0f} MB during the evaluation)")
     scored = sorted((c for c in m["per_class"] if c["accuracy"] is not None), key=lambda c: (-c["accuracy"], c["wnid"]))
@@ -262,6 +183,9 @@ def predict_own_images(args, checkpoint, model, data_dir):
 def parse_args(argv):
     parser = ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("checkpoint", help="a .pt file written by train.py (or a Lightning .ckpt)")
+    parser.add_argument("--model", choices=tuple(MODELS),
+                        help="the architecture of a checkpoint that does not say (a Lightning .ckpt) when its "
+                             "parameter names cannot tell; the study's own checkpoints are recognised")
     parser.add_argument("--data-dir", help="prepared data (default: the one the checkpoint was trained on, else data)")
     parser.add_argument("--split", default="test", choices=("train", "val", "test"), help="the split to evaluate")
     parser.add_argument("--batch-size", type=int, default=256, help="images per forward pass")
@@ -292,7 +216,7 @@ def run(args):
         if path:  # before any work: an unwritable output must not waste an evaluation
             check_output_path(path, flag)
     checkpoint = load_checkpoint(args.checkpoint)
-    model = model_from_checkpoint(checkpoint, args.checkpoint, use_ema=args.ema)
+    model = model_from_checkpoint(checkpoint, args.checkpoint, use_ema=args.ema, model_name=args.model)
     data_dir = args.data_dir or checkpoint.get("config", {}).get("data_dir") or "data"
     if args.files:
         return predict_own_images(args, checkpoint, model, data_dir)
@@ -317,7 +241,7 @@ def run(args):
     memory_mb, memory_what = peak_memory(device)
     metrics = {
         "split": args.split, "checkpoint": args.checkpoint, "weights": "ema" if args.ema and "ema" in checkpoint else "trained",
-        **metrics, "macro_f1": report["macro_f1"], "parameters": count_parameters(model),
+        **metrics, "macro_f1": report["macro_f1"], "model": model.model_name, "parameters": count_parameters(model),
         "images_per_s": measure_throughput(model, first_batch, device, dtype), "batch_size": len(first_batch),
         "device": str(device), "precision": str(dtype).replace("torch.", "") if dtype else "fp32",
         "peak_memory_mb": memory_mb, "peak_memory_what": memory_what,

@@ -1,26 +1,69 @@
-"""The notebook's CvT with a convolutional token embedding (`CvTSimplifiedEmbedding`).
+"""The models: the notebook's CvT (the default), the study's CvT variants and CNN, and two
+baselines the study planned (a plain ViT and ResNet-18), behind one registry.
 
-A 7x7/4 convolution turns a 64x64 image into 16x16 = 256 tokens of 64 channels, two
-pre-norm transformer blocks (1-head attention, MLP ratio 4, GELU, dropout 0.1) mix them,
-and the mean token goes through a linear head. Parameter names and shapes are the
-notebook's, so its state_dict loads with strict=True; attention runs through
-F.scaled_dot_product_attention instead of nn.MultiheadAttention's slow path.
+    python model.py --list                          # every model: parameters, GFLOPs, token grids
+    python model.py --model cvt-original            # one model's modules, settings and cost
+    python model.py --model vit --depth 6           # ... with settings changed, as train.py takes them
 
-    python model.py                   # parameters and FLOPs per image (200 classes)
+Each model has a config dataclass with its defaults; `build_model(name, num_classes, **settings)`
+makes one. The study's models (../shared/reference/STUDY_MODELS.md) have its exact parameter
+names and shapes, so the study's state_dicts load with strict=True and give the same outputs.
+Attention runs through F.scaled_dot_product_attention and stochastic depth is torchvision's.
 """
-from dataclasses import asdict, dataclass
+import copy
+from dataclasses import asdict, dataclass, field, fields
 
 import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+import torchvision
 from einops import rearrange
+from torchvision.ops import StochasticDepth
+
+IMAGE_SIZE = 64  # Tiny ImageNet; the CNN's classifier and the ViT's position embeddings depend on it
+
+
+def conv_size(size, kernel, stride, padding):
+    """Output height (or width) of a convolution."""
+    return (size + 2 * padding - kernel) // stride + 1
 
 
 @dataclass
-class CvTConfig:
-    num_classes: int  # from the data (200 for Tiny ImageNet), never a constant
+class ModelConfig:
+    """What every config has. The class count comes from the data (200 for Tiny ImageNet)."""
+
+    num_classes: int
     in_channels: int = 3
+
+    def __post_init__(self):
+        for name in per_stage_fields(type(self)):  # a number or a list (JSON) where a tuple is meant
+            value = getattr(self, name)
+            setattr(self, name, tuple(value) if isinstance(value, (list, tuple)) else (value,))
+
+    def stages(self, count=None):
+        """The number of stages (count, or the longest per-stage setting), broadcasting one-value
+        settings to it: --depth 1 means one block in every stage."""
+        names = per_stage_fields(type(self))
+        count = count or max(len(getattr(self, name)) for name in names)
+        for name in names:
+            value = getattr(self, name)
+            if len(value) == 1:
+                setattr(self, name, value * count)
+            elif len(value) != count:
+                raise ValueError(f"--{name.replace('_', '-')} has {len(value)} values for {count} stages: give one, "
+                                 f"or one per stage")
+        return count
+
+
+def per_stage_fields(config_class):
+    return [f.name for f in fields(config_class) if f.type is tuple]
+
+
+@dataclass
+class CvTConfig(ModelConfig):
+    """cvt-simplified: the notebook's CvTSimplifiedEmbedding."""
+
     embed_dim: int = 64
     depth: int = 2
     num_heads: int = 1
@@ -29,6 +72,67 @@ class CvTConfig:
     patch_size: int = 7
     stride: int = 4
     padding: int = 3
+
+
+@dataclass
+class ConvEmbedCvTConfig(ModelConfig):
+    """cvt-conv-embed and cvt-enhanced-conv-embed: one conv embedding, then stages of blocks
+    at one width and one token grid."""
+
+    embed_dim: int = 192
+    depth: tuple = (1, 2, 10)  # blocks per stage
+    num_heads: int = 3
+    mlp_ratio: float = 4.0
+    patch_size: int = 5  # the embedding's kernel (padding: kernel // 2)
+    stride: int = 2
+    dropout: float = 0.0  # after the embedding, on attention weights, projections and MLPs
+    drop_path: float = 0.1  # stochastic depth of every residual branch
+    enhanced_embedding: bool = False  # two convs sharing one LayerNorm
+
+
+@dataclass
+class StagedCvTConfig(ModelConfig):
+    """cvt-recurrent and cvt-original: three stages, each with its own conv embedding."""
+
+    embed_dim: tuple = (64, 192, 384)
+    depth: tuple = (1, 2, 10)
+    num_heads: tuple = (1, 3, 6)
+    patch_size: tuple = (5, 3, 3)
+    stride: tuple = (2, 2, 1)
+    mlp_ratio: float = 4.0
+    dropout: float = 0.0
+    drop_path: float = 0.1
+    enhanced_embedding: bool = True
+    conv_projection: bool = False  # depthwise conv -> BatchNorm -> pointwise conv before q, k and v
+
+
+@dataclass
+class CNNConfig(ModelConfig):
+    """cnn: the study's TinyImageNetCNN."""
+
+    channels: tuple = (64, 128, 256, 512)  # one block (two convs and a 2x2 max-pool) per value
+    hidden_dim: int = 1024
+    dropout: float = 0.5
+
+
+@dataclass
+class ViTConfig(ModelConfig):
+    """vit: a plain ViT at the size Lee et al. (2021) train on Tiny ImageNet (~2.8M parameters)."""
+
+    patch_size: int = 8
+    embed_dim: int = 192
+    depth: int = 9
+    num_heads: int = 12
+    mlp_ratio: float = 2.0
+    dropout: float = 0.0
+    drop_path: float = 0.1  # the deepest block's rate; it grows linearly from 0 (DeiT, timm)
+
+
+@dataclass
+class ResNetConfig(ModelConfig):
+    """resnet18: torchvision's ResNet-18 with a 64x64 stem. Its widths are torchvision's."""
+
+    depth: tuple = (2, 2, 2, 2)  # BasicBlocks per stage
 
 
 @torch.library.custom_op("cvt::dropout_mask", mutates_args=())
@@ -72,6 +176,28 @@ class Dropout(nn.Dropout):
         return dropout(x, self.p, self.training)
 
 
+def split_heads(x, num_heads):
+    """(batch, tokens, heads * d) -> (batch, heads, tokens, d): heads are contiguous channel groups."""
+    return rearrange(x, "b t (h d) -> b h t d", h=num_heads)
+
+
+def merge_heads(x):
+    return rearrange(x, "b h t d -> b t (h d)")
+
+
+def attend(q, k, v, p, training):
+    """softmax(q k^T / sqrt(d)) v per head, with dropout p on the attention weights in training.
+    F.scaled_dot_product_attention, except in CPU training with dropout: there SDPA takes its
+    math path with a slow dropout, so the same math runs here with the fast mask."""
+    if training and p > 0 and not q.is_cuda:
+        weights = torch.softmax((q * q.shape[-1] ** -0.5) @ k.transpose(-2, -1), dim=-1)
+        return dropout(weights, p, training=True) @ v
+    return F.scaled_dot_product_attention(q, k, v, dropout_p=p if training else 0.0)
+
+
+# ---------------------------------------------------------------- cvt-simplified: the notebook's model
+
+
 class EmbeddingBlock(nn.Module):
     """Convolution to embed_dim channels, then one token per output pixel, layer-normed."""
 
@@ -107,15 +233,8 @@ class SelfAttention(nn.Module):
 
     def forward(self, x):
         q, k, v = F.linear(x, self.in_proj_weight, self.in_proj_bias).chunk(3, dim=-1)
-        q, k, v = (rearrange(t, "b n (h d) -> b h n d", h=self.num_heads) for t in (q, k, v))
-        if self.training and self.dropout > 0 and not x.is_cuda:
-            # CPU training: SDPA would take its math path with a slow dropout; the same math here
-            # uses the fast mask. Dropout acts on the attention weights, as in nn.MultiheadAttention.
-            weights = torch.softmax((q * q.shape[-1] ** -0.5) @ k.transpose(-2, -1), dim=-1)
-            x = dropout(weights, self.dropout, training=True) @ v
-        else:
-            x = F.scaled_dot_product_attention(q, k, v, dropout_p=self.dropout if self.training else 0.0)
-        return self.out_proj(rearrange(x, "b h n d -> b n (h d)"))
+        x = attend(*(split_heads(t, self.num_heads) for t in (q, k, v)), self.dropout, self.training)
+        return self.out_proj(merge_heads(x))
 
 
 class TransformerBlock(nn.Module):
@@ -139,6 +258,8 @@ class TransformerBlock(nn.Module):
 
 
 class CvTSimplifiedEmbedding(nn.Module):
+    """cvt-simplified: the seed notebook's model."""
+
     def __init__(self, config):
         super().__init__()
         self.config = config
@@ -151,9 +272,397 @@ class CvTSimplifiedEmbedding(nn.Module):
         x = self.transformer_blocks(self.embedding(x))
         return self.head(x.transpose(1, 2))
 
+    def token_grids(self):
+        c = self.config
+        return [(conv_size(IMAGE_SIZE, c.patch_size, c.stride, c.padding),) * 2]
+
+
+
+
+# ---------------------------------------------------------------- the study's CvT variants
+
+
+def to_tokens(x):
+    return rearrange(x, "b c h w -> b (h w) c")
+
+
+def to_map(x, grid):
+    return rearrange(x, "b (h w) c -> b c h w", h=grid[0], w=grid[1])
+
+
+class ConvEmbedding(nn.Module):
+    """Conv2d(kernel, stride, padding kernel // 2) -> tokens -> LayerNorm. Returns (tokens, grid)."""
+
+    def __init__(self, in_channels, dim, kernel, stride):
+        super().__init__()
+        self.proj = nn.Conv2d(in_channels, dim, kernel, stride, kernel // 2)
+        self.norm = nn.LayerNorm(dim)
+
+    def forward(self, x):
+        x = self.proj(x)
+        return self.norm(to_tokens(x)), x.shape[-2:]
+
+
+class EnhancedConvEmbedding(nn.Module):
+    """The study's enhanced embedding: proj1 -> tokens -> norm -> map -> proj2 (stride 1) ->
+    tokens -> the same norm again (one LayerNorm used twice, as in the study's code)."""
+
+    def __init__(self, in_channels, dim, kernel, stride):
+        super().__init__()
+        self.proj1 = nn.Conv2d(in_channels, dim, kernel, stride, kernel // 2)
+        self.proj2 = nn.Conv2d(dim, dim, kernel, 1, kernel // 2)
+        self.norm = nn.LayerNorm(dim)
+
+    def forward(self, x):
+        x = self.proj1(x)
+        grid = x.shape[-2:]
+        x = self.proj2(to_map(self.norm(to_tokens(x)), grid))
+        return self.norm(to_tokens(x)), grid
+
+
+class ConvProjection(nn.Module):
+    """cvt-original's projection of the token map before q, k or v: depthwise 3x3 (stride 1,
+    unlike Microsoft's CvT, which strides k and v) -> BatchNorm -> pointwise 1x1."""
+
+    def __init__(self, dim):
+        super().__init__()
+        self.depthwise_conv = nn.Conv2d(dim, dim, 3, 1, 1, groups=dim)
+        self.bn = nn.BatchNorm2d(dim)
+        self.pointwise_conv = nn.Conv2d(dim, dim, 1)
+
+    def forward(self, x, grid):
+        return to_tokens(self.pointwise_conv(self.bn(self.depthwise_conv(to_map(x, grid)))))
+
+
+class Block(nn.Module):
+    """The study's pre-norm transformer block (also the ViT's): bias-free q/k/v projections,
+    optionally after convolutional projections, SDPA attention, an MLP, and stochastic depth
+    on both residual branches."""
+
+    def __init__(self, dim, num_heads, mlp_ratio=4.0, dropout=0.0, drop_path=0.0, conv_projection=False):
+        super().__init__()
+        if dim % num_heads:
+            raise ValueError(f"width {dim} is not divisible by {num_heads} heads")
+        self.num_heads, self.dropout, self.conv_projection = num_heads, dropout, conv_projection
+        self.norm1 = nn.LayerNorm(dim)
+        if conv_projection:
+            self.proj_q_conv, self.proj_k_conv, self.proj_v_conv = (ConvProjection(dim) for _ in range(3))
+        self.proj_q, self.proj_k, self.proj_v = (nn.Linear(dim, dim, bias=False) for _ in range(3))
+        self.proj = nn.Linear(dim, dim)
+        self.proj_drop = Dropout(dropout)
+        self.norm2 = nn.LayerNorm(dim)
+        hidden_dim = int(dim * mlp_ratio)
+        self.mlp = nn.Sequential(nn.Linear(dim, hidden_dim), nn.GELU(), Dropout(dropout), nn.Linear(hidden_dim, dim), Dropout(dropout))
+        self.drop_path = StochasticDepth(drop_path, "row")
+
+    def forward(self, x, grid=None):
+        """x: (batch, tokens, dim); grid: the tokens' (height, width), needed by conv projections."""
+        h = self.norm1(x)
+        q = k = v = h
+        if self.conv_projection:
+            q, k, v = self.proj_q_conv(h, grid), self.proj_k_conv(h, grid), self.proj_v_conv(h, grid)
+        q, k, v = (split_heads(t, self.num_heads) for t in (self.proj_q(q), self.proj_k(k), self.proj_v(v)))
+        attention = merge_heads(attend(q, k, v, self.dropout, self.training))
+        x = x + self.drop_path(self.proj_drop(self.proj(attention)))
+        return x + self.drop_path(self.mlp(self.norm2(x)))
+
+
+class Stage(nn.Module):
+    """An optional conv embedding (map -> tokens), a dropout, then blocks."""
+
+    def __init__(self, embed, blocks, dropout):
+        super().__init__()
+        self.embed = embed
+        self.dropout = Dropout(dropout)
+        self.blocks = nn.ModuleList(blocks)
+
+    def forward(self, x, grid=None):
+        if self.embed is not None:
+            x, grid = self.embed(x)
+        x = self.dropout(x)
+        for block in self.blocks:
+            x = block(x, grid)
+        return x, grid
+
+
+def embedding_class(enhanced):
+    return EnhancedConvEmbedding if enhanced else ConvEmbedding
+
+
+class CvTConvEmbedding(nn.Module):
+    """cvt-conv-embed (CvTConvolutionalEmbedding) and, with the enhanced embedding,
+    cvt-enhanced-conv-embed: one conv embedding (64x64 -> 32x32 tokens), then every stage's
+    blocks at that width and grid; LayerNorm, mean over tokens, linear head."""
+
+    def __init__(self, config):
+        super().__init__()
+        self.config = c = config
+        c.stages()
+        self.conv_embed = embedding_class(c.enhanced_embedding)(c.in_channels, c.embed_dim, c.patch_size, c.stride)
+        for index, depth in enumerate(c.depth, 1):
+            blocks = [Block(c.embed_dim, c.num_heads, c.mlp_ratio, c.dropout, c.drop_path) for _ in range(depth)]
+            self.add_module(f"stage{index}", Stage(None, blocks, c.dropout))
+        self.norm = nn.LayerNorm(c.embed_dim)
+        self.head = nn.Linear(c.embed_dim, c.num_classes)
+
+    def forward(self, x):
+        x, grid = self.conv_embed(x)
+        for index in range(len(self.config.depth)):
+            x, grid = getattr(self, f"stage{index + 1}")(x, grid)
+        return self.head(self.norm(x).mean(dim=1))
+
+    def token_grids(self):
+        c = self.config
+        size = conv_size(IMAGE_SIZE, c.patch_size, c.stride, c.patch_size // 2)
+        return [(size, size)] * len(c.depth)
+
+
+class CvTStaged(nn.Module):
+    """cvt-recurrent (CvTEnhancedRecurrentConvolutionalEmbedding: enhanced embeddings) and
+    cvt-original (CvTOriginal: single-conv embeddings, convolutional q/k/v projections): each
+    stage embeds the previous stage's token map with its own convs, then runs its blocks."""
+
+    def __init__(self, config):
+        super().__init__()
+        self.config = c = config
+        in_channels = c.in_channels
+        for index in range(c.stages()):
+            dim = c.embed_dim[index]
+            embed = embedding_class(c.enhanced_embedding)(in_channels, dim, c.patch_size[index], c.stride[index])
+            blocks = [Block(dim, c.num_heads[index], c.mlp_ratio, c.dropout, c.drop_path, c.conv_projection)
+                      for _ in range(c.depth[index])]
+            self.add_module(f"stage{index + 1}", Stage(embed, blocks, c.dropout))
+            in_channels = dim
+        self.norm = nn.LayerNorm(in_channels)
+        self.head = nn.Linear(in_channels, c.num_classes)
+
+    def forward(self, x):
+        *first, last = (getattr(self, f"stage{index + 1}") for index in range(len(self.config.depth)))
+        for stage in first:
+            x = to_map(*stage(x))  # the next stage embeds the token map
+        x, _ = last(x)
+        return self.head(self.norm(x).mean(dim=1))
+
+    def token_grids(self):
+        c, size, grids = self.config, IMAGE_SIZE, []
+        for kernel, stride in zip(c.patch_size, c.stride):
+            size = conv_size(size, kernel, stride, kernel // 2)
+            grids.append((size, size))
+        return grids
+
+
+# ---------------------------------------------------------------- the study's CNN
+
+
+class ConvBlock(nn.Module):
+    """[conv3x3 -> BatchNorm -> ReLU] x 2, then a 2x2 max-pool (keys block.0, .1, .3, .4)."""
+
+    def __init__(self, in_channels, channels):
+        super().__init__()
+        self.block = nn.Sequential(
+            nn.Conv2d(in_channels, channels, 3, padding=1), nn.BatchNorm2d(channels), nn.ReLU(inplace=True),
+            nn.Conv2d(channels, channels, 3, padding=1), nn.BatchNorm2d(channels), nn.ReLU(inplace=True),
+            nn.MaxPool2d(2),
+        )
+
+    def forward(self, x):
+        return self.block(x)
+
+
+class TinyImageNetCNN(nn.Module):
+    """cnn: the study's TinyImageNetCNN, conv blocks of 64/128/256/512 channels, then a
+    two-layer classifier on the flattened 4x4 map."""
+
+    def __init__(self, config):
+        super().__init__()
+        self.config = c = config
+        widths = (c.in_channels, *c.channels)
+        self.features = nn.Sequential(*[ConvBlock(a, b) for a, b in zip(widths, widths[1:])])
+        side = IMAGE_SIZE >> len(c.channels)
+        if side < 1:
+            raise ValueError(f"{len(c.channels)} blocks halve a {IMAGE_SIZE}x{IMAGE_SIZE} image to nothing")
+        self.classifier = nn.Sequential(
+            nn.Flatten(), nn.Linear(c.channels[-1] * side * side, c.hidden_dim), nn.ReLU(inplace=True),
+            Dropout(c.dropout), nn.Linear(c.hidden_dim, c.num_classes),
+        )
+
+    def forward(self, x):
+        return self.classifier(self.features(x))
+
+    def token_grids(self):
+        return [(IMAGE_SIZE >> i, IMAGE_SIZE >> i) for i in range(1, len(self.config.channels) + 1)]
+
+
+# ---------------------------------------------------------------- baselines: ViT and ResNet-18
+
+
+class ViT(nn.Module):
+    """A plain ViT: 8x8 patches embedded by a strided conv, a class token, learned position
+    embeddings, pre-norm blocks (the study's Block: bias-free q/k/v), and the class token's
+    LayerNorm'ed output through a linear head. timm's initialisation (truncated normal 0.02)."""
+
+    no_weight_decay = ("cls_token", "pos_embed")  # as in timm and DeiT
+
+    def __init__(self, config):
+        super().__init__()
+        self.config = c = config
+        tokens = (IMAGE_SIZE // c.patch_size) ** 2
+        self.patch_embed = nn.Conv2d(c.in_channels, c.embed_dim, c.patch_size, c.patch_size)
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, c.embed_dim))
+        self.pos_embed = nn.Parameter(torch.zeros(1, tokens + 1, c.embed_dim))
+        self.dropout = Dropout(c.dropout)
+        rates = [c.drop_path * i / max(c.depth - 1, 1) for i in range(c.depth)]
+        self.blocks = nn.ModuleList(Block(c.embed_dim, c.num_heads, c.mlp_ratio, c.dropout, rate) for rate in rates)
+        self.norm = nn.LayerNorm(c.embed_dim)
+        self.head = nn.Linear(c.embed_dim, c.num_classes)
+        self.apply(self.initialise)
+        nn.init.trunc_normal_(self.pos_embed, std=0.02)
+        nn.init.trunc_normal_(self.cls_token, std=0.02)
+
+    @staticmethod
+    def initialise(module):
+        if isinstance(module, nn.Linear):
+            nn.init.trunc_normal_(module.weight, std=0.02)
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
+
+    def forward(self, x):
+        x = to_tokens(self.patch_embed(x))
+        x = torch.cat([self.cls_token.expand(len(x), -1, -1), x], dim=1)
+        x = self.dropout(x + self.pos_embed)
+        for block in self.blocks:
+            x = block(x)
+        return self.head(self.norm(x[:, 0]))
+
+    def token_grids(self):
+        side = IMAGE_SIZE // self.config.patch_size
+        return [(side, side)]  # plus the class token
+
+
+class ResNet18(torchvision.models.ResNet):
+    """resnet18: torchvision's ResNet-18 (its BasicBlocks, keys and initialisation) with the usual
+    stem for 64x64 images: a 3x3 stride-1 first conv and no max-pool (as for CIFAR)."""
+
+    def __init__(self, config):
+        config.stages(count=4)
+        if len(config.depth) != 4:
+            raise ValueError(f"depth needs 4 values (blocks in each of ResNet's four stages), got {len(config.depth)}")
+        super().__init__(torchvision.models.resnet.BasicBlock, list(config.depth), num_classes=config.num_classes)
+        self.config = config
+        self.conv1 = nn.Conv2d(config.in_channels, 64, kernel_size=3, stride=1, padding=1, bias=False)
+        nn.init.kaiming_normal_(self.conv1.weight, mode="fan_out", nonlinearity="relu")  # as torchvision's
+        self.maxpool = nn.Identity()
+
+    def token_grids(self):
+        return [(IMAGE_SIZE >> i, IMAGE_SIZE >> i) for i in range(4)]
+
+
+# ---------------------------------------------------------------- the registry
+
+
+@dataclass(frozen=True)
+class Entry:
+    model: type  # an nn.Module class taking the config
+    config: type  # its config dataclass
+    about: str
+    defaults: dict = field(default_factory=dict)  # what makes this entry of a shared config class
+
+
+MODELS = {
+    "cvt-simplified": Entry(CvTSimplifiedEmbedding, CvTConfig, "the notebook's CvT: conv 7/4 embedding, 2 blocks at width 64"),
+    "cvt-conv-embed": Entry(CvTConvEmbedding, ConvEmbedCvTConfig, "study: conv embedding (k5 s2), 13 blocks at width 192"),
+    "cvt-enhanced-conv-embed": Entry(CvTConvEmbedding, ConvEmbedCvTConfig, "study: as cvt-conv-embed with a two-conv embedding",
+                                     {"enhanced_embedding": True}),
+    "cvt-recurrent": Entry(CvTStaged, StagedCvTConfig, "study: 3 stages (64/192/384), each with a two-conv embedding"),
+    "cvt-original": Entry(CvTStaged, StagedCvTConfig, "study: 3 stages with one-conv embeddings and conv q/k/v projections",
+                          {"enhanced_embedding": False, "conv_projection": True}),
+    "cnn": Entry(TinyImageNetCNN, CNNConfig, "study: 4 VGG-style conv blocks (64-512 channels), 2-layer classifier"),
+    "vit": Entry(ViT, ViTConfig, "baseline: plain ViT, patch 8, width 192, 9 blocks, 12 heads, class token"),
+    "resnet18": Entry(ResNet18, ResNetConfig, "baseline: torchvision ResNet-18, 3x3 stride-1 stem, no max-pool"),
+}
+DEFAULT_MODEL = "cvt-simplified"
+# Every setting any model has, each a flag of train.py and model.py (--embed-dim, --depth, ...).
+SETTINGS = sorted({f.name for entry in MODELS.values() for f in fields(entry.config)} - {"num_classes", "in_channels"})
+
+
+def settings_of(name):
+    return [f.name for f in fields(MODELS[name].config) if f.name not in ("num_classes", "in_channels")]
+
+
+def parse_setting(config_class, name, text):
+    """A command-line value for a config field: '1,2,10' for per-stage settings, true/false, numbers."""
+    kind = {f.name: f.type for f in fields(config_class)}[name]
+    try:
+        if kind is bool:
+            return {"true": True, "1": True, "yes": True, "false": False, "0": False, "no": False}[text.lower()]
+        if kind is tuple:
+            return tuple(int(part) for part in text.split(","))
+        return kind(text)
+    except (KeyError, ValueError):
+        expected = {bool: "true or false", tuple: "integers separated by commas", int: "an integer"}.get(kind, "a number")
+        raise ValueError(f"--{name.replace('_', '-')} takes {expected}, got {text!r}") from None
+
+
+def check_ranges(config):
+    for name, value in asdict(config).items():
+        values = value if isinstance(value, tuple) else (value,)
+        if name in ("dropout", "drop_path"):
+            ok, need = all(0 <= v < 1 for v in values), "in [0, 1)"
+        elif name == "padding":
+            ok, need = all(v >= 0 for v in values), "at least 0"
+        elif isinstance(value, bool):
+            continue
+        else:
+            ok, need = all(v > 0 for v in values), "positive"
+        if not ok:
+            raise ValueError(f"--{name.replace('_', '-')} must be {need}, got {value}")
+
+
+def make_config(name, num_classes, **settings):
+    """The config of model `name` with its defaults, changed by settings (values, or strings as
+    given on the command line). ValueError names a setting the model does not have or a bad value."""
+    if name not in MODELS:
+        raise ValueError(f"unknown model {name!r}; the models: {', '.join(MODELS)}")
+    entry = MODELS[name]
+    unknown = sorted(set(settings) - set(settings_of(name)))
+    if unknown:
+        flags = lambda names: ", ".join(f"--{n.replace('_', '-')}" for n in names)  # noqa: E731
+        raise ValueError(f"{name} has no setting {flags(unknown)}; its settings: {flags(settings_of(name))}")
+    values = {key: parse_setting(entry.config, key, value) if isinstance(value, str) else value for key, value in settings.items()}
+    config = entry.config(num_classes=num_classes, **{**entry.defaults, **values})
+    check_ranges(config)
+    return config
+
+
+def changed_settings(name, values):
+    """{setting: value} of the settings in values (a saved config) that differ from model name's
+    defaults; values may come from JSON (lists for tuples)."""
+    defaults = asdict(make_config(name, values.get("num_classes", 200)))
+    plain = {key: tuple(value) if isinstance(value, list) else value for key, value in values.items()}
+    return {key: value for key, value in plain.items() if key in settings_of(name) and value != defaults[key]}
+
+
+def describe_settings(settings):
+    """'depth 1,1,1, drop-path 0' for {"depth": (1, 1, 1), "drop_path": 0.0}."""
+    text = lambda value: ",".join(map(str, value)) if isinstance(value, tuple) else f"{value:g}" if isinstance(value, float) else str(value)  # noqa: E731
+    return ", ".join(f"{key.replace('_', '-')} {text(value)}" for key, value in settings.items())
+
+
+def build_model(name, num_classes=None, config=None, **settings):
+    """Model `name` with its default config changed by settings, or with the config given."""
+    config = config if config is not None else make_config(name, num_classes, **settings)
+    model = MODELS[name].model(config)
+    model.model_name = name  # what checkpoints record with the config
+    return model
+
+
+
+# ---------------------------------------------------------------- costs and the command line
+
 
 def config_from_state_dict(state_dict):
-    """Rebuild the config of a checkpoint that carries none (the notebook's Lightning run)."""
+    """The cvt-simplified config of a checkpoint that carries none (the notebook's Lightning
+    run), from the shapes: width, depth, MLP ratio and kernel (heads cannot be read off)."""
     depth = 1 + max(int(key.split(".")[1]) for key in state_dict if key.startswith("transformer_blocks."))
     embed_dim, in_channels, patch_size, _ = state_dict["embedding.proj.weight"].shape
     hidden_dim = state_dict["transformer_blocks.0.mlp.0.weight"].shape[0]
@@ -171,11 +680,14 @@ def count_parameters(model):
     return sum(p.numel() for p in model.parameters())
 
 
-def flops_per_image(model, image_size=64, backward=False):
-    """Matmul/conv FLOPs for one image, counted by torch's FlopCounterMode."""
+def flops_per_image(model, backward=False):
+    """Matmul/conv FLOPs for one 64x64 image, counted by torch's FlopCounterMode (forward in
+    eval mode; with backward, forward and backward in training mode). Counted on a copy on the
+    meta device: no time, and attention is counted (the CPU's fused SDPA kernel is not)."""
     from torch.utils.flop_counter import FlopCounterMode
 
-    x = torch.randn(1, model.config.in_channels, image_size, image_size)
+    model = copy.deepcopy(model).to("meta").train(backward)
+    x = torch.randn(1, model.config.in_channels, IMAGE_SIZE, IMAGE_SIZE, device="meta")
     with FlopCounterMode(display=False) as counter:
         out = model(x)
         if backward:
@@ -183,18 +695,84 @@ def flops_per_image(model, image_size=64, backward=False):
     return counter.get_total_flops()
 
 
+def describe_grids(model):
+    """'16x16' or '32x32, 16x16, 16x16': the token (or feature map) grid of each stage."""
+    grids = [f"{h}x{w}" for h, w in model.token_grids()]
+    return grids[0] if len(set(grids)) == 1 and len(grids) == 1 else ", ".join(grids)
+
+
+def cost_row(name, num_classes=200, **settings):
+    """{name, parameters, gflops, grids} of a model, built on the meta device (no memory, no time)."""
+    with torch.device("meta"):
+        model = build_model(name, num_classes, **settings)
+    return {"name": name, "parameters": count_parameters(model), "gflops": flops_per_image(model) / 1e9,
+            "grids": describe_grids(model)}
+
+
+def print_list(num_classes):
+    rows = [cost_row(name, num_classes) for name in MODELS]
+    print(f"{'model':<24} {'parameters':>12} {'GFLOPs':>7}  {'token grid per stage':<26} about")
+    for row in rows:
+        print(f"{row['name']:<24} {row['parameters']:>12,} {row['gflops']:>7.3f}  {row['grids']:<26} {MODELS[row['name']].about}")
+    print(f"GFLOPs: forward, one {IMAGE_SIZE}x{IMAGE_SIZE} image, counted by torch.utils.flop_counter "
+          f"(a multiply-add is 2 FLOPs); {num_classes} classes")
+
+
+def add_setting_flags(parser):
+    """One flag per model setting (--embed-dim, --depth, ...): the value is checked against the
+    chosen model's config; per-stage settings take one value or one per stage (1,2,10)."""
+    group = parser.add_argument_group(
+        "model settings (defaults: the chosen model's, see `python model.py --model NAME`; a flag the model "
+        "lacks is refused)")
+    for name in SETTINGS:
+        group.add_argument(f"--{name.replace('_', '-')}", metavar="VALUE", help=SETTING_HELP.get(name))
+    return group
+
+
+SETTING_HELP = {
+    "embed_dim": "token width (per stage for staged models)",
+    "depth": "transformer blocks (per stage: 1,2,10), or ResNet blocks per stage",
+    "num_heads": "attention heads (per stage for staged models)",
+    "mlp_ratio": "MLP hidden width / token width",
+    "dropout": "dropout rate",
+    "drop_path": "stochastic depth rate",
+    "patch_size": "embedding kernel (ViT: patch side)",
+    "stride": "embedding stride",
+    "padding": "embedding padding (cvt-simplified)",
+    "channels": "CNN channels per block (64,128,256,512)",
+    "hidden_dim": "CNN classifier hidden width",
+    "enhanced_embedding": "true: two convs sharing one LayerNorm; false: one conv",
+    "conv_projection": "true: depthwise conv -> BatchNorm -> pointwise before q, k, v (cvt-original)",
+}
+
+
+def given_settings(args):
+    """{setting: text} of the setting flags given on the command line."""
+    return {name: getattr(args, name) for name in SETTINGS if getattr(args, name) is not None}
+
+
 def main(argv=None):
     from cli import ArgumentParser
 
-    parser = ArgumentParser(description="Print the model's size and cost.")
+    parser = ArgumentParser(description="Print the models' sizes and costs.")
+    parser.add_argument("--list", action="store_true", help="one row per model: parameters, GFLOPs, token grids")
+    parser.add_argument("--model", default=DEFAULT_MODEL, choices=tuple(MODELS), help="the model to show")
     parser.add_argument("--num-classes", type=int, default=200, help="200 for Tiny ImageNet")
+    add_setting_flags(parser)
     args = parser.parse_args(argv)
-    model = CvTSimplifiedEmbedding(CvTConfig(num_classes=args.num_classes))
+    if args.list:
+        return print_list(args.num_classes)
+    try:
+        model = build_model(args.model, args.num_classes, **given_settings(args))
+    except ValueError as error:
+        parser.error(str(error))
     print(model)
+    print(f"{args.model}: {MODELS[args.model].about}")
     print(f"config: {asdict(model.config)}")
     print(f"parameters: {count_parameters(model):,}")
-    print(f"FLOPs per 64x64 image: {flops_per_image(model) / 1e6:.1f} M forward, "
-          f"{flops_per_image(model, backward=True) / 1e6:.1f} M forward + backward")
+    print(f"token grid per stage: {describe_grids(model)}")
+    print(f"FLOPs per {IMAGE_SIZE}x{IMAGE_SIZE} image: {flops_per_image(model) / 1e9:.3f} G forward, "
+          f"{flops_per_image(model, backward=True) / 1e9:.3f} G forward + backward")
 
 
 if __name__ == "__main__":

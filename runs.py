@@ -15,6 +15,7 @@ import sys
 from cli import ArgumentParser, exit_quietly_on_ctrl_c, resume_command
 from curves import read_metrics
 from layout import DataError, read_json
+from model import DEFAULT_MODEL, CvTConfig, changed_settings, describe_settings
 
 COLUMNS = ("run", "model", "recipe", "epochs", "best val top-1", "test top-1", "state")
 
@@ -83,16 +84,27 @@ def describe_run(run_dir):
     state = run_state(run_dir)
     # test results belong to a finished run (an extended run still holds the shorter run's)
     test = (read_json(os.path.join(run_dir, "test_metrics.json")) or {}).get("final") if state == "finished" else None
-    size = f"d{config.get('embed_dim')}x{config.get('depth')}" if "embed_dim" in config else ""
     return {
         "run": run_dir,
-        "model": f"{config.get('model', 'cvt-simplified')} {size}".strip(),
+        "model": describe_model(config),
         "recipe": config.get("recipe", "?"),
         "epochs": f"{done}/{config.get('epochs', '?')}",
         "best val top-1": f"{best[0]:.2%} (epoch {int(best[2])})" if best else "-",
         "test top-1": f"{test['top1']:.2%}" if test else "-",
         "state": state,
     }
+
+
+def describe_model(config):
+    """'vit' or 'vit (depth 6, drop-path 0.2)': the model and the settings it changed."""
+    name = config.get("model", DEFAULT_MODEL)
+    # runs from before the model registry saved the notebook model's settings as flags
+    saved = config.get("model_config") or {key: config[key] for key in CvTConfig.__dataclass_fields__ if key in config}
+    try:
+        changed = changed_settings(name, saved)
+    except (ValueError, TypeError):  # a model or setting this version does not know
+        return name
+    return f"{name} ({describe_settings(changed)})" if changed else name
 
 
 def markdown_table(rows):

@@ -1,7 +1,9 @@
-"""Train the CvT on prepared Tiny ImageNet with a plain PyTorch loop.
+"""Train a model on prepared Tiny ImageNet with a plain PyTorch loop.
 
-    python train.py --epochs 10                      # the notebook's recipe: Adam, lr 1e-3, batch 64
+    python train.py --epochs 10                      # the notebook's model and recipe: Adam, lr 1e-3, batch 64
     python train.py --epochs 10 --recipe improved    # AdamW, warm-up + cosine, ... (recipe.py)
+    python train.py --model cnn --recipe study       # any model of `python model.py --list`
+    python train.py --model vit --depth 6 --drop-path 0.2   # with its settings changed
     python train.py --resume runs/<name>/last.pt     # continue a run, with its own settings
 
 Each run writes to its own directory: config.json, metrics.csv (one row per epoch, written
@@ -33,9 +35,19 @@ from torch.nn.parallel import DistributedDataParallel
 from cli import ArgumentParser, progress_bar, resume_command, shell_command
 from curves import draw_curves_or_explain
 from data import BatchLoader, load_packed, make_splits
-from evaluate import class_difference, evaluate, load_checkpoint, model_from_checkpoint, topk_correct
-from layout import DataError, ensure_dir, write_atomically, write_csv, write_json
-from model import CvTConfig, CvTSimplifiedEmbedding
+from checkpoint import class_difference, load_checkpoint, model_entries, model_from_checkpoint, save_checkpoint
+from evaluate import evaluate, topk_correct
+from layout import DataError, ensure_dir, write_csv, write_json
+from model import (
+    DEFAULT_MODEL,
+    MODELS,
+    SETTINGS,
+    add_setting_flags,
+    build_model,
+    count_parameters,
+    given_settings,
+    parse_setting,
+)
 from recipe import EMA, PRESETS, RECIPE_FLAGS, LRSchedule, Updater, build_optimizer
 from runtime import (
     Distributed,
@@ -58,7 +70,7 @@ class TrainingError(Exception):
     """Training cannot go on (e.g. the loss diverged); reported as one line, exit code 1."""
 
 
-RUN_DEFINING = ("batch_size", "embed_dim", "depth", "num_heads", "mlp_ratio", "dropout", "seed", "recipe", *RECIPE_FLAGS)
+RUN_DEFINING = ("batch_size", "seed", "recipe", *RECIPE_FLAGS)  # the model and its settings: from the checkpoint
 
 
 def build_parser(add_help=True):
@@ -67,12 +79,10 @@ def build_parser(add_help=True):
     data.add_argument("--data-dir", default="data", help="prepared by prepare_data.py")
     data.add_argument("--batch-size", type=int, default=64, help="images per optimizer step, over all processes")
     data.add_argument("--eval-batch-size", type=int, default=256, help="images per batch in validation and test")
-    model = parser.add_argument_group("model (defaults: the notebook's)")
-    model.add_argument("--embed-dim", type=int, default=64, help="token width")
-    model.add_argument("--depth", type=int, default=2, help="transformer blocks")
-    model.add_argument("--num-heads", type=int, default=1, help="attention heads")
-    model.add_argument("--mlp-ratio", type=float, default=4.0, help="MLP hidden width / token width")
-    model.add_argument("--dropout", type=float, default=0.1, help="dropout rate")
+    model = parser.add_argument_group("model")
+    model.add_argument("--model", default=DEFAULT_MODEL, choices=tuple(MODELS),
+                       help="cvt-simplified: the notebook's; `python model.py --list` shows them all")
+    add_setting_flags(parser)
     optim = parser.add_argument_group("recipe (the defaults shown are those of the --recipe given, seed (the "
                                       "notebook's) if none; explicit flags override them)")
     optim.add_argument("--recipe", default="seed", choices=tuple(PRESETS),
@@ -105,6 +115,9 @@ def build_parser(add_help=True):
     system.add_argument("--run-dir", help="output directory (default: runs/<date-time>; with --resume, the checkpoint's)")
     system.add_argument("--resume", metavar="CHECKPOINT",
                         help="continue the run saved in this last.pt, with its settings (more --epochs is fine)")
+    system.add_argument("--sync-bn", action="store_true",
+                        help="under torchrun, BatchNorm statistics over all processes (SyncBatchNorm, CUDA only); "
+                             "without it each process normalises its own share of the batch")
     system.add_argument("--log-every", type=int, default=20,
                         help="steps between progress updates and loss checks (a CPU-GPU sync)")
     return parser
@@ -123,34 +136,66 @@ def parse_args(argv):
     parser.set_defaults(**PRESETS[given.get("recipe", "seed")])
     args = parser.parse_args(argv)
     args.given = sorted(given)
-    for flag in ("epochs", "batch_size", "eval_batch_size", "log_every", "embed_dim", "depth", "num_heads"):
+    for flag in ("epochs", "batch_size", "eval_batch_size", "log_every"):
         if getattr(args, flag) < 1:
             parser.error(f"--{flag.replace('_', '-')} must be at least 1, got {getattr(args, flag)}")
-    for flag in ("lr", "mlp_ratio"):
+    for flag in ("lr",):
         if not getattr(args, flag) > 0:
             parser.error(f"--{flag.replace('_', '-')} must be positive, got {getattr(args, flag)}")
     for flag in ("weight_decay", "warmup_epochs", "grad_clip"):
         if getattr(args, flag) < 0:
             parser.error(f"--{flag.replace('_', '-')} must be non-negative, got {getattr(args, flag)}")
-    for flag in ("dropout", "label_smoothing", "ema_decay"):
+    for flag in ("label_smoothing", "ema_decay"):
         if not 0 <= getattr(args, flag) < 1:
             parser.error(f"--{flag.replace('_', '-')} must be in [0, 1), got {getattr(args, flag)}")
     if not 0 <= args.min_lr <= args.lr:
         parser.error(f"--min-lr must be in [0, --lr={args.lr}], got {args.min_lr}")
+    if not args.resume:  # (a resumed run's model is the checkpoint's, checked against it)
+        try:
+            with torch.device("meta"):  # every check the model makes, at no cost
+                build_model(args.model, 1, **given_settings(args))
+        except ValueError as error:
+            parser.error(str(error))
     return args
 
 
-def adopt_saved_settings(args, saved, path):
+def adopt_saved_settings(args, checkpoint, path):
     """On --resume the run's own settings apply: flags not given take the saved values, and a
     given flag that would change what the run is (model, recipe, seed, batch size) is refused."""
+    saved = checkpoint.get("config", {})
     conflicts = [f"--{key.replace('_', '-')} {getattr(args, key)} (the run has {saved[key]})"
                  for key in RUN_DEFINING if key in args.given and key in saved and getattr(args, key) != saved[key]]
+    conflicts += model_conflicts(args, checkpoint)
     if conflicts:
         raise DataError(f"cannot resume {path} with different settings: {', '.join(conflicts)}; "
                         "start a new run (--run-dir) to change them")
-    for key in (*RUN_DEFINING, "epochs", "eval_batch_size", "data_dir", "log_every"):
+    for key in (*RUN_DEFINING, "epochs", "eval_batch_size", "data_dir", "log_every", "sync_bn"):
         if key not in args.given and key in saved:
             setattr(args, key, saved[key])
+    args.model = checkpoint.get("model_name", DEFAULT_MODEL)  # (runs from before the registry: the notebook's)
+
+
+def model_conflicts(args, checkpoint):
+    """The --model and model settings given on --resume that differ from the checkpoint's model."""
+    name = checkpoint.get("model_name", DEFAULT_MODEL)
+    if "model" in args.given and args.model != name:
+        return [f"--model {args.model} (the run has {name})"]
+    saved, conflicts = checkpoint.get("model_config", {}), []
+    for key, text in given_settings(args).items():
+        if key not in saved:
+            conflicts.append(f"--{key.replace('_', '-')} ({name} has no such setting)")
+            continue
+        try:
+            value = parse_setting(MODELS[name].config, key, text)
+        except ValueError as error:
+            raise DataError(str(error)) from None
+        if value != saved[key] and not (isinstance(value, tuple) and len(value) == 1 and set(saved[key]) == set(value)):
+            conflicts.append(f"--{key.replace('_', '-')} {text} (the run has {format_setting(saved[key])})")
+    return conflicts
+
+
+def format_setting(value):
+    return ",".join(map(str, value)) if isinstance(value, (tuple, list)) else str(value)
 
 
 # ---------------------------------------------------------------- pieces of the loop
@@ -243,11 +288,6 @@ class StopSignal:
         return self.EXIT_CODES.get(self.received, 0)
 
 
-def save_atomically(payload, path):
-    """torch.save through a temporary file and a rename: a crash leaves the previous file intact."""
-    write_atomically(path, lambda tmp: torch.save(payload, tmp))
-
-
 def write_metrics_csv(path, history):
     write_csv(path, METRIC_FIELDS, ([row[key] for key in METRIC_FIELDS] for row in history))
 
@@ -277,14 +317,35 @@ def prepare_run_dir(run_dir, resume_path):
     ensure_dir(run_dir, f"the run directory {run_dir}", ": choose another --run-dir")
 
 
-def restore(checkpoint, model, updater, model_config, classes, path, dist):
-    """Load a run's state for --resume; refuse a different model or class list."""
+def new_model(args, checkpoint, num_classes, dist, device):
+    """The run's model, initialised from the current seed (on --resume, the checkpoint's model
+    and config), with SyncBatchNorm under torchrun when asked."""
+    if checkpoint is None:
+        model = build_model(args.model, num_classes, **given_settings(args))
+    else:
+        try:
+            model = build_model(args.model, config=MODELS[args.model].config(**checkpoint["model_config"]))
+        except (TypeError, ValueError) as error:
+            raise DataError(f"cannot resume {args.resume}: its model configuration does not build here ({error})") from None
+    if args.sync_bn and dist.enabled:
+        if device.type != "cuda":
+            raise DataError("--sync-bn needs CUDA: SyncBatchNorm runs on GPUs only")
+        model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    return model.to(device)
+
+
+def has_batchnorm(model):
+    return any(isinstance(module, torch.nn.modules.batchnorm._BatchNorm) for module in model.modules())
+
+
+def check_resumable(checkpoint, path):
     if not {"optimizer", "progress", "model_config", "classes"} <= checkpoint.keys():
         raise DataError(f"cannot resume {path}: it is not a train.py checkpoint (no optimizer state or progress)")
-    if checkpoint["model_config"] != asdict(model_config):
-        saved = checkpoint["model_config"]
-        differences = [f"{k}: {saved.get(k)} -> {v}" for k, v in asdict(model_config).items() if saved.get(k) != v]
-        raise DataError(f"cannot resume {path}: the model configuration differs ({', '.join(differences)})")
+
+
+def restore(checkpoint, model, updater, classes, path, dist):
+    """Load a run's state for --resume (the model is already the checkpoint's); refuse a
+    different class list."""
     if class_difference(checkpoint["classes"], classes):
         raise DataError(f"cannot resume {path}: it was trained on a different class list ({class_difference(checkpoint['classes'], classes)})")
     model.load_state_dict(checkpoint["model"])
@@ -308,10 +369,12 @@ def restore(checkpoint, model, updater, model_config, classes, path, dist):
     return progress
 
 
-def resolved_config(args, device, dtype, run_dir, dist):
-    config = {key: value for key, value in vars(args).items() if key != "given"}
-    config.update(device=str(device), amp_dtype=str(dtype).replace("torch.", "") if dtype else None,
-                  run_dir=run_dir, world_size=dist.world_size)
+def resolved_config(args, model, device, dtype, run_dir, dist):
+    """The run's settings as plain values: the flags (the model's settings as its whole config)
+    and what was resolved from the machine."""
+    config = {key: value for key, value in vars(args).items() if key != "given" and key not in SETTINGS}
+    config.update(model_config=asdict(model.config), device=str(device),
+                  amp_dtype=str(dtype).replace("torch.", "") if dtype else None, run_dir=run_dir, world_size=dist.world_size)
     return config
 
 
@@ -381,8 +444,7 @@ class Run:
     data: object  # data.PackedData
     splits: dict
     run_dir: str
-    model_config: CvTConfig
-    model: torch.nn.Module  # the plain model: what checkpoints hold
+    model: torch.nn.Module  # the plain model (from model.build_model): what checkpoints hold
     trained: torch.nn.Module  # what the steps call: the model, maybe wrapped in DDP and compiled
     evaluated: torch.nn.Module  # what validation and test evaluate: the EMA weights when on, else `trained`
     updater: Updater  # optimizer, GradScaler, lr schedule, clipping, EMA
@@ -397,9 +459,8 @@ class Run:
 
     def save(self, name):
         rng = rng_states(self.device, self.dist)
-        payload = checkpoint_payload(self.model, self.model_config, self.data, self.updater, self.progress,
-                                     self.config, rng)
-        on_main(self.dist, lambda: save_atomically(payload, os.path.join(self.run_dir, name)))
+        payload = checkpoint_payload(self.model, self.data, self.updater, self.progress, self.config, rng)
+        on_main(self.dist, lambda: save_checkpoint(payload, os.path.join(self.run_dir, name)))
 
 
 def run(args, stop, dist, device):
@@ -460,7 +521,8 @@ def start_run(args, dist, device):
     configure_backends(device)
     checkpoint = load_checkpoint(args.resume) if args.resume else None
     if checkpoint is not None:
-        adopt_saved_settings(args, checkpoint.get("config", {}), args.resume)
+        check_resumable(checkpoint, args.resume)
+        adopt_saved_settings(args, checkpoint, args.resume)
     data = load_packed(args.data_dir)
     if data.synthetic and dist.is_main:
         print("warning: SYNTHETIC data (prepare_data.py --synthetic): a smoke test, not a result", file=sys.stderr)
@@ -471,11 +533,7 @@ def start_run(args, dist, device):
     on_main(dist, lambda: prepare_run_dir(run_dir, args.resume))
 
     torch.manual_seed(args.seed)  # the same initial weights on every rank
-    model_config = CvTConfig(
-        num_classes=len(data.classes), embed_dim=args.embed_dim, depth=args.depth,
-        num_heads=args.num_heads, mlp_ratio=args.mlp_ratio, dropout=args.dropout,
-    )
-    model = CvTSimplifiedEmbedding(model_config).to(device)
+    model = new_model(args, checkpoint, len(data.classes), dist, device)
     if dist.enabled:
         torch.manual_seed(args.seed * 1_000_003 + dist.rank)  # but different dropout on each rank
     shard = {"rank": dist.rank, "world_size": dist.world_size}
@@ -493,7 +551,7 @@ def start_run(args, dist, device):
         "step_in_epoch": 0, "partial": None,  # set when a run is interrupted mid-epoch
     }
     if checkpoint is not None:
-        progress = restore(checkpoint, model, updater, model_config, data.classes, args.resume, dist)
+        progress = restore(checkpoint, model, updater, data.classes, args.resume, dist)
     trained = model
     if dist.enabled:
         # Wrap first, then compile the wrapper: what the PyTorch DDP + torch.compile docs recommend
@@ -501,9 +559,9 @@ def start_run(args, dist, device):
         trained = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
     trained = maybe_compile(trained, args.compile, args.compile_mode)
     evaluated = maybe_compile(updater.ema.module, args.compile, args.compile_mode) if updater.ema else trained
-    config = resolved_config(args, device, dtype, run_dir, dist)
+    config = resolved_config(args, model, device, dtype, run_dir, dist)
     on_main(dist, lambda: write_json(os.path.join(run_dir, "config.json"), config))
-    r = Run(args, dist, device, dtype, data, splits, run_dir, model_config, model, trained, evaluated, updater,
+    r = Run(args, dist, device, dtype, data, splits, run_dir, model, trained, evaluated, updater,
             train_loader, val_loader, progress, config)
     if checkpoint is not None:
         where = (f"at step {progress['step_in_epoch']} of epoch {progress['epoch'] + 1}" if progress["step_in_epoch"]
@@ -519,7 +577,10 @@ def start_run(args, dist, device):
           f"({config['amp_dtype'] or 'fp32'}{', compiled' if args.compile else ''}): "
           f"{len(splits['train'][1]):,} train / {len(splits['val'][1]):,} val images, "
           f"{len(data.classes)} classes, {args.epochs} epoch{'s' if args.epochs != 1 else ''} -> {run_dir}")
-    r.log(f"recipe {args.recipe}: {describe_recipe(args)}")
+    r.log(f"model {args.model}: {count_parameters(model):,} parameters; recipe {args.recipe}: {describe_recipe(args)}")
+    if dist.enabled and has_batchnorm(model) and not args.sync_bn:
+        r.log(f"note: {args.model} has BatchNorm: each of the {dist.world_size} processes normalises its own share of "
+              "the batch, so this is not exactly one process's training (--sync-bn on CUDA makes it so)")
     return r
 
 
@@ -544,7 +605,7 @@ def bring_best_checkpoint(r, resume_path):
     if choice == "this":
         r.save("best.pt")
     elif choice == "beside":
-        on_main(r.dist, lambda: save_atomically(saved, best))
+        on_main(r.dist, lambda: save_checkpoint(saved, best))
     elif choice == "none":
         r.log(f"note: no best.pt of epoch {progress['best_epoch']} beside {resume_path}: "
               "best.pt will be the best of the epochs still to come")
@@ -605,12 +666,12 @@ def run_epoch(r, epoch, stop):
     return True
 
 
-def checkpoint_payload(model, model_config, data, updater, progress, config, rng):
-    """Only tensors and plain Python values, so torch.load(weights_only=True) reads it. With
-    an EMA, "ema" holds the averaged weights: what was evaluated and what evaluate.py uses."""
+def checkpoint_payload(model, data, updater, progress, config, rng):
+    """Only tensors and plain Python values, so torch.load(weights_only=True) reads it (the
+    format: checkpoint.py). With an EMA, "ema" holds the averaged weights: what was evaluated
+    and what evaluate.py uses."""
     payload = {
-        "model": model.state_dict(),  # the plain model: no module. or _orig_mod. prefixes
-        "model_config": asdict(model_config),
+        **model_entries(model),  # the plain model: no module. or _orig_mod. prefixes
         "classes": list(data.classes),
         "class_names": list(data.class_names),  # so that evaluate.py --files needs no prepared data
         "synthetic": data.synthetic,

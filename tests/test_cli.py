@@ -130,7 +130,7 @@ def test_shell_commands_quote_paths_with_spaces():
 
 def test_runs_lists_finished_interrupted_crashed_and_killed_runs(prepared_once, tmp_path, monkeypatch, capsys):
     base = ["--data-dir", prepared_once, *FAST]
-    assert train.main([*base, "--run-dir", str(tmp_path / "done"), "--epochs", "2", "--recipe", "improved"]) == 0
+    assert train.main([*base, "--run-dir", str(tmp_path / "done"), "--epochs", "2", "--recipe", "improved", "--depth", "1"]) == 0
     with monkeypatch.context() as patch:
         signal_during_training(patch, epoch=1, step=1)
         assert train.main([*base, "--run-dir", str(tmp_path / "stopped"), "--epochs", "2"]) == 130
@@ -164,7 +164,8 @@ def test_runs_lists_finished_interrupted_crashed_and_killed_runs(prepared_once, 
     # an extended run is not finished: the shorter run's test figure is not shown as its own
     assert lines["killed"].endswith("| - | killed (no clean stop) |") and "| 2/2 |" in lines["killed"]
     assert lines["early"].endswith("| 0/2 | - | - | interrupted before its first checkpoint |")
-    assert "(epoch " in lines["done"] and "cvt-simplified d64x2" in lines["done"]
+    assert "(epoch " in lines["done"] and "| cvt-simplified (depth 1) | improved |" in lines["done"]
+    assert "| cvt-simplified | seed |" in lines["stopped"]  # the model and the settings it changed
 
 
 def test_runs_without_any_run_is_a_one_line_error(tmp_path, capsys):

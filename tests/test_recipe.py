@@ -37,7 +37,7 @@ def test_the_default_recipe_is_the_notebooks():
     args = train.parse_args([])
     assert (args.recipe, args.optimizer, args.lr, args.weight_decay, args.lr_schedule) == ("seed", "adam", 1e-3, 0.0, "constant")
     assert args.warmup_epochs == 0 and args.label_smoothing == 0 and args.grad_clip == 0 and args.ema_decay == 0
-    assert (args.batch_size, args.epochs, args.dropout) == (64, 10, 0.1)
+    assert (args.batch_size, args.epochs, args.model) == (64, 10, "cvt-simplified")
 
 
 def test_the_study_preset_and_explicit_flags_override_it():

@@ -1,0 +1,150 @@
+"""The checkpoint format, in one place: what train.py saves, and how every script (evaluate.py,
+train.py --resume, the analysis scripts) loads a checkpoint and rebuilds its model.
+
+A train.py checkpoint is a dict of tensors and plain values (so torch.load(weights_only=True)
+reads it): "model" (the plain model's state_dict), "model_name" and "model_config" (enough to
+rebuild the model), "classes", "class_names", and the training state (optimizer, progress,
+RNG, ...). Checkpoints from before the model registry have no "model_name": they hold
+cvt-simplified. Foreign checkpoints (the study's Lightning runs: "state_dict" with keys
+prefixed `model.`; compiled or DDP models) are recognised by their keys.
+"""
+import functools
+import os
+import pickle
+import re
+import zipfile
+from dataclasses import asdict
+
+import torch
+
+from layout import DataError, write_atomically
+from model import DEFAULT_MODEL, MODELS, build_model, config_from_state_dict, make_config
+
+KEY_PREFIXES = ("model.", "_orig_mod.", "module.")  # Lightning, torch.compile, DDP
+
+REFUSED_PICKLE = ("it is a PyTorch file, but it holds pickled Python objects (such as a whole model saved with "
+                  "torch.save(model)), and loading those would run code from the file; save model.state_dict() "
+                  "instead, or a train.py checkpoint")
+
+
+def model_entries(model):
+    """The part of a checkpoint that rebuilds the model (made by model.build_model): its
+    weights, registry name and config."""
+    return {"model": model.state_dict(), "model_name": model.model_name, "model_config": asdict(model.config)}
+
+
+def save_checkpoint(payload, path):
+    """torch.save through a temporary file and a rename: a crash leaves the previous file intact."""
+    write_atomically(path, lambda tmp: torch.save(payload, tmp))
+
+
+def load_checkpoint(path):
+    """The checkpoint's dict, loaded without executing anything in it."""
+    if os.path.isdir(path):
+        raise DataError(f"{path} is a directory: give a checkpoint file, such as {os.path.join(path, 'best.pt')} "
+                        f"(or last.pt to resume)")
+    if not os.path.isfile(path):
+        raise DataError(f"no checkpoint at {path}")
+    if os.path.getsize(path) == 0:
+        raise DataError(f"{path} is empty (0 bytes): the file was not written completely; use another checkpoint")
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as error:
+        if "Weights only load failed" in str(error):  # a real PyTorch file, refused for what it holds
+            raise DataError(f"cannot load {path}: {REFUSED_PICKLE}") from None
+        raise DataError(f"cannot load {path}: it is not a PyTorch checkpoint (or it is damaged)") from None
+    except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError) as error:
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        if isinstance(error, EOFError) or "central directory" in reason or "failed finding" in reason:
+            reason = "the file is truncated or damaged (an interrupted copy or download?)"
+        raise DataError(f"cannot load {path} as a checkpoint: {reason[:200]}") from None
+    except Exception as error:  # unpickling garbage raises anything (KeyError, IndexError, ...)
+        raise DataError(f"cannot load {path}: it is not a PyTorch checkpoint (or it is damaged: {type(error).__name__})") from None
+    if not isinstance(checkpoint, dict) or not ({"model", "state_dict"} & checkpoint.keys()):
+        raise DataError(f"{path} is not a model checkpoint (no 'model' or 'state_dict' entry)")
+    return checkpoint
+
+
+def plain_state_dict(state_dict):
+    """Strip Lightning's `model.`, torch.compile's `_orig_mod.` and DDP's `module.` prefixes."""
+    plain = {}
+    for key, value in state_dict.items():
+        for prefix in KEY_PREFIXES:
+            while key.startswith(prefix):
+                key = key[len(prefix) :]
+        plain[key] = value
+    return plain
+
+
+def key_pattern(keys):
+    """The keys with block and layer numbers blanked: the same for every depth of one model."""
+    return frozenset(re.sub(r"\.\d+(?=\.)", ".N", key) for key in keys)
+
+
+@functools.cache
+def default_models():
+    """{name: (key pattern, classifier weight key)} of every registered model at its defaults."""
+    described = {}
+    for name in MODELS:
+        with torch.device("meta"):  # shapes only: no memory, no initialisation time
+            state_dict = build_model(name, 1).state_dict()
+        head = [key for key, value in state_dict.items() if value.ndim == 2][-1]  # the classifier comes last
+        described[name] = (key_pattern(state_dict), head)
+    return described
+
+
+def model_name_from_keys(state_dict):
+    """The registered model whose parameter names these are, or None."""
+    pattern = key_pattern(state_dict)
+    return next((name for name, (known, _) in default_models().items() if known == pattern), None)
+
+
+def config_for_foreign(name, state_dict):
+    """A config for a checkpoint that carries none: cvt-simplified's read off the shapes (the
+    notebook's runs), otherwise the model's defaults with the checkpoint's class count."""
+    if name == DEFAULT_MODEL:
+        return config_from_state_dict(state_dict)
+    return make_config(name, state_dict[default_models()[name][1]].shape[0])
+
+
+def model_from_checkpoint(checkpoint, path="checkpoint", use_ema=True, model_name=None):
+    """Rebuild the model from the checkpoint alone: its EMA weights when it has them (what
+    train.py evaluated) unless use_ema is False. model_name says which architecture a
+    foreign checkpoint holds when its keys cannot tell."""
+    if use_ema and "ema" in checkpoint:
+        state_dict = checkpoint["ema"]["model"]
+    else:
+        state_dict = plain_state_dict(checkpoint.get("model") or checkpoint["state_dict"])
+    saved_name = checkpoint.get("model_name") or (DEFAULT_MODEL if "model_config" in checkpoint else None)
+    if model_name and saved_name and model_name != saved_name:
+        raise DataError(f"{path} holds a {saved_name} model, not --model {model_name}")
+    name = saved_name or model_name or model_name_from_keys(state_dict)
+    if name is None:
+        raise DataError(f"{path}: its parameter names match no model here; if it holds one of them "
+                        f"({', '.join(MODELS)}), say which with --model NAME")
+    try:
+        saved = checkpoint.get("model_config")
+        config = MODELS[name].config(**saved) if saved else config_for_foreign(name, state_dict)
+        model = build_model(name, config=config)
+        model.load_state_dict(state_dict, strict=True)
+    except (KeyError, RuntimeError, TypeError, ValueError) as error:
+        detail = str(error).replace("\n", " ").replace("\t", "")[:300]
+        raise DataError(f"{path} does not hold a {name} model as built here: {detail}") from None
+    return model
+
+
+def class_difference(saved, classes):
+    """'' when the class lists agree, else a short description of how they differ."""
+    saved, classes = list(saved), list(classes)
+    if saved == classes:
+        return ""
+    if len(saved) != len(classes):
+        return f"{len(saved)} classes in the checkpoint, {len(classes)} in the data"
+    index = next(i for i, (a, b) in enumerate(zip(saved, classes)) if a != b)
+    return f"class {index} is {saved[index]} in the checkpoint, {classes[index]} in the data"
+
+
+def check_classes(checkpoint, classes, path):
+    saved = checkpoint.get("classes")
+    if saved is not None and class_difference(saved, classes):
+        raise DataError(f"{path} was trained on other classes than the prepared data: {class_difference(saved, classes)}")
