@@ -114,7 +114,7 @@ def model_from_checkpoint(checkpoint, path="checkpoint", use_ema=True, model_nam
     if use_ema and "ema" in checkpoint:
         state_dict = checkpoint["ema"]["model"]
     else:
-        state_dict = plain_state_dict(checkpoint.get("model") or checkpoint["state_dict"])
+        state_dict = plain_state_dict(checkpoint["model"] if "model" in checkpoint else checkpoint["state_dict"])
     saved_name = checkpoint.get("model_name") or (DEFAULT_MODEL if "model_config" in checkpoint else None)
     if model_name and saved_name and model_name != saved_name:
         raise DataError(f"{path} holds a {saved_name} model, not --model {model_name}")

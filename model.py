@@ -31,21 +31,20 @@ def conv_size(size, kernel, stride, padding):
 
 @dataclass
 class ModelConfig:
-    """What every config has. The class count comes from the data (200 for Tiny ImageNet)."""
+    """What every config has. The class count comes from the data (200 for Tiny ImageNet).
+    Per-stage settings (tuple fields) given one value are repeated for every stage: --depth 1
+    means one block in each stage."""
 
     num_classes: int
     in_channels: int = 3
+    STAGES = None  # (not a field) a fixed number of stages; None: the longest per-stage setting
 
     def __post_init__(self):
-        for name in per_stage_fields(type(self)):  # a number or a list (JSON) where a tuple is meant
+        names = per_stage_fields(type(self))
+        for name in names:  # a number or a list (JSON) where a tuple is meant
             value = getattr(self, name)
             setattr(self, name, tuple(value) if isinstance(value, (list, tuple)) else (value,))
-
-    def stages(self, count=None):
-        """The number of stages (count, or the longest per-stage setting), broadcasting one-value
-        settings to it: --depth 1 means one block in every stage."""
-        names = per_stage_fields(type(self))
-        count = count or max(len(getattr(self, name)) for name in names)
+        count = self.STAGES or max((len(getattr(self, name)) for name in names), default=0)
         for name in names:
             value = getattr(self, name)
             if len(value) == 1:
@@ -53,7 +52,6 @@ class ModelConfig:
             elif len(value) != count:
                 raise ValueError(f"--{name.replace('_', '-')} has {len(value)} values for {count} stages: give one, "
                                  f"or one per stage")
-        return count
 
 
 def per_stage_fields(config_class):
@@ -132,6 +130,7 @@ class ViTConfig(ModelConfig):
 class ResNetConfig(ModelConfig):
     """resnet18: torchvision's ResNet-18 with a 64x64 stem. Its widths are torchvision's."""
 
+    STAGES = 4
     depth: tuple = (2, 2, 2, 2)  # BasicBlocks per stage
 
 
@@ -397,7 +396,6 @@ class CvTConvEmbedding(nn.Module):
     def __init__(self, config):
         super().__init__()
         self.config = c = config
-        c.stages()
         self.conv_embed = embedding_class(c.enhanced_embedding)(c.in_channels, c.embed_dim, c.patch_size, c.stride)
         for index, depth in enumerate(c.depth, 1):
             blocks = [Block(c.embed_dim, c.num_heads, c.mlp_ratio, c.dropout, c.drop_path) for _ in range(depth)]
@@ -426,7 +424,7 @@ class CvTStaged(nn.Module):
         super().__init__()
         self.config = c = config
         in_channels = c.in_channels
-        for index in range(c.stages()):
+        for index in range(len(c.depth)):
             dim = c.embed_dim[index]
             embed = embedding_class(c.enhanced_embedding)(in_channels, dim, c.patch_size[index], c.stride[index])
             blocks = [Block(dim, c.num_heads[index], c.mlp_ratio, c.dropout, c.drop_path, c.conv_projection)
@@ -544,9 +542,6 @@ class ResNet18(torchvision.models.ResNet):
     stem for 64x64 images: a 3x3 stride-1 first conv and no max-pool (as for CIFAR)."""
 
     def __init__(self, config):
-        config.stages(count=4)
-        if len(config.depth) != 4:
-            raise ValueError(f"depth needs 4 values (blocks in each of ResNet's four stages), got {len(config.depth)}")
         super().__init__(torchvision.models.resnet.BasicBlock, list(config.depth), num_classes=config.num_classes)
         self.config = config
         self.conv1 = nn.Conv2d(config.in_channels, 64, kernel_size=3, stride=1, padding=1, bias=False)

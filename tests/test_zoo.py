@@ -1,0 +1,280 @@
+"""The model registry: the study's models exactly as the study built them, the two baselines,
+settings from the command line, and every model through train.py, resume and evaluate.py."""
+import json
+import os
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import evaluate
+import model as model_module
+import train
+from checkpoint import model_from_checkpoint
+from conftest import ROOT, assert_same_training_state, signal_during_training
+from data import load_packed, make_splits, normalize
+from layout import DataError
+from model import MODELS, build_model, count_parameters, flops_per_image, make_config
+from study_reference import STUDY_CLASSES
+
+STUDY_JSON = os.path.join(ROOT, "..", "shared", "reference", "study_models.json")
+needs_study_json = pytest.mark.skipif(not os.path.exists(STUDY_JSON), reason="../shared/reference is absent")
+
+# A configuration of each model small enough to train in seconds on a CPU.
+TINY = {
+    "cvt-simplified": dict(embed_dim=16, depth=1, num_heads=2),
+    "cvt-conv-embed": dict(embed_dim=16, depth=(1, 1), num_heads=2, stride=4),
+    "cvt-enhanced-conv-embed": dict(embed_dim=16, depth=(1, 1), num_heads=2, stride=4),
+    "cvt-recurrent": dict(embed_dim=(8, 16, 16), depth=1, num_heads=(1, 2, 2)),
+    "cvt-original": dict(embed_dim=(8, 16, 16), depth=1, num_heads=(1, 2, 2)),
+    "cnn": dict(channels=(8, 16), hidden_dim=32),
+    "vit": dict(embed_dim=32, depth=2, num_heads=4),
+    "resnet18": dict(depth=1),
+}
+PARAMETERS = {"cvt-simplified": 122_568, "cvt-conv-embed": 5_829_704, "cvt-enhanced-conv-embed": 6_751_496,
+              "cvt-recurrent": 21_292_040, "cvt-original": 24_354_504, "cnn": 13_283_848,
+              "vit": 2_756_744, "resnet18": 11_271_432}
+
+
+def tiny(name, num_classes=5, **changes):
+    return build_model(name, num_classes, **{**TINY[name], **changes})
+
+
+def unregularised(name):
+    """No dropout and no stochastic depth, for the models that have them."""
+    return {key: 0.0 for key in ("dropout", "drop_path") if key in model_module.settings_of(name)}
+
+
+def test_the_registry_has_every_model_of_the_study_and_both_baselines():
+    assert set(MODELS) == set(TINY) == set(PARAMETERS)
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_parameter_count_at_the_default_size(name):
+    with torch.device("meta"):
+        assert count_parameters(build_model(name, 200)) == PARAMETERS[name]
+
+
+@needs_study_json
+@pytest.mark.parametrize("name", list(STUDY_CLASSES))
+def test_keys_shapes_parameters_and_flops_are_the_studys(name):
+    study = json.load(open(STUDY_JSON))[name]
+    with torch.device("meta"):
+        model = build_model(name, 200)
+    assert {key: list(value.shape) for key, value in model.state_dict().items()} == study["state_dict"]
+    assert count_parameters(model) == study["parameters"]
+    assert flops_per_image(model) == study["forward_flops_per_64px_image"]
+
+
+@pytest.mark.parametrize("name", list(STUDY_CLASSES))
+def test_a_state_dict_of_the_studys_class_loads_strictly_and_gives_its_outputs(name):
+    torch.manual_seed(0)
+    study = STUDY_CLASSES[name](num_classes=10)
+    with torch.no_grad():
+        study.train()(torch.randn(4, 3, 64, 64))  # BatchNorm statistics away from their initial values
+    study.eval()
+    ours = build_model(name, 10).eval()
+    ours.load_state_dict(study.state_dict(), strict=True)
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(ours(x), study(x), atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("name", MODELS)
+@pytest.mark.parametrize("num_classes", [200, 7])
+def test_output_shape_follows_the_class_count(name, num_classes):
+    assert tiny(name, num_classes)(torch.randn(2, 3, 64, 64)).shape == (2, num_classes)
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_every_parameter_gets_a_gradient(name):
+    torch.manual_seed(0)
+    model = tiny(name, **unregularised(name))
+    model(torch.randn(4, 3, 64, 64)).logsumexp(1).sum().backward()
+    for key, parameter in model.named_parameters():
+        assert parameter.grad is not None and parameter.grad.abs().sum() > 0, key
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_a_tiny_configuration_overfits_one_batch(name):
+    torch.manual_seed(0)
+    model = tiny(name, 8, **unregularised(name))
+    x, y = torch.randn(16, 3, 64, 64), torch.arange(16) % 8
+    optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
+    for _ in range(100):
+        loss = F.cross_entropy(model(x), y)
+        if loss.item() < 0.1:
+            break
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    assert loss.item() < 0.1
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_eval_mode_is_deterministic_and_dropout_and_stochastic_depth_act_in_training_only(name):
+    torch.manual_seed(0)
+    model = tiny(name)
+    x = torch.randn(4, 3, 64, 64)
+    with torch.no_grad():
+        first, second = model.train()(x), model(x)
+        assert torch.equal(model.eval()(x), model(x))
+        assert not torch.equal(first, model(x))  # dropout, stochastic depth or batch statistics
+        if unregularised(name):  # fresh dropout / stochastic depth draws at every training forward
+            assert not torch.equal(first, second)
+
+
+@pytest.mark.parametrize("name", ["cvt-conv-embed", "cvt-original", "vit"])
+def test_stochastic_depth_is_torchvisions_row_mode_at_the_configured_rate(name):
+    blocks = [m for m in build_model(name, 5).modules() if isinstance(m, model_module.Block)]
+    rates = [block.drop_path.p for block in blocks]
+    assert all(block.drop_path.mode == "row" for block in blocks)
+    assert rates == ([0.1] * len(blocks) if name != "vit" else pytest.approx([0.1 * i / 8 for i in range(9)]))
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_dynamo_captures_each_model_in_one_graph_forward_and_backward(name):
+    """torch.compile(fullgraph=True) succeeds: no graph break anywhere (aot_eager: the
+    capture and the backward graph, without waiting for the C++ compiler)."""
+    torch._dynamo.reset()
+    model = tiny(name)
+    compiled = torch.compile(model, fullgraph=True, backend="aot_eager")
+    compiled(torch.randn(4, 3, 64, 64)).sum().backward()
+
+
+# ---------------------------------------------------------------- settings
+
+
+def test_settings_from_the_command_line_are_typed_and_per_stage_values_broadcast():
+    config = make_config("cvt-original", 10, depth="1", embed_dim="8,16,32", conv_projection="false")
+    assert config.depth == (1, 1, 1) and config.embed_dim == (8, 16, 32) and config.conv_projection is False
+    assert make_config("vit", 10, drop_path="0.2", depth="6").drop_path == 0.2
+
+
+@pytest.mark.parametrize("settings,message", [
+    (dict(num_heads="2"), "resnet18 has no setting --num-heads; its settings: --depth"),
+    (dict(depth="1,2"), "--depth has 2 values for 4 stages"),
+    (dict(depth="two"), "--depth takes integers separated by commas, got 'two'"),
+])
+def test_bad_settings_are_one_clear_error(settings, message):
+    with pytest.raises(ValueError, match=message):
+        make_config("resnet18", 5, **settings)
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["--model", "resnet18", "--num-heads", "2"], "resnet18 has no setting --num-heads"),
+    (["--model", "vit", "--embed-dim", "30", "--num-heads", "4"], "width 30 is not divisible by 4 heads"),
+    (["--model", "cvt-recurrent", "--embed-dim", "8,16"], "--embed-dim has 2 values for 3 stages"),
+    (["--model", "cnn", "--dropout", "1.5"], "--dropout must be in [0, 1)"),
+    (["--model", "cvt-original", "--conv-projection", "maybe"], "--conv-projection takes true or false"),
+])
+def test_train_refuses_bad_model_settings_before_any_work(argv, message, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        train.parse_args(argv)
+    assert exit_info.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_model_list_prints_every_model_with_its_exact_size(capsys):
+    model_module.main(["--list"])
+    out = capsys.readouterr().out
+    for name, parameters in PARAMETERS.items():
+        assert f"{name} " in out and f"{parameters:,}" in out
+
+
+# ---------------------------------------------------------------- through train.py and evaluate.py
+
+FAST = ["--batch-size", "16", "--eval-batch-size", "16", "--log-every", "2", "--device", "cpu"]
+FAMILIES = {  # one tiny model of each kind, as command-line settings
+    "transformer": ["--model", "cvt-conv-embed", "--embed-dim", "16", "--depth", "1,1", "--num-heads", "2", "--stride", "4"],
+    "conv projections + BatchNorm": ["--model", "cvt-original", "--embed-dim", "8,16,16", "--depth", "1", "--num-heads", "1,2,2"],
+    "CNN (+ EMA of BatchNorm statistics)": ["--model", "cnn", "--channels", "8,16", "--hidden-dim", "32", "--ema-decay", "0.9"],
+    "ViT": ["--model", "vit", "--embed-dim", "32", "--depth", "2", "--num-heads", "4", "--recipe", "improved"],
+    "ResNet": ["--model", "resnet18", "--depth", "1"],
+}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("family", FAMILIES)
+def test_each_family_trains_resumes_bit_exactly_and_evaluates_to_what_it_recorded(family, prepared_once, tmp_path, monkeypatch):
+    settings = FAMILIES[family]
+    base = ["--data-dir", prepared_once, *FAST, "--epochs", "1", *settings]
+    assert train.main([*base, "--run-dir", str(tmp_path / "straight")]) == 0
+    with monkeypatch.context() as patch:
+        signal_during_training(patch, epoch=0, step=3)
+        assert train.main([*base, "--run-dir", str(tmp_path / "stopped")]) == 130
+    assert train.main(["--resume", str(tmp_path / "stopped" / "last.pt")]) == 0
+    straight, resumed = (torch.load(tmp_path / run / "last.pt", weights_only=True) for run in ("straight", "stopped"))
+    assert_same_training_state(straight, resumed)
+    assert straight["model_name"] == settings[1]
+    recorded = json.load(open(tmp_path / "straight" / "test_metrics.json"))["final"]
+    assert evaluate.main([str(tmp_path / "straight" / "last.pt"), "--json", str(tmp_path / "eval.json")]) == 0
+    measured = json.load(open(tmp_path / "eval.json"))
+    assert (measured["top1"], measured["top5"], measured["model"]) == (recorded["top1"], recorded["top5"], settings[1])
+    assert measured["loss"] == pytest.approx(recorded["loss"], abs=1e-5)
+
+
+def test_resume_refuses_another_model_or_other_settings(prepared_once, tmp_path, capsys):
+    run = tmp_path / "r"
+    assert train.main(["--data-dir", prepared_once, *FAST, "--epochs", "1", "--run-dir", str(run), *FAMILIES["CNN (+ EMA of BatchNorm statistics)"]]) == 0
+    last = str(run / "last.pt")
+    for argv, message in ((["--model", "vit"], "--model vit (the run has cnn)"),
+                          (["--channels", "8,32"], "--channels 8,32 (the run has 8,16)"),
+                          (["--num-heads", "2"], "--num-heads (cnn has no such setting)")):
+        capsys.readouterr()
+        assert train.main(["--resume", last, "--epochs", "2", *argv]) == 2
+        assert message in capsys.readouterr().err
+    assert train.main(["--resume", last, "--epochs", "2", "--channels", "8,16"]) == 0  # the same value is fine
+
+
+def test_sync_bn_needs_cuda_under_torchrun(prepared_once, tmp_path):
+    args = train.parse_args(["--model", "cnn", "--sync-bn", *TINY_FLAGS["cnn"]])
+    dist = train.Distributed(rank=0, local_rank=0, world_size=2)
+    with pytest.raises(DataError, match="--sync-bn needs CUDA"):
+        train.new_model(args, None, 4, dist, torch.device("cpu"))
+    assert not any(isinstance(m, torch.nn.SyncBatchNorm)
+                   for m in train.new_model(args, None, 4, train.Distributed(), torch.device("cpu")).modules())
+
+
+TINY_FLAGS = {"cnn": ["--channels", "8,16", "--hidden-dim", "32"]}
+
+
+# ---------------------------------------------------------------- the study's Lightning checkpoints
+
+
+def lightning_checkpoint(model, path):
+    """What the study's LightningModule saved: the model under `model.`, plus Lightning's own entries."""
+    torch.save({"epoch": 29, "global_step": 1000, "pytorch-lightning_version": "2.1.0",
+                "state_dict": {f"model.{key}": value for key, value in model.state_dict().items()}}, path)
+
+
+@pytest.mark.parametrize("name,ways", [("cnn", ([], ["--model", "cnn"])), ("cvt-original", ([],))])
+def test_the_studys_lightning_checkpoint_evaluates_to_what_its_own_code_gives(name, ways, prepared_once, tmp_path):
+    """Recognised by its keys, or named with --model: evaluate.py's loss and accuracy are the
+    study's model's own on the same split."""
+    torch.manual_seed(0)
+    study = STUDY_CLASSES[name](num_classes=4)
+    with torch.no_grad():
+        study.train()(torch.randn(4, 3, 64, 64))
+    study.eval()
+    lightning_checkpoint(study, tmp_path / "study.ckpt")
+    x, y = make_splits(load_packed(prepared_once))["test"]
+    with torch.no_grad():
+        logits = study(normalize(x))
+    out = tmp_path / "m.json"
+    for by_name in ways:
+        assert evaluate.main([str(tmp_path / "study.ckpt"), "--data-dir", prepared_once, "--json", str(out),
+                              "--batch-size", "8", *by_name]) == 0  # small batches: the timing of a big model is short
+        report = json.load(open(out))
+        assert report["model"] == name and report["images"] == len(y)
+        assert report["top1"] == (logits.argmax(1) == y).float().mean().item()
+        assert report["loss"] == pytest.approx(F.cross_entropy(logits, y).item(), abs=1e-5)
+
+
+def test_a_checkpoint_whose_keys_match_no_model_asks_for_model(tmp_path):
+    state_dict = tiny("cvt-original", conv_projection=False).state_dict()  # neither cvt-original nor cvt-recurrent
+    with pytest.raises(DataError, match="say which with --model NAME"):
+        model_from_checkpoint({"state_dict": state_dict}, "x.ckpt")
+    with pytest.raises(DataError, match="does not hold a cvt-original model as built here"):
+        model_from_checkpoint({"state_dict": state_dict}, "x.ckpt", model_name="cvt-original")
+    with pytest.raises(DataError, match="holds a cnn model, not --model vit"):
+        model_from_checkpoint({"model": {}, "model_name": "cnn", "model_config": {}}, "x.pt", model_name="vit")
