@@ -180,16 +180,16 @@ def model_conflicts(args, checkpoint):
     name = checkpoint.get("model_name", DEFAULT_MODEL)
     if "model" in args.given and args.model != name:
         return [f"--model {args.model} (the run has {name})"]
-    saved, conflicts = checkpoint.get("model_config", {}), []
+    config_class, saved, conflicts = MODELS[name].config, checkpoint["model_config"], []
     for key, text in given_settings(args).items():
         if key not in saved:
             conflicts.append(f"--{key.replace('_', '-')} ({name} has no such setting)")
             continue
-        try:
-            value = parse_setting(MODELS[name].config, key, text)
+        try:  # through the config, so that --depth 1 equals a saved (1, 1, 1)
+            wanted = getattr(config_class(**{**saved, key: parse_setting(config_class, key, text)}), key)
         except ValueError as error:
             raise DataError(str(error)) from None
-        if value != saved[key] and not (isinstance(value, tuple) and len(value) == 1 and set(saved[key]) == set(value)):
+        if wanted != getattr(config_class(**saved), key):
             conflicts.append(f"--{key.replace('_', '-')} {text} (the run has {format_setting(saved[key])})")
     return conflicts
 
@@ -328,8 +328,6 @@ def new_model(args, checkpoint, num_classes, dist, device):
         except (TypeError, ValueError) as error:
             raise DataError(f"cannot resume {args.resume}: its model configuration does not build here ({error})") from None
     if args.sync_bn and dist.enabled:
-        if device.type != "cuda":
-            raise DataError("--sync-bn needs CUDA: SyncBatchNorm runs on GPUs only")
         model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
     return model.to(device)
 
@@ -519,6 +517,8 @@ def start_run(args, dist, device):
     args.compile = device.type == "cuda" if args.compile is None else args.compile
     dtype = amp_dtype(device, args.amp, args.amp_dtype)
     configure_backends(device)
+    if args.sync_bn and dist.enabled and device.type != "cuda":
+        raise DataError("--sync-bn needs CUDA: SyncBatchNorm runs on GPUs only")
     checkpoint = load_checkpoint(args.resume) if args.resume else None
     if checkpoint is not None:
         check_resumable(checkpoint, args.resume)

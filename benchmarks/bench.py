@@ -27,7 +27,7 @@ from benchmarks import notebook  # noqa: E402
 from cli import ArgumentParser  # noqa: E402
 from data import BatchLoader, load_packed, make_splits  # noqa: E402
 from layout import DataError, check_output_path, read_meta, write_json  # noqa: E402
-from model import CvTConfig, CvTSimplifiedEmbedding, flops_per_image  # noqa: E402
+from model import DEFAULT_MODEL, build_model, flops_per_image  # noqa: E402
 from runtime import default_amp, maybe_compile  # noqa: E402
 from recipe import LRSchedule, Updater, build_optimizer  # noqa: E402
 from train import new_totals, train_one_epoch  # noqa: E402
@@ -132,9 +132,9 @@ def notebook_step_rate(batch_size, num_classes, device, steps):
     return steps * batch_size / timed(lambda: notebook_steps(model, optimizer, [(x, y)] * steps), device)
 
 
-def our_training(num_classes, device, amp, compile_model):
+def our_training(num_classes, device, amp, compile_model, model_name=DEFAULT_MODEL):
     torch.manual_seed(0)
-    model = CvTSimplifiedEmbedding(CvTConfig(num_classes=num_classes)).to(device)
+    model = build_model(model_name, num_classes).to(device)
     optimizer = build_optimizer(model, "adam", 1e-3, 0.0, device)
     dtype = torch.bfloat16 if amp else None
     # The notebook's recipe as train.py runs it: Adam 1e-3, constant, no clipping or EMA.
@@ -147,11 +147,11 @@ def run_epoch(model, loader, updater, device, dtype):
         return train_one_epoch(model, loader, updater, device, dtype, new_totals(device), 0, 10**9, bar)
 
 
-def our_step_rate(batch_size, num_classes, device, steps, amp, compile_model):
-    model, updater, dtype = our_training(num_classes, device, amp, compile_model)
+def our_step_rate(batch_size, num_classes, device, steps, amp, compile_model, model_name=DEFAULT_MODEL, warmup=3):
+    model, updater, dtype = our_training(num_classes, device, amp, compile_model, model_name)
     x = torch.randn(batch_size, 3, 64, 64, device=device)
     y = torch.randint(0, num_classes, (batch_size,), device=device)
-    run_epoch(model, RepeatedBatch(x, y, 3), updater, device, dtype)  # warm-up, compilation
+    run_epoch(model, RepeatedBatch(x, y, warmup), updater, device, dtype)  # warm-up, compilation
     seconds = timed(lambda: run_epoch(model, RepeatedBatch(x, y, steps), updater, device, dtype), device)
     return steps * batch_size / seconds
 
@@ -259,7 +259,7 @@ def main(argv=None):
     row("loading, batch 64", notebook_loader_rate(dataset_root, 64, args.workers, batches),
         our_loader_rate(train_split, 64, device, batches * 5), "img/s", f"notebook: {args.workers} workers")
 
-    flops = flops_per_image(CvTSimplifiedEmbedding(CvTConfig(num_classes=num_classes)), backward=True)
+    flops = flops_per_image(build_model(DEFAULT_MODEL, num_classes), backward=True)
     peaks = {"fp32": matmul_peak(torch.float32, device), "bf16": matmul_peak(torch.bfloat16, device)}
     results["flops_per_image_train"] = flops
     results["matmul_peak"] = peaks

@@ -40,3 +40,17 @@ def test_recipe_comparison_trains_each_entry_per_seed_and_reuses_finished_runs(p
     assert json.load(open(tmp_path / "runs" / "clipped-s1" / "config.json"))["grad_clip"] == 0.5
     again = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert "$ " not in again.stdout and rows == [line for line in again.stdout.splitlines() if line.startswith("| ")]
+
+
+def test_model_costs_table_has_a_row_per_model(tmp_path):
+    out = tmp_path / "models.json"
+    command = [sys.executable, "benchmarks/models.py", "--models", "cvt-simplified", "cnn", "--batch-size", "4",
+               "--steps", "1", "--no-compile", "--device", "cpu", "--json", str(out)]
+    result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-2000:]
+    table = [line for line in result.stdout.splitlines() if line.startswith("| ")]
+    assert table[0] == "| model | parameters | GFLOPs | train img/s eager | inference img/s eager |"
+    assert [line.split(" | ")[0].strip("| ") for line in table[2:]] == ["cvt-simplified", "cnn"]
+    rows = json.load(open(out))["rows"]
+    assert rows[1]["parameters"] == 13_283_848 and rows[1]["gflops"] == 1_692_286_976 / 1e9
+    assert all(row["train_eager"] > 0 and row["inference_eager"] > 0 for row in rows)

@@ -226,16 +226,16 @@ def test_resume_refuses_another_model_or_other_settings(prepared_once, tmp_path,
     assert train.main(["--resume", last, "--epochs", "2", "--channels", "8,16"]) == 0  # the same value is fine
 
 
-def test_sync_bn_needs_cuda_under_torchrun(prepared_once, tmp_path):
-    args = train.parse_args(["--model", "cnn", "--sync-bn", *TINY_FLAGS["cnn"]])
+def test_sync_bn_needs_cuda_under_torchrun_and_converts_the_batchnorms(prepared_once, tmp_path, capsys):
+    argv = ["--data-dir", prepared_once, "--run-dir", str(tmp_path / "r"), *FAST, *FAMILIES["CNN (+ EMA of BatchNorm statistics)"]]
     dist = train.Distributed(rank=0, local_rank=0, world_size=2)
     with pytest.raises(DataError, match="--sync-bn needs CUDA"):
-        train.new_model(args, None, 4, dist, torch.device("cpu"))
-    assert not any(isinstance(m, torch.nn.SyncBatchNorm)
-                   for m in train.new_model(args, None, 4, train.Distributed(), torch.device("cpu")).modules())
-
-
-TINY_FLAGS = {"cnn": ["--channels", "8,16", "--hidden-dim", "32"]}
+        train.start_run(train.parse_args([*argv, "--sync-bn"]), dist, torch.device("cpu"))
+    assert not (tmp_path / "r").exists()  # refused before any work
+    args = train.parse_args(["--model", "cnn", "--sync-bn"])
+    converted = train.new_model(args, None, 4, dist, torch.device("cpu"))
+    assert sum(isinstance(m, torch.nn.SyncBatchNorm) for m in converted.modules()) == 8
+    assert set(converted.state_dict()) == set(build_model("cnn", 4).state_dict())  # checkpoints unchanged
 
 
 # ---------------------------------------------------------------- the study's Lightning checkpoints
