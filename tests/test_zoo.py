@@ -9,6 +9,7 @@ import torch.nn.functional as F
 
 import evaluate
 import model as model_module
+import runs
 import train
 from checkpoint import model_from_checkpoint
 from conftest import ROOT, assert_same_training_state, signal_during_training
@@ -224,6 +225,31 @@ def test_resume_refuses_another_model_or_other_settings(prepared_once, tmp_path,
         assert train.main(["--resume", last, "--epochs", "2", *argv]) == 2
         assert message in capsys.readouterr().err
     assert train.main(["--resume", last, "--epochs", "2", "--channels", "8,16"]) == 0  # the same value is fine
+
+
+def test_runs_from_before_the_registry_still_evaluate_resume_and_list(prepared_once, tmp_path, capsys):
+    """The previous version saved no model name and kept the notebook model's settings as
+    top-level flags of the config: such a run is cvt-simplified, with its own settings."""
+    run = tmp_path / "old"
+    assert train.main(["--data-dir", prepared_once, *FAST, "--epochs", "1", "--run-dir", str(run)]) == 0
+    old_flags = dict(embed_dim=64, depth=2, num_heads=1, mlp_ratio=4.0, dropout=0.1)
+    for name in ("last.pt", "best.pt"):
+        checkpoint = torch.load(run / name, weights_only=True)
+        del checkpoint["model_name"], checkpoint["config"]["model"], checkpoint["config"]["model_config"]
+        checkpoint["config"].update(old_flags)
+        torch.save(checkpoint, run / name)
+    config = json.load(open(run / "config.json"))
+    del config["model"], config["model_config"]
+    json.dump({**config, **old_flags}, open(run / "config.json", "w"))
+    capsys.readouterr()
+    assert evaluate.main([str(run / "best.pt")]) == 0
+    assert "model: cvt-simplified, " in capsys.readouterr().out
+    assert model_from_checkpoint(torch.load(run / "best.pt", weights_only=True)).model_name == "cvt-simplified"
+    assert train.main(["--resume", str(run / "last.pt"), "--epochs", "2", "--embed-dim", "32"]) == 2
+    assert "--embed-dim 32 (the run has 64)" in capsys.readouterr().err
+    assert train.main(["--resume", str(run / "last.pt"), "--epochs", "2"]) == 0
+    assert torch.load(run / "last.pt", weights_only=True)["model_name"] == "cvt-simplified"
+    assert runs.main([str(run)]) == 0 and f"| {run} | cvt-simplified | seed | 2/2 |" in capsys.readouterr().out
 
 
 def test_sync_bn_needs_cuda_under_torchrun_and_converts_the_batchnorms(prepared_once, tmp_path, capsys):
