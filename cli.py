@@ -37,12 +37,15 @@ class ArgumentParser(argparse.ArgumentParser):
 
 def exit_quietly_on_ctrl_c():
     """A Ctrl-C before main() handles it itself (torch takes a second or two to import) ends
-    the script with one line instead of Python's KeyboardInterrupt traceback."""
+    the script with one line instead of Python's KeyboardInterrupt traceback; output piped
+    into a reader that stops early (`| head`) ends it silently, as for any Unix tool."""
     previous = sys.excepthook
 
     def hook(kind, value, traceback):
         if issubclass(kind, KeyboardInterrupt):
             print("\ninterrupted", file=sys.stderr)
+        elif issubclass(kind, BrokenPipeError):  # (and no second error when Python flushes stdout at exit)
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         else:
             previous(kind, value, traceback)
 

@@ -171,3 +171,12 @@ def test_runs_lists_finished_interrupted_crashed_and_killed_runs(prepared_once, 
 def test_runs_without_any_run_is_a_one_line_error(tmp_path, capsys):
     assert runs.main([str(tmp_path)]) == 2
     assert capsys.readouterr().err.strip().splitlines()[-1].startswith("error: no train.py run")
+
+
+def test_output_piped_into_a_reader_that_stops_early_ends_silently():
+    """`python evaluate.py CKPT | head -1`: no BrokenPipeError traceback."""
+    script = "import cli; cli.exit_quietly_on_ctrl_c()\nfor _ in range(10**6): print('a line of the report')"
+    process = subprocess.Popen([sys.executable, "-c", script], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert process.stdout.readline() == b"a line of the report\n"
+    process.stdout.close()  # the reader stops, as head does
+    assert process.wait(timeout=60) != 0 and process.stderr.read() == b""
