@@ -99,18 +99,22 @@ def model_name_from_keys(state_dict):
     return next((name for name, (known, _) in default_models().items() if known == pattern), None)
 
 
-def config_for_foreign(name, state_dict):
-    """A config for a checkpoint that carries none: cvt-simplified's read off the shapes (the
-    notebook's runs), otherwise the model's defaults with the checkpoint's class count."""
+def config_for_foreign(name, state_dict, settings):
+    """A config for a checkpoint that carries none: for cvt-simplified, what the shapes tell
+    (the notebook's runs: all but the heads), otherwise the model's defaults with the
+    checkpoint's class count; settings (as on the command line) change either."""
     if name == DEFAULT_MODEL:
-        return config_from_state_dict(state_dict)
-    return make_config(name, state_dict[default_models()[name][1]].shape[0])
+        inferred = asdict(config_from_state_dict(state_dict))
+        num_classes, _ = inferred.pop("num_classes"), inferred.pop("in_channels")
+        return make_config(name, num_classes, **{**inferred, **settings})
+    return make_config(name, state_dict[default_models()[name][1]].shape[0], **settings)
 
 
-def model_from_checkpoint(checkpoint, path="checkpoint", use_ema=True, model_name=None):
+def model_from_checkpoint(checkpoint, path="checkpoint", use_ema=True, model_name=None, settings=None):
     """Rebuild the model from the checkpoint alone: its EMA weights when it has them (what
-    train.py evaluated) unless use_ema is False. model_name says which architecture a
-    foreign checkpoint holds when its keys cannot tell."""
+    train.py evaluated) unless use_ema is False. For a foreign checkpoint, model_name and
+    settings ({field: value or text}) say which architecture it holds when its keys and
+    shapes cannot tell (a variant of a model, other heads)."""
     if use_ema and "ema" in checkpoint:
         state_dict = checkpoint["ema"]["model"]
     else:
@@ -118,13 +122,18 @@ def model_from_checkpoint(checkpoint, path="checkpoint", use_ema=True, model_nam
     saved_name = checkpoint.get("model_name") or (DEFAULT_MODEL if "model_config" in checkpoint else None)
     if model_name and saved_name and model_name != saved_name:
         raise DataError(f"{path} holds a {saved_name} model, not --model {model_name}")
+    if settings and saved_name:
+        raise DataError(f"{path} records its model's settings: drop {' '.join('--' + k.replace('_', '-') for k in settings)}")
     name = saved_name or model_name or model_name_from_keys(state_dict)
     if name is None:
         raise DataError(f"{path}: its parameter names match no model here; if it holds one of them "
-                        f"({', '.join(MODELS)}), say which with --model NAME")
+                        f"({', '.join(MODELS)}), say which with --model NAME (and its settings where they differ)")
+    saved = checkpoint.get("model_config")
     try:
-        saved = checkpoint.get("model_config")
-        config = MODELS[name].config(**saved) if saved else config_for_foreign(name, state_dict)
+        config = MODELS[name].config(**saved) if saved else config_for_foreign(name, state_dict, settings or {})
+    except ValueError as error:  # a setting the model lacks, or a bad value
+        raise DataError(str(error)) from None
+    try:
         model = build_model(name, config=config)
         model.load_state_dict(state_dict, strict=True)
     except (KeyError, RuntimeError, TypeError, ValueError) as error:

@@ -33,7 +33,7 @@ from checkpoint import check_classes, load_checkpoint, model_from_checkpoint
 from cli import ArgumentParser
 from data import BatchLoader, load_packed, make_splits
 from layout import DataError, check_output_path, write_json
-from model import MODELS, count_parameters
+from model import MODELS, add_setting_flags, count_parameters, given_settings
 from predict import TOP_K, class_names_for, load_any_image, own_image_files, test_image_files, write_predictions
 from runtime import amp_dtype, autocast, resolve_device
 
@@ -185,7 +185,8 @@ def parse_args(argv):
     parser.add_argument("checkpoint", help="a .pt file written by train.py (or a Lightning .ckpt)")
     parser.add_argument("--model", choices=tuple(MODELS),
                         help="the architecture of a checkpoint that does not say (a Lightning .ckpt) when its "
-                             "parameter names cannot tell; the study's own checkpoints are recognised")
+                             "parameter names cannot tell; the study's own checkpoints are recognised; with the "
+                             "model settings below where they differ from the model's defaults")
     parser.add_argument("--data-dir", help="prepared data (default: the one the checkpoint was trained on, else data)")
     parser.add_argument("--split", default="test", choices=("train", "val", "test"), help="the split to evaluate")
     parser.add_argument("--batch-size", type=int, default=256, help="images per forward pass")
@@ -201,6 +202,7 @@ def parse_args(argv):
     parser.add_argument("--files", nargs="+", metavar="PATH",
                         help="with --predict: label these images and the images in these folders instead (any size or "
                              "mode: converted to RGB, centre-cropped and resized to 64x64); no evaluation, no data needed")
+    add_setting_flags(parser)
     args = parser.parse_args(argv)
     if args.batch_size < 1:
         parser.error("--batch-size must be at least 1")
@@ -216,7 +218,8 @@ def run(args):
         if path:  # before any work: an unwritable output must not waste an evaluation
             check_output_path(path, flag)
     checkpoint = load_checkpoint(args.checkpoint)
-    model = model_from_checkpoint(checkpoint, args.checkpoint, use_ema=args.ema, model_name=args.model)
+    model = model_from_checkpoint(checkpoint, args.checkpoint, use_ema=args.ema, model_name=args.model,
+                                  settings=given_settings(args))
     data_dir = args.data_dir or checkpoint.get("config", {}).get("data_dir") or "data"
     if args.files:
         return predict_own_images(args, checkpoint, model, data_dir)

@@ -70,6 +70,7 @@ class CvTConfig(ModelConfig):
     patch_size: int = 7
     stride: int = 4
     padding: int = 3
+    drop_path: float = 0.0  # stochastic depth (not in the notebook)
 
 
 @dataclass
@@ -250,10 +251,11 @@ class TransformerBlock(nn.Module):
             nn.Linear(hidden_dim, config.embed_dim),
             Dropout(config.dropout),
         )
+        self.drop_path = StochasticDepth(config.drop_path, "row")
 
     def forward(self, x):
-        x = x + self.attn(self.norm1(x))
-        return x + self.mlp(self.norm2(x))
+        x = x + self.drop_path(self.attn(self.norm1(x)))
+        return x + self.drop_path(self.mlp(self.norm2(x)))
 
 
 class CvTSimplifiedEmbedding(nn.Module):
@@ -499,8 +501,6 @@ class ViT(nn.Module):
     embeddings, pre-norm blocks (the study's Block: bias-free q/k/v), and the class token's
     LayerNorm'ed output through a linear head. timm's initialisation (truncated normal 0.02)."""
 
-    no_weight_decay = ("cls_token", "pos_embed")  # as in timm and DeiT
-
     def __init__(self, config):
         super().__init__()
         self.config = c = config
@@ -516,6 +516,10 @@ class ViT(nn.Module):
         self.apply(self.initialise)
         nn.init.trunc_normal_(self.pos_embed, std=0.02)
         nn.init.trunc_normal_(self.cls_token, std=0.02)
+
+    def no_weight_decay(self):
+        """Parameters left undecayed, as in timm and DeiT (timm's method of the same name)."""
+        return {"cls_token", "pos_embed"}
 
     @staticmethod
     def initialise(module):
@@ -637,10 +641,16 @@ def changed_settings(name, values):
     return {key: value for key, value in plain.items() if key in settings_of(name) and value != defaults[key]}
 
 
+def format_setting(value):
+    """A setting as given on the command line: '1,2,10', '0.1', 'true'."""
+    if isinstance(value, (tuple, list)):
+        return ",".join(map(str, value))
+    return f"{value:g}" if isinstance(value, float) else str(value).lower()
+
+
 def describe_settings(settings):
     """'depth 1,1,1, drop-path 0' for {"depth": (1, 1, 1), "drop_path": 0.0}."""
-    text = lambda value: ",".join(map(str, value)) if isinstance(value, tuple) else f"{value:g}" if isinstance(value, float) else str(value)  # noqa: E731
-    return ", ".join(f"{key.replace('_', '-')} {text(value)}" for key, value in settings.items())
+    return ", ".join(f"{key.replace('_', '-')} {format_setting(value)}" for key, value in settings.items())
 
 
 def build_model(name, num_classes=None, config=None, **settings):
@@ -692,8 +702,7 @@ def flops_per_image(model, backward=False):
 
 def describe_grids(model):
     """'16x16' or '32x32, 16x16, 16x16': the token (or feature map) grid of each stage."""
-    grids = [f"{h}x{w}" for h, w in model.token_grids()]
-    return grids[0] if len(set(grids)) == 1 and len(grids) == 1 else ", ".join(grids)
+    return ", ".join(f"{h}x{w}" for h, w in model.token_grids())
 
 
 def cost_row(name, num_classes=200, **settings):

@@ -33,7 +33,7 @@ def parameter_groups(model, weight_decay):
     """Weight decay on the weight matrices and convolution kernels only: biases and norm
     weights (every 1-D parameter) and what the model names in `no_weight_decay` (the ViT's
     class token and position embeddings) are left undecayed, as is usual for transformers."""
-    exempt = set(getattr(model, "no_weight_decay", ()))
+    exempt = model.no_weight_decay() if hasattr(model, "no_weight_decay") else set()
     trained = [(name, p) for name, p in model.named_parameters() if p.requires_grad]
     decay = [p for name, p in trained if p.ndim >= 2 and name not in exempt]
     no_decay = [p for name, p in trained if p.ndim < 2 or name in exempt]
@@ -86,14 +86,15 @@ class EMA:
         self.module = copy.deepcopy(model).eval().requires_grad_(False)
         pairs = list(zip(self.module.state_dict().values(), model.state_dict().values()))
         # Weights and BatchNorm statistics are averaged; integer buffers (BatchNorm's batch count) copied.
-        self.averaged, self.source = zip(*[pair for pair in pairs if pair[0].is_floating_point()]) if pairs else ((), ())
-        self.copied = [pair for pair in pairs if not pair[0].is_floating_point()]
+        self.averaged = [mine for mine, _ in pairs if mine.is_floating_point()]
+        self.source = [theirs for mine, theirs in pairs if mine.is_floating_point()]
+        self.copied = [(mine, theirs) for mine, theirs in pairs if not mine.is_floating_point()]
 
     @torch.no_grad()
     def update(self):
         self.updates += 1
         decay = min(self.decay, (1 + self.updates) / (10 + self.updates))
-        torch._foreach_lerp_(list(self.averaged), list(self.source), 1 - decay)
+        torch._foreach_lerp_(self.averaged, self.source, 1 - decay)
         for averaged, source in self.copied:
             averaged.copy_(source)
 

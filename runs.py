@@ -15,7 +15,6 @@ import sys
 from cli import ArgumentParser, exit_quietly_on_ctrl_c, resume_command
 from curves import read_metrics
 from layout import DataError, read_json
-from model import DEFAULT_MODEL, CvTConfig, changed_settings, describe_settings
 
 COLUMNS = ("run", "model", "recipe", "epochs", "best val top-1", "test top-1", "state")
 
@@ -96,15 +95,13 @@ def describe_run(run_dir):
 
 
 def describe_model(config):
-    """'vit' or 'vit (depth 6, drop-path 0.2)': the model and the settings it changed."""
-    name = config.get("model", DEFAULT_MODEL)
-    # runs from before the model registry saved the notebook model's settings as flags
-    saved = config.get("model_config") or {key: config[key] for key in CvTConfig.__dataclass_fields__ if key in config}
-    try:
-        changed = changed_settings(name, saved)
-    except (ValueError, TypeError):  # a model or setting this version does not know
-        return name
-    return f"{name} ({describe_settings(changed)})" if changed else name
+    """'vit' or 'vit (depth 6, drop-path 0.2)': the model and the settings it changed, as
+    train.py described it (read without torch, so that the listing answers at once)."""
+    if "model_description" in config:
+        return config["model_description"]
+    if "embed_dim" in config:  # runs from before the model registry: the notebook's model, its size as flags
+        return f"cvt-simplified d{config['embed_dim']}x{config.get('depth')}"
+    return config.get("model", "?")
 
 
 def markdown_table(rows):

@@ -117,6 +117,12 @@ class Distributed:
         torch.distributed.all_gather_object(values, value)
         return values
 
+    def broadcast_buffers(self, module):
+        """Rank 0's buffers (BatchNorm statistics) on every rank; a no-op for one process."""
+        if self.enabled:
+            for buffer in module.buffers():
+                torch.distributed.broadcast(buffer, src=0)
+
     def barrier(self):
         if self.enabled:
             torch.distributed.barrier()

@@ -44,7 +44,10 @@ from model import (
     SETTINGS,
     add_setting_flags,
     build_model,
+    changed_settings,
     count_parameters,
+    describe_settings,
+    format_setting,
     given_settings,
     parse_setting,
 )
@@ -169,7 +172,7 @@ def adopt_saved_settings(args, checkpoint, path):
     if conflicts:
         raise DataError(f"cannot resume {path} with different settings: {', '.join(conflicts)}; "
                         "start a new run (--run-dir) to change them")
-    for key in (*RUN_DEFINING, "epochs", "eval_batch_size", "data_dir", "log_every", "sync_bn"):
+    for key in (*RUN_DEFINING, "epochs", "eval_batch_size", "data_dir", "log_every"):  # (--sync-bn is the machine's)
         if key not in args.given and key in saved:
             setattr(args, key, saved[key])
     args.model = checkpoint.get("model_name", DEFAULT_MODEL)  # (runs from before the registry: the notebook's)
@@ -192,10 +195,6 @@ def model_conflicts(args, checkpoint):
         if wanted != getattr(config_class(**saved), key):
             conflicts.append(f"--{key.replace('_', '-')} {text} (the run has {format_setting(saved[key])})")
     return conflicts
-
-
-def format_setting(value):
-    return ",".join(map(str, value)) if isinstance(value, (tuple, list)) else str(value)
 
 
 # ---------------------------------------------------------------- pieces of the loop
@@ -371,7 +370,9 @@ def resolved_config(args, model, device, dtype, run_dir, dist):
     """The run's settings as plain values: the flags (the model's settings as its whole config)
     and what was resolved from the machine."""
     config = {key: value for key, value in vars(args).items() if key != "given" and key not in SETTINGS}
-    config.update(model_config=asdict(model.config), device=str(device),
+    changed = describe_settings(changed_settings(model.model_name, asdict(model.config)))
+    config.update(model_config=asdict(model.config), model_description=f"{model.model_name} ({changed})" if changed else model.model_name,
+                  device=str(device),
                   amp_dtype=str(dtype).replace("torch.", "") if dtype else None, run_dir=run_dir, world_size=dist.world_size)
     return config
 
@@ -644,6 +645,8 @@ def run_epoch(r, epoch, stop):
     progress.update(step_in_epoch=0, partial=None)
     train = summarize(totals)
     pad_to = args.eval_batch_size if args.compile else None
+    if r.updater.ema is not None:  # each rank's EMA averaged its own BatchNorm statistics: evaluate (and save) rank 0's
+        r.dist.broadcast_buffers(r.updater.ema.module)
     val = evaluate(r.evaluated, r.val_loader, r.device, None, pad_to, r.dist)  # always fp32: metrics independent of --amp
     row = {
         "epoch": epoch + 1, **{f"train_{k}": train[k] for k in ("loss", "top1", "top5")},

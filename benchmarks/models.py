@@ -2,7 +2,7 @@
 image, and train-step and inference images/s at batch 64, eager and compiled, in train.py's
 default precision here (bf16 autocast on CUDA and on CPUs with native bf16, else fp32).
 
-    python benchmarks/models.py                            # every model (about 30 min on 2 CPU cores)
+    python benchmarks/models.py                            # every model (22 minutes on 2 CPU cores)
     python benchmarks/models.py --models cvt-simplified cnn vit --no-compile
 
 Random images, no data loading: the model and the optimizer step alone (train.py's

@@ -146,3 +146,17 @@ def test_an_error_on_one_rank_stops_all_ranks_without_hanging(odd_data, tmp_path
     assert result.returncode != 0
     assert "simulated failure on rank 1" in result.stderr
     assert time.perf_counter() - started < 60, "the healthy rank waited for a timeout"
+
+
+def test_a_batchnorm_model_with_an_ema_records_what_evaluate_py_gives(odd_data, tmp_path):
+    """Each rank's EMA averages its own ranks' BatchNorm statistics: rank 0's are what is
+    evaluated and saved, so the checkpoint reproduces the recorded figures."""
+    tiny_cnn = ["--model", "cnn", "--channels", "8,16", "--hidden-dim", "32", "--ema-decay", "0.9"]
+    result = torchrun("--data-dir", odd_data, "--run-dir", str(tmp_path / "r"), "--epochs", "2", *COMMON, *tiny_cnn)
+    assert "cnn has BatchNorm: each of the 2 processes normalises its own share" in result.stdout
+    reported = json.load(open(tmp_path / "r" / "test_metrics.json"))["final"]
+    out = tmp_path / "test.json"
+    assert evaluate.main([str(tmp_path / "r" / "last.pt"), "--batch-size", "16", "--json", str(out)]) == 0
+    measured = json.load(open(out))
+    assert (measured["top1"], measured["top5"]) == (reported["top1"], reported["top5"])
+    assert abs(measured["loss"] - reported["loss"]) < 1e-5

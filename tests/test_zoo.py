@@ -177,9 +177,30 @@ def test_train_refuses_bad_model_settings_before_any_work(argv, message, capsys)
 
 def test_model_list_prints_every_model_with_its_exact_size(capsys):
     model_module.main(["--list"])
-    out = capsys.readouterr().out
-    for name, parameters in PARAMETERS.items():
-        assert f"{name} " in out and f"{parameters:,}" in out
+    rows = {line.split()[0]: line.split()[1] for line in capsys.readouterr().out.splitlines()[1:-1]}
+    assert rows == {name: f"{parameters:,}" for name, parameters in PARAMETERS.items()}
+
+
+def test_the_vits_class_token_and_position_embeddings_are_not_decayed():
+    from recipe import parameter_groups
+
+    model = build_model("vit", 5, **TINY["vit"])
+    decayed, undecayed = ({id(p) for p in group["params"]} for group in parameter_groups(model, 0.05))
+    assert {id(model.cls_token), id(model.pos_embed)} <= undecayed
+    assert id(model.patch_embed.weight) in decayed and id(model.blocks[0].proj_q.weight) in decayed
+
+
+def test_the_ema_averages_batchnorm_statistics_and_copies_its_batch_count():
+    from recipe import EMA
+
+    model = tiny("cnn")
+    ema = EMA(model, decay=0.5)
+    model.train()(torch.randn(4, 3, 64, 64))  # moves the running statistics, counts one batch
+    ema.update()
+    bn, averaged = model.features[0].block[1], ema.module.features[0].block[1]
+    decay = min(0.5, 2 / 11)  # the ramp after one update
+    torch.testing.assert_close(averaged.running_mean, bn.running_mean * (1 - decay))  # from zeros
+    assert averaged.num_batches_tracked.item() == bn.num_batches_tracked.item() == 1
 
 
 # ---------------------------------------------------------------- through train.py and evaluate.py
@@ -296,11 +317,25 @@ def test_the_studys_lightning_checkpoint_evaluates_to_what_its_own_code_gives(na
         assert report["loss"] == pytest.approx(F.cross_entropy(logits, y).item(), abs=1e-5)
 
 
-def test_a_checkpoint_whose_keys_match_no_model_asks_for_model(tmp_path):
-    state_dict = tiny("cvt-original", conv_projection=False).state_dict()  # neither cvt-original nor cvt-recurrent
+def test_a_variant_of_a_study_model_is_named_with_model_and_its_settings():
+    """cvt-original without its conv projections: neither cvt-original's keys nor cvt-recurrent's."""
+    variant = build_model("cvt-original", 5, conv_projection=False).eval()
+    checkpoint = {"state_dict": {f"model.{key}": value for key, value in variant.state_dict().items()}}
     with pytest.raises(DataError, match="say which with --model NAME"):
-        model_from_checkpoint({"state_dict": state_dict}, "x.ckpt")
+        model_from_checkpoint(checkpoint, "x.ckpt")
     with pytest.raises(DataError, match="does not hold a cvt-original model as built here"):
-        model_from_checkpoint({"state_dict": state_dict}, "x.ckpt", model_name="cvt-original")
+        model_from_checkpoint(checkpoint, "x.ckpt", model_name="cvt-original")
+    with pytest.raises(DataError, match="cvt-original has no setting --channels"):
+        model_from_checkpoint(checkpoint, "x.ckpt", model_name="cvt-original", settings={"channels": "8"})
+    rebuilt = model_from_checkpoint(checkpoint, "x.ckpt", model_name="cvt-original", settings={"conv_projection": "false"})
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        assert torch.equal(rebuilt.eval()(x), variant(x))
+
+
+def test_a_train_py_checkpoint_keeps_its_own_model_and_settings():
+    checkpoint = {"model": {}, "model_name": "cnn", "model_config": {}}
     with pytest.raises(DataError, match="holds a cnn model, not --model vit"):
-        model_from_checkpoint({"model": {}, "model_name": "cnn", "model_config": {}}, "x.pt", model_name="vit")
+        model_from_checkpoint(checkpoint, "x.pt", model_name="vit")
+    with pytest.raises(DataError, match="records its model's settings: drop --channels"):
+        model_from_checkpoint(checkpoint, "x.pt", settings={"channels": "8"})
