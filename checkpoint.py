@@ -130,16 +130,34 @@ def model_from_checkpoint(checkpoint, path="checkpoint", use_ema=True, model_nam
                         f"({', '.join(MODELS)}), say which with --model NAME (and its settings where they differ)")
     saved = checkpoint.get("model_config")
     try:
-        config = MODELS[name].config(**saved) if saved else config_for_foreign(name, state_dict, settings or {})
-    except ValueError as error:  # a setting the model lacks, or a bad value
+        make_config(name, 1, **(settings or {}))  # a setting the model lacks, or a bad value: said as such
+    except ValueError as error:
         raise DataError(str(error)) from None
     try:
+        config = MODELS[name].config(**saved) if saved else config_for_foreign(name, state_dict, settings or {})
         model = build_model(name, config=config)
-        model.load_state_dict(state_dict, strict=True)
-    except (KeyError, RuntimeError, TypeError, ValueError) as error:
-        detail = str(error).replace("\n", " ").replace("\t", "")[:300]
-        raise DataError(f"{path} does not hold a {name} model as built here: {detail}") from None
+    except (KeyError, TypeError, ValueError):  # the keys are another model's
+        raise DataError(f"{path} does not hold a {name} model: its parameter names are not {name}'s") from None
+    mismatch = state_dict_mismatch(model.state_dict(), state_dict)
+    if mismatch:
+        hint = "" if saved else (f"; if it is a {name} of other sizes, give them as train.py takes them "
+                                 f"(`python model.py --model {name}` lists the settings)")
+        raise DataError(f"{path} does not hold a {name} model as configured: {mismatch}{hint}")
+    model.load_state_dict(state_dict, strict=True)
     return model
+
+
+def state_dict_mismatch(expected, found):
+    """'' when found fits expected, else a short description of the first differences."""
+    missing, unexpected = [k for k in expected if k not in found], [k for k in found if k not in expected]
+    reshaped = [k for k in expected if k in found and expected[k].shape != found[k].shape]
+    parts = [f"{len(missing)} parameters missing (first {missing[0]})"] if missing else []
+    parts += [f"{len(unexpected)} unexpected (first {unexpected[0]})"] if unexpected else []
+    if reshaped:
+        key = reshaped[0]
+        shape = lambda tensor: "x".join(map(str, tensor.shape)) or "scalar"  # noqa: E731
+        parts.append(f"{key} is {shape(found[key])} in the checkpoint, {shape(expected[key])} here")
+    return ", ".join(parts)
 
 
 def class_difference(saved, classes):

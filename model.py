@@ -771,12 +771,16 @@ def main(argv=None):
     except ValueError as error:
         parser.error(str(error))
     print(model)
-    print(f"{args.model}: {MODELS[args.model].about}")
-    print(f"config: {asdict(model.config)}")
+    changed = describe_settings(changed_settings(args.model, asdict(model.config)))
+    print(f"{args.model}{f' ({changed})' if changed else ''}; at its defaults: {MODELS[args.model].about}")
+    print("settings: " + " ".join(f"--{key.replace('_', '-')} {format_setting(getattr(model.config, key))}"
+                                  for key in settings_of(args.model)))
     print(f"parameters: {count_parameters(model):,}")
     print(f"token grid per stage: {describe_grids(model)}")
+    grouped = any(isinstance(m, nn.Conv2d) and m.groups > 1 for m in model.modules())
     print(f"FLOPs per {IMAGE_SIZE}x{IMAGE_SIZE} image: {flops_per_image(model) / 1e9:.3f} G forward, "
-          f"{flops_per_image(model, backward=True) / 1e9:.3f} G forward + backward")
+          f"{flops_per_image(model, backward=True) / 1e9:.3f} G forward + backward"
+          + (" (too high: torch's flop counter counts the backward of depthwise convs as dense)" if grouped else ""))
 
 
 if __name__ == "__main__":

@@ -518,7 +518,7 @@ def start_run(args, dist, device):
     args.compile = device.type == "cuda" if args.compile is None else args.compile
     dtype = amp_dtype(device, args.amp, args.amp_dtype)
     configure_backends(device)
-    if args.sync_bn and dist.enabled and device.type != "cuda":
+    if args.sync_bn and device.type != "cuda":
         raise DataError("--sync-bn needs CUDA: SyncBatchNorm runs on GPUs only")
     checkpoint = load_checkpoint(args.resume) if args.resume else None
     if checkpoint is not None:

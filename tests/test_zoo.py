@@ -276,8 +276,9 @@ def test_runs_from_before_the_registry_still_evaluate_resume_and_list(prepared_o
 def test_sync_bn_needs_cuda_under_torchrun_and_converts_the_batchnorms(prepared_once, tmp_path, capsys):
     argv = ["--data-dir", prepared_once, "--run-dir", str(tmp_path / "r"), *FAST, *FAMILIES["CNN (+ EMA of BatchNorm statistics)"]]
     dist = train.Distributed(rank=0, local_rank=0, world_size=2)
-    with pytest.raises(DataError, match="--sync-bn needs CUDA"):
-        train.start_run(train.parse_args([*argv, "--sync-bn"]), dist, torch.device("cpu"))
+    for processes in (dist, train.Distributed()):  # under torchrun or not
+        with pytest.raises(DataError, match="--sync-bn needs CUDA"):
+            train.start_run(train.parse_args([*argv, "--sync-bn"]), processes, torch.device("cpu"))
     assert not (tmp_path / "r").exists()  # refused before any work
     args = train.parse_args(["--model", "cnn", "--sync-bn"])
     converted = train.new_model(args, None, 4, dist, torch.device("cpu"))
@@ -323,7 +324,7 @@ def test_a_variant_of_a_study_model_is_named_with_model_and_its_settings():
     checkpoint = {"state_dict": {f"model.{key}": value for key, value in variant.state_dict().items()}}
     with pytest.raises(DataError, match="say which with --model NAME"):
         model_from_checkpoint(checkpoint, "x.ckpt")
-    with pytest.raises(DataError, match="does not hold a cvt-original model as built here"):
+    with pytest.raises(DataError, match="does not hold a cvt-original model as configured: 351 parameters missing"):
         model_from_checkpoint(checkpoint, "x.ckpt", model_name="cvt-original")
     with pytest.raises(DataError, match="cvt-original has no setting --channels"):
         model_from_checkpoint(checkpoint, "x.ckpt", model_name="cvt-original", settings={"channels": "8"})
@@ -331,6 +332,19 @@ def test_a_variant_of_a_study_model_is_named_with_model_and_its_settings():
     x = torch.randn(2, 3, 64, 64)
     with torch.no_grad():
         assert torch.equal(rebuilt.eval()(x), variant(x))
+
+
+def test_a_foreign_checkpoint_named_as_another_model_or_of_other_sizes_is_one_clear_line():
+    simplified = {"state_dict": build_model("cvt-simplified", 5).state_dict()}
+    for name in ("vit", "resnet18"):
+        with pytest.raises(DataError, match=f"does not hold a {name} model: its parameter names are not {name}'s"):
+            model_from_checkpoint(simplified, "x.ckpt", model_name=name)
+    small_vit = {"state_dict": build_model("vit", 5, **TINY["vit"]).state_dict()}  # recognised, but not the default size
+    with pytest.raises(DataError, match=r"does not hold a vit model as configured: .*cls_token is 1x1x32 in the "
+                                        r"checkpoint, 1x1x192 here; if it is a vit of other sizes, give them"):
+        model_from_checkpoint(small_vit, "x.ckpt")
+    settings = {key: model_module.format_setting(value) for key, value in TINY["vit"].items()}
+    assert model_from_checkpoint(small_vit, "x.ckpt", model_name="vit", settings=settings).config.depth == 2
 
 
 def test_a_train_py_checkpoint_keeps_its_own_model_and_settings():
