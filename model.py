@@ -21,7 +21,7 @@ import torchvision
 from einops import rearrange
 from torchvision.ops import StochasticDepth
 
-IMAGE_SIZE = 64  # Tiny ImageNet; the CNN's classifier and the ViT's position embeddings depend on it
+from data import IMAGE_SIZE  # the CNN's classifier and the ViT's position embeddings depend on it
 
 
 def conv_size(size, kernel, stride, padding):
@@ -772,7 +772,8 @@ def main(argv=None):
         parser.error(str(error))
     print(model)
     changed = describe_settings(changed_settings(args.model, asdict(model.config)))
-    print(f"{args.model}{f' ({changed})' if changed else ''}; at its defaults: {MODELS[args.model].about}")
+    print(f"{args.model} ({changed}); at its defaults: {MODELS[args.model].about}" if changed
+          else f"{args.model}: {MODELS[args.model].about}")
     print("settings: " + " ".join(f"--{key.replace('_', '-')} {format_setting(getattr(model.config, key))}"
                                   for key in settings_of(args.model)))
     print(f"parameters: {count_parameters(model):,}")
