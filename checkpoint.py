@@ -47,6 +47,10 @@ def load_checkpoint(path):
         raise DataError(f"no checkpoint at {path}")
     if os.path.getsize(path) == 0:
         raise DataError(f"{path} is empty (0 bytes): the file was not written completely; use another checkpoint")
+    with open(path, "rb") as f:
+        pickled = f.read(1) == b"\x80"  # the pickle protocol mark: torch.save's legacy (non-zip) format
+    if not (pickled or zipfile.is_zipfile(path)):  # (torch would call it a refused pickle)
+        raise DataError(f"cannot load {path}: it is not a PyTorch checkpoint (neither a zip nor a pickle)")
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as error:

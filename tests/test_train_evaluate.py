@@ -241,6 +241,9 @@ def test_whole_pickled_models_and_empty_files_get_messages_that_say_what_to_do(t
 
     torch.save(CvTSimplifiedEmbedding(CvTConfig(num_classes=4)), tmp_path / "whole.pt")  # torch.save(model)
     (tmp_path / "empty.pt").write_bytes(b"")
+    (tmp_path / "notes.pt").write_text("not a checkpoint")
+    assert evaluate.main([str(tmp_path / "notes.pt")]) == 2
+    assert last_error_line(capsys).endswith("notes.pt: it is not a PyTorch checkpoint (neither a zip nor a pickle)")
     assert evaluate.main([str(tmp_path / "whole.pt")]) == 2
     err = last_error_line(capsys)
     assert "it is a PyTorch file" in err and "would run code" in err and "state_dict()" in err
