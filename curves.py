@@ -8,6 +8,7 @@ train.py draws it at the end of a run. matplotlib is in requirements.txt; withou
 of the kit works and this says how to install it.
 """
 import csv
+import math
 import os
 import sys
 
@@ -33,7 +34,8 @@ def read_metrics(run_dir):
     if not rows:
         raise DataError(no_epoch)
     try:
-        return {key: [float(row[key]) for row in rows] for key in rows[0]}
+        # (an empty cell: a column added after the row was written, in a run resumed across versions)
+        return {key: [float(row[key]) if row[key] != "" else math.nan for row in rows] for key in rows[0]}
     except (TypeError, ValueError):
         raise DataError(f"{path} is damaged (a value is not a number)") from None
 

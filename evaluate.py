@@ -113,6 +113,14 @@ def class_report(confusion, classes, class_names, top=20):
     return {"macro_f1": f1[present].mean().item() if present.any() else 0.0, "per_class": per_class, "most_confused": confused}
 
 
+def evaluate_with_report(model, loader, device, data, dtype=None, pad_to=None, dist=None):
+    """evaluate()'s figures plus macro-F1 (what train.py records, evaluate.py prints and
+    compare.py re-evaluates), and class_report's whole report."""
+    metrics = evaluate(model, loader, device, dtype, pad_to, dist, num_classes=len(data.classes))
+    report = class_report(metrics.pop("confusion"), data.classes, data.class_names)
+    return {**metrics, "macro_f1": report["macro_f1"]}, report
+
+
 @torch.no_grad()
 def measure_throughput(model, x, device, dtype, warmup=2, min_seconds=1.0, min_batches=5):
     """Inference images/s on one batch already in memory (the model alone, no data loading),
@@ -238,13 +246,12 @@ def run(args):
     memory_before_mb, _ = peak_memory(device)  # on CPU: what the runtime, model and data already hold
     x, y = make_splits(data)[args.split]
     loader = BatchLoader(x, y, args.batch_size, device)
-    metrics = evaluate(model, loader, device, dtype, num_classes=len(data.classes))
-    report = class_report(metrics.pop("confusion"), data.classes, data.class_names)
+    metrics, report = evaluate_with_report(model, loader, device, data, dtype)
     first_batch = next(iter(loader))[0]
     memory_mb, memory_what = peak_memory(device)
     metrics = {
         "split": args.split, "checkpoint": args.checkpoint, "weights": "ema" if args.ema and "ema" in checkpoint else "trained",
-        **metrics, "macro_f1": report["macro_f1"], "model": model.model_name, "parameters": count_parameters(model),
+        **metrics, "model": model.model_name, "parameters": count_parameters(model),
         "images_per_s": measure_throughput(model, first_batch, device, dtype), "batch_size": len(first_batch),
         "device": str(device), "precision": str(dtype).replace("torch.", "") if dtype else "fp32",
         "peak_memory_mb": memory_mb, "peak_memory_what": memory_what,

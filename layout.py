@@ -22,6 +22,7 @@ seed}} for `--synthetic`, or {"zip": None, "reused": True} for a folder extracte
 tool. prepare_data.py never replaces data from one source by another without --force.
 """
 import csv
+import hashlib
 import json
 import os
 
@@ -134,6 +135,14 @@ def prepare_advice(data_dir, force=False):
 def read_meta(data_dir):
     """The packed data's meta.json, or None unless the data is complete and consistent."""
     return inspect_prepared(data_dir)[0]
+
+
+def data_identity(meta):
+    """What makes two prepared data directories the same data, from their meta.json: the source
+    they were prepared from, the image counts and the class list (not where they lie, nor when
+    they were prepared)."""
+    classes = hashlib.sha256("\n".join(meta["classes"]).encode()).hexdigest()[:16]
+    return {"source": meta["source"], "counts": meta["counts"], "classes_sha256": classes, "synthetic": meta["synthetic"]}
 
 
 def ensure_dir(path, what, advice=""):

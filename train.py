@@ -8,8 +8,8 @@
 
 Each run writes to its own directory: config.json, metrics.csv (one row per epoch, written
 as it ends), last.pt and best.pt (by val top-1), test_metrics.json (the 8,000-image test
-split, evaluated once at the end with the final weights and with best.pt when that differs)
-and curves.png. On CUDA it uses bf16 autocast (fp16 + GradScaler on older GPUs),
+split, evaluated once at the end with the final weights and with best.pt when that differs:
+loss, top-1, top-5, macro-F1) and curves.png; compare.py tabulates runs. On CUDA it uses bf16 autocast (fp16 + GradScaler on older GPUs),
 torch.compile, TF32 and a fused optimizer by default; on CPU, eager with bf16 autocast where
 the CPU has native bf16, else fp32.
 """
@@ -36,8 +36,8 @@ from cli import ArgumentParser, progress_bar, resume_command, shell_command
 from curves import draw_curves_or_explain
 from data import BatchLoader, load_packed, make_splits
 from checkpoint import class_difference, load_checkpoint, model_entries, model_from_checkpoint, save_checkpoint
-from evaluate import evaluate, topk_correct
-from layout import DataError, ensure_dir, write_csv, write_json
+from evaluate import evaluate, evaluate_with_report, peak_memory, topk_correct
+from layout import DataError, data_identity, ensure_dir, write_csv, write_json
 from model import (
     DEFAULT_MODEL,
     MODELS,
@@ -65,7 +65,7 @@ from runtime import (
 
 METRIC_FIELDS = (
     "epoch", "train_loss", "train_top1", "train_top5", "val_loss", "val_top1", "val_top5",
-    "lr", "seconds", "images_per_s", "skipped_steps",
+    "lr", "seconds", "images_per_s", "skipped_steps", "peak_memory_mb",
 )
 
 
@@ -162,13 +162,19 @@ def parse_args(argv):
     return args
 
 
-def adopt_saved_settings(args, checkpoint, path):
-    """On --resume the run's own settings apply: flags not given take the saved values, and a
-    given flag that would change what the run is (model, recipe, seed, batch size) is refused."""
+def settings_conflicts(args, checkpoint):
+    """The flags given that would change what the saved run is (model, recipe, seed, batch size)."""
     saved = checkpoint.get("config", {})
     conflicts = [f"--{key.replace('_', '-')} {getattr(args, key)} (the run has {saved[key]})"
                  for key in RUN_DEFINING if key in args.given and key in saved and getattr(args, key) != saved[key]]
-    conflicts += model_conflicts(args, checkpoint)
+    return conflicts + (model_conflicts(args, checkpoint) if "model_config" in checkpoint else [])
+
+
+def adopt_saved_settings(args, checkpoint, path):
+    """On --resume the run's own settings apply: flags not given take the saved values, and a
+    given flag that would change what the run is is refused."""
+    saved = checkpoint.get("config", {})
+    conflicts = settings_conflicts(args, checkpoint)
     if conflicts:
         raise DataError(f"cannot resume {path} with different settings: {', '.join(conflicts)}; "
                         "start a new run (--run-dir) to change them")
@@ -288,7 +294,8 @@ class StopSignal:
 
 
 def write_metrics_csv(path, history):
-    write_csv(path, METRIC_FIELDS, ([row[key] for key in METRIC_FIELDS] for row in history))
+    # (rows of a run resumed from an older version lack the newer columns: left empty)
+    write_csv(path, METRIC_FIELDS, ([row.get(key, "") for key in METRIC_FIELDS] for row in history))
 
 
 # ---------------------------------------------------------------- setup
@@ -366,14 +373,16 @@ def restore(checkpoint, model, updater, classes, path, dist):
     return progress
 
 
-def resolved_config(args, model, device, dtype, run_dir, dist):
-    """The run's settings as plain values: the flags (the model's settings as its whole config)
-    and what was resolved from the machine."""
+def resolved_config(args, model, data, device, dtype, run_dir, dist):
+    """The run's settings as plain values: the flags (the model's settings as its whole config),
+    what was resolved from the machine, and which data it trains on (compare.py never groups
+    runs on different data)."""
     config = {key: value for key, value in vars(args).items() if key != "given" and key not in SETTINGS}
     changed = describe_settings(changed_settings(model.model_name, asdict(model.config)))
     config.update(model_config=asdict(model.config), model_description=f"{model.model_name} ({changed})" if changed else model.model_name,
                   device=str(device),
-                  amp_dtype=str(dtype).replace("torch.", "") if dtype else None, run_dir=run_dir, world_size=dist.world_size)
+                  amp_dtype=str(dtype).replace("torch.", "") if dtype else None, run_dir=run_dir, world_size=dist.world_size,
+                  data=data_identity(data.meta), peak_memory_what=peak_memory(device)[1])
     return config
 
 
@@ -560,7 +569,7 @@ def start_run(args, dist, device):
         trained = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
     trained = maybe_compile(trained, args.compile, args.compile_mode)
     evaluated = maybe_compile(updater.ema.module, args.compile, args.compile_mode) if updater.ema else trained
-    config = resolved_config(args, model, device, dtype, run_dir, dist)
+    config = resolved_config(args, model, data, device, dtype, run_dir, dist)
     on_main(dist, lambda: write_json(os.path.join(run_dir, "config.json"), config))
     r = Run(args, dist, device, dtype, data, splits, run_dir, model, trained, evaluated, updater,
             train_loader, val_loader, progress, config)
@@ -653,6 +662,7 @@ def run_epoch(r, epoch, stop):
         **{f"val_{k}": val[k] for k in ("loss", "top1", "top5")},
         "lr": r.updater.optimizer.param_groups[0]["lr"], "seconds": round(seconds, 2),
         "images_per_s": round(train["images"] / seconds, 1), "skipped_steps": train["skipped_steps"],
+        "peak_memory_mb": round(peak_memory(r.device)[0], 1),  # rank 0's, since this process started
     }
     progress["history"].append(row)
     progress["epoch"] = epoch + 1
@@ -736,10 +746,15 @@ def evaluate_test(r):
     args, progress, dist = r.args, r.progress, r.dist
     loader = BatchLoader(*r.splits["test"], args.eval_batch_size, r.device, rank=dist.rank, world_size=dist.world_size)
     pad_to = args.eval_batch_size if args.compile else None
-    results = {"final": {**evaluate(r.evaluated, loader, r.device, None, pad_to, dist), "epoch": progress["epoch"]}}
+
+    def test(model, epoch, pad_to=None):
+        metrics, _ = evaluate_with_report(model, loader, r.device, r.data, None, pad_to, dist)
+        return {**metrics, "epoch": epoch}
+
+    results = {"final": test(r.evaluated, progress["epoch"], pad_to)}
     if progress["best_epoch"] not in (0, progress["epoch"]):
         best = model_from_checkpoint(load_checkpoint(os.path.join(r.run_dir, "best.pt"))).to(r.device)
-        results["best"] = {**evaluate(best, loader, r.device, dist=dist), "epoch": progress["best_epoch"]}
+        results["best"] = test(best, progress["best_epoch"])
     else:
         results["best"] = results["final"]
     names = ("final", "best") if results["best"] is not results["final"] else ("final",)
@@ -747,7 +762,7 @@ def evaluate_test(r):
         metrics = results[name]
         weights = f"{name} EMA" if r.updater.ema else name
         r.log(f"test ({weights} weights, epoch {metrics['epoch']}): loss {metrics['loss']:.4f} "
-              f"top-1 {metrics['top1']:.2%} top-5 {metrics['top5']:.2%} ({metrics['images']:,} images)")
+              f"top-1 {metrics['top1']:.2%} top-5 {metrics['top5']:.2%} macro-F1 {metrics['macro_f1']:.4f} ({metrics['images']:,} images)")
     return results
 
 
