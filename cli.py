@@ -52,10 +52,15 @@ def exit_quietly_on_ctrl_c():
     sys.excepthook = hook
 
 
-def shell_command(*words):
+def command_text(words):
     """A command line the user can paste into their shell as printed (paths with spaces quoted)."""
-    words = ["python", *map(str, words)]
+    words = list(map(str, words))
     return subprocess.list2cmdline(words) if os.name == "nt" else shlex.join(words)
+
+
+def shell_command(*words):
+    """command_text of a python script's command."""
+    return command_text(["python", *words])
 
 
 def resume_command(run_dir):

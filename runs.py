@@ -37,6 +37,16 @@ def find_runs(paths):
     return runs, not_runs
 
 
+def expand_globs(paths):
+    """The paths with their patterns expanded: Windows shells pass `runs/*` through unexpanded."""
+    return [path for arg in paths for path in ([arg] if os.path.exists(arg) else sorted(glob.glob(arg)) or [arg])]
+
+
+def not_a_run(path):
+    """Why path was left out, as a note."""
+    return f"{path} {'holds no train.py run (no config.json)' if os.path.exists(path) else 'does not exist'}"
+
+
 def process_alive(pid):
     """True or False on POSIX; None where that cannot be asked without side effects (Windows)."""
     if os.name == "nt":
@@ -114,12 +124,9 @@ def main(argv=None):
     parser = ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("paths", nargs="+", metavar="PATH", help="run directories, or folders holding them")
     args = parser.parse_args(argv)
-    # Windows shells pass `runs/*` through unexpanded
-    paths = [path for arg in args.paths for path in ([arg] if os.path.exists(arg) else sorted(glob.glob(arg)) or [arg])]
-    runs, not_runs = find_runs(paths)
+    runs, not_runs = find_runs(expand_globs(args.paths))
     for path in not_runs:
-        what = "holds no train.py run (no config.json)" if os.path.exists(path) else "does not exist"
-        print(f"note: {path} {what}", file=sys.stderr)
+        print(f"note: {not_a_run(path)}", file=sys.stderr)
     if not runs:
         print("error: no train.py run directories among the paths given", file=sys.stderr)
         return 2

@@ -10,6 +10,7 @@ import pytest
 from conftest import ROOT, signal_during_training
 
 import cli
+import compare
 import curves
 import data
 import evaluate
@@ -18,7 +19,7 @@ import prepare_data
 import runs
 import synthetic
 import train
-from benchmarks import bench, recipes
+from benchmarks import bench, study
 
 FAST = ["--batch-size", "16", "--eval-batch-size", "16", "--log-every", "2", "--device", "cpu"]
 SCRIPTS = ("prepare_data.py", "train.py", "evaluate.py", "curves.py", "runs.py")
@@ -27,7 +28,7 @@ SCRIPTS = ("prepare_data.py", "train.py", "evaluate.py", "curves.py", "runs.py")
 def parser_of(module):
     """The script's real ArgumentParser (the one with --help), caught as main() builds it."""
     built = []
-    original = argparse.ArgumentParser.parse_args
+    original = argparse.ArgumentParser.parse_known_args  # (parse_args calls it too)
 
     def capture(self, *args, **kwargs):
         if not self.add_help:  # train.py's probe for explicitly given flags
@@ -35,16 +36,16 @@ def parser_of(module):
         built.append(self)
         raise SystemExit(0)
 
-    argparse.ArgumentParser.parse_args = capture
+    argparse.ArgumentParser.parse_known_args = capture
     try:
         with pytest.raises(SystemExit):
             module.main(["x"])
     finally:
-        argparse.ArgumentParser.parse_args = original
+        argparse.ArgumentParser.parse_known_args = original
     return built[-1]
 
 
-@pytest.mark.parametrize("module", [prepare_data, train, evaluate, curves, runs, data, model, synthetic, bench, recipes])
+@pytest.mark.parametrize("module", [prepare_data, train, evaluate, curves, runs, data, model, synthetic, bench, study, compare])
 def test_help_shows_every_default(module):
     """Every flag with a default value says it in --help (switches and unset flags explain
     themselves in words)."""

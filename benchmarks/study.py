@@ -1,0 +1,280 @@
+"""Run a grid of training runs, every (model, recipe, seed) as its own train.py run, then print
+the study's table (compare.py) over them.
+
+    python benchmarks/study.py --models cvt-simplified cnn vit --recipe study --epochs 30 --seeds 0 1 2 --out-dir runs/study
+    python benchmarks/study.py --recipes seed study improved --epochs 10 --data-dir data-mini
+    python benchmarks/study.py --models cnn "vit-96x6=--model vit --embed-dim 96 --depth 6 --num-heads 3" --batch-size 128
+    python benchmarks/study.py --models cvt-simplified cnn --print --nproc-per-node 4   # the torchrun commands
+
+An entry of --models is a model name (`python model.py --list`) or LABEL=FLAGS (train.py flags:
+--model and its settings); an entry of --recipes is a preset (seed, study, improved) or
+LABEL=FLAGS. Any other flag goes to every train.py run (an entry's own flags win over it). Each
+run trains into OUT/<model>-<recipe>-s<seed>, one after the other, with one line of progress
+each. Run it again to continue a grid: finished runs are skipped, interrupted ones resumed from
+their last.pt (finished ones extended when --epochs grew); a run that fails is reported and the
+others go on.
+"""
+import os
+import sys
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+if __name__ == "__main__":  # before the imports below, which take a moment
+    from cli import exit_quietly_on_ctrl_c
+
+    exit_quietly_on_ctrl_c()
+
+import contextlib  # noqa: E402
+import io  # noqa: E402
+import re  # noqa: E402
+import shlex  # noqa: E402
+import subprocess  # noqa: E402
+import time  # noqa: E402
+
+import train  # noqa: E402
+from cli import ArgumentParser, command_text, duration  # noqa: E402
+from curves import read_metrics  # noqa: E402
+from layout import DataError, data_identity, read_json, read_meta  # noqa: E402
+from model import DEFAULT_MODEL  # noqa: E402
+from runs import run_state  # noqa: E402
+
+TRAIN = os.path.join(ROOT, "train.py")
+LABEL = re.compile(r"[A-Za-z0-9._-]+")  # one folder name, no path
+GRID_SETS = ("seed", "epochs", "data_dir", "run_dir")  # train.py flags that the grid sets itself
+
+
+def parse_entry(entry, flag):
+    """'cnn' -> ('cnn', ['--model', 'cnn']) for --models, 'study' -> ('study', ['--recipe', 'study'])
+    for --recipes; 'name=--lr 3e-3' -> ('name', ['--lr', '3e-3'])."""
+    if "=" in entry:
+        label, flags = entry.split("=", 1)
+        return label, shlex.split(flags)
+    return entry, [flag, entry]
+
+
+class GridRun:
+    """One (model, recipe, seed) of the grid and the train.py command that trains it."""
+
+    def __init__(self, model, recipe, seed, args, common):
+        (model_label, model_flags), (recipe_label, recipe_flags) = model, recipe
+        self.name = f"{model_label}-{recipe_label}-s{seed}"
+        self.run_dir = os.path.join(args.out_dir, self.name)
+        self.seed, self.epochs, self.data_dir = seed, args.epochs, args.data_dir
+        # the entries' flags last: argparse keeps the last value, so they win over the common ones
+        self.flags = ["--data-dir", args.data_dir, "--epochs", str(args.epochs), "--seed", str(seed),
+                      *common, *model_flags, *recipe_flags]
+        self.parsed = None  # train.py's parse of the flags (check_commands)
+
+    def train_argv(self, state):
+        if state == "resume":
+            return [*self.flags, "--resume", os.path.join(self.run_dir, "last.pt")]
+        return [*self.flags, "--run-dir", self.run_dir]
+
+    def state(self, data):
+        """('finished', epochs), ('resume', epochs done), ('new', None or why it starts afresh),
+        or ('refused', why), from what the run's folder holds; data: the identity of --data-dir."""
+        config = read_json(os.path.join(self.run_dir, "config.json"))
+        if not isinstance(config, dict):
+            return "new", None
+        state = run_state(self.run_dir)
+        if state.startswith("running"):
+            return "refused", f"may be training now ({state}); if it is not, delete its status.json"
+        conflicts = self.conflicts(config, data)
+        if conflicts:
+            return "refused", f"holds a run with other settings ({', '.join(conflicts)}): use another --out-dir or label"
+        if config.get("epochs", 0) > self.epochs:
+            return "refused", f"holds a {config['epochs']}-epoch run, more than --epochs {self.epochs}: use another --out-dir"
+        final = (read_json(os.path.join(self.run_dir, "test_metrics.json")) or {}).get("final", {})
+        if state == "finished" and final.get("epoch") == self.epochs:
+            return "finished", self.epochs
+        if os.path.exists(os.path.join(self.run_dir, "last.pt")):
+            return "resume", epochs_done(self.run_dir)
+        return "new", "stopped before its first checkpoint"
+
+    def conflicts(self, config, data):
+        """What the run in the folder was trained with that this run's flags would change: train.py's
+        rule for --resume, and the data."""
+        saved = {"config": config, "model_name": config.get("model", DEFAULT_MODEL)}
+        if "model_config" in config:  # (runs from before the model registry have none: the model is not compared)
+            saved["model_config"] = config["model_config"]
+        conflicts = train.settings_conflicts(self.parsed, saved)
+        if config.get("data") and data and config["data"] != data:
+            conflicts.append(f"--data-dir {self.data_dir} holds other data than the run trained on")
+        return conflicts
+
+
+def epochs_done(run_dir):
+    try:
+        return len(read_metrics(run_dir)["epoch"])
+    except DataError:  # stopped in its first epoch
+        return 0
+
+
+def parse_train_flags(run):
+    """train.py's args for the run, or a DataError with train.py's one-line reason."""
+    message = io.StringIO()
+    try:
+        with contextlib.redirect_stderr(message):
+            return train.parse_args(run.train_argv("new"))
+    except SystemExit:
+        reason = message.getvalue().strip().splitlines()[-1].split("error: ", 1)[-1]
+        raise DataError(f"{run.name}: train.py refuses its flags: {reason.removesuffix(' (--help lists the flags)')}") from None
+
+
+def check_commands(runs, shared_flags):
+    """Every run's flags, parsed as train.py parses them, before any training (a typo is one line
+    now, not a failure hours into the grid); none may change what the grid sets."""
+    for flags in shared_flags:  # the common flags and the recipe entries'
+        if "model" in train.explicit_flags(flags):
+            raise DataError(f"--model in {' '.join(flags)}: give models with --models (NAME or LABEL=FLAGS)")
+    for run in runs:
+        run.parsed = parse_train_flags(run)
+        changed = [f"--{key.replace('_', '-')}" for key in GRID_SETS if getattr(run.parsed, key) != getattr(run, key)]
+        changed += ["--resume"] if run.parsed.resume else []
+        if changed:
+            raise DataError(f"{run.name}: its flags set {', '.join(changed)}, which the grid sets: "
+                            "use --seeds, --epochs, --data-dir and --out-dir")
+
+
+def display_path(path):
+    try:
+        return os.path.relpath(path)
+    except ValueError:  # Windows: on another drive
+        return path
+
+
+def command_line(run, state, nproc):
+    """(the command that trains run, the same as the user would type it): python train.py, or
+    torchrun (the torch of this Python) with several processes."""
+    argv = run.train_argv(state)
+    if nproc > 1:
+        options = ["--standalone", f"--nproc-per-node={nproc}"]
+        return ([sys.executable, "-m", "torch.distributed.run", *options, TRAIN, *argv],
+                ["torchrun", *options, display_path(TRAIN), *argv])
+    return [sys.executable, TRAIN, *argv], ["python", display_path(TRAIN), *argv]
+
+
+def run_command(command, quiet):
+    """(exit code, the last line it wrote to stderr when quiet; None otherwise: the output went to
+    the terminal, live)."""
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL if quiet else None,
+                               stderr=subprocess.PIPE if quiet else None, text=True, errors="replace")
+    try:
+        _, errors = process.communicate()
+    except KeyboardInterrupt:  # train.py got the Ctrl-C too: let it save its checkpoint and stop
+        process.wait()
+        raise
+    if not quiet:
+        return process.returncode, None
+    lines = [line.strip() for line in errors.replace("\r", "\n").splitlines() if line.strip()]
+    return process.returncode, lines[-1] if lines else ""
+
+
+def failure_reason(run, last_line):
+    if last_line:
+        return last_line
+    status = read_json(os.path.join(run.run_dir, "status.json")) or {}
+    return status.get("detail") if status.get("state") == "crashed" else "its output above says why"
+
+
+def train_run(run, index, total, args, data):
+    """Train (or skip, or resume) one run; True when it is finished."""
+    state, detail = run.state(data)
+    prefix = f"[{index}/{total}] {run.name}:"
+    if state == "finished":
+        print(f"{prefix} finished before ({detail} epochs), skipped", flush=True)
+        return True
+    if state == "refused":
+        print(f"{prefix} FAILED: {run.run_dir} {detail}", flush=True)
+        return False
+    if state == "new" and detail:  # no weights to keep, only train.py's notes of the start
+        for name in ("config.json", "status.json", "metrics.csv"):
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(os.path.join(run.run_dir, name))
+    command, shown = command_line(run, state, args.nproc_per_node)
+    what = f"resuming from its last.pt ({detail} of {run.epochs} epochs done before)" if state == "resume" else "training"
+    print(f"{prefix} {what}: {command_text(shown)}", flush=True)
+    start = time.perf_counter()
+    code, last_line = run_command(command, args.quiet)
+    took = duration(time.perf_counter() - start)
+    if code != 0:
+        print(f"{prefix} FAILED after {took} (exit code {code}): {failure_reason(run, last_line)}", flush=True)
+        return False
+    test = (read_json(os.path.join(run.run_dir, "test_metrics.json")) or {}).get("final", {})
+    print(f"{prefix} finished in {took}: test top-1 {test.get('top1', float('nan')):.2%}", flush=True)
+    return True
+
+
+def print_commands(runs, nproc, data):
+    """--print: what is left to do, as commands to paste (the rest as comments)."""
+    for run in runs:
+        state, detail = run.state(data)
+        if state == "finished":
+            print(f"# {run.name}: finished ({detail} epochs)")
+        elif state == "refused":
+            print(f"# {run.name}: {run.run_dir} {detail}")
+        else:
+            if detail:
+                print(f"# {run.name}: {detail}: delete {run.run_dir} first")
+            print(command_text(command_line(run, state, nproc)[1]))
+
+
+def parse_args(argv):
+    parser = ArgumentParser(description=__doc__.split("\n\n")[0], allow_abbrev=False,  # (--seed is train.py's, not --seeds)
+                            epilog="Any other flag is given to every train.py run, e.g. --batch-size 128 --amp.")
+    parser.add_argument("--models", "--model", nargs="+", default=[DEFAULT_MODEL], metavar="MODEL",
+                        help="model names, or LABEL=FLAGS for a model with settings")
+    parser.add_argument("--recipes", "--recipe", nargs="+", default=["seed"], metavar="RECIPE",
+                        help="presets (seed, study, improved), or LABEL=FLAGS")
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2], help="one run per seed")
+    parser.add_argument("--epochs", type=int, default=10, help="epochs per run")
+    parser.add_argument("--data-dir", default="data", help="prepared by prepare_data.py")
+    parser.add_argument("--out-dir", default="runs/study", help="runs go to OUT_DIR/<model>-<recipe>-s<seed>")
+    parser.add_argument("--print", dest="print_only", action="store_true",
+                        help="print the commands of the runs still to do instead of running them")
+    parser.add_argument("--nproc-per-node", type=int, default=1, help="processes per run (torchrun when more than 1)")
+    parser.add_argument("--quiet", action="store_true", help="hide train.py's output (a failed run's error still shows)")
+    parser.add_argument("--no-table", dest="table", action="store_false", help="skip compare.py's table at the end")
+    args, common = parser.parse_known_args(argv)
+    if args.epochs < 1 or args.nproc_per_node < 1:
+        parser.error("--epochs and --nproc-per-node must be at least 1")
+    labels = [parse_entry(e, "--model")[0] for e in args.models] + [parse_entry(e, "--recipe")[0] for e in args.recipes]
+    bad = [label for label in labels if not LABEL.fullmatch(label)]
+    if bad:
+        parser.error(f"label {bad[0]!r}: a label names a folder: letters, digits, '.', '_' and '-' only")
+    return args, common
+
+
+def main(argv=None):
+    args, common = parse_args(argv)
+    models = [parse_entry(entry, "--model") for entry in args.models]
+    recipes = [parse_entry(entry, "--recipe") for entry in args.recipes]
+    runs = [GridRun(model, recipe, seed, args, common) for model in models for recipe in recipes for seed in args.seeds]
+    try:
+        if len({run.name for run in runs}) < len(runs):
+            raise DataError("two runs of the grid would share a folder: give every --models and --recipes entry its own label")
+        check_commands(runs, [common, *(flags for _, flags in recipes)])
+    except DataError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    meta = read_meta(args.data_dir)
+    data = data_identity(meta) if meta else None  # (none yet: each run says so when it starts)
+    if args.print_only:
+        print_commands(runs, args.nproc_per_node, data)
+        return 0
+    start = time.perf_counter()
+    finished = [run for index, run in enumerate(runs, 1) if train_run(run, index, len(runs), args, data)]
+    failed = [run.name for run in runs if run not in finished]
+    print(f"{len(finished)} of {len(runs)} runs finished in {duration(time.perf_counter() - start)}"
+          + (f"; failed: {', '.join(failed)} (run this command again to retry them)" if failed else ""), flush=True)
+    if args.table and finished:
+        import compare
+
+        print()
+        compare.main([run.run_dir for run in finished])
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
