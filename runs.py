@@ -57,7 +57,17 @@ def process_alive(pid):
         return False
     except PermissionError:  # alive, another user's
         return True
-    return True
+    return not is_zombie(pid)
+
+
+def is_zombie(pid):
+    """A process that has ended but was not reaped (its parent was killed too, and nothing
+    reaps orphans in this container, say) still answers kill(pid, 0), but runs no more."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] == "Z"
+    except (OSError, IndexError):  # no /proc (macOS): a zombie cannot be told from a live process
+        return False
 
 
 def run_state(run_dir):

@@ -162,19 +162,13 @@ def parse_args(argv):
     return args
 
 
-def settings_conflicts(args, checkpoint):
-    """The flags given that would change what the saved run is (model, recipe, seed, batch size)."""
+def adopt_saved_settings(args, checkpoint, path):
+    """On --resume the run's own settings apply: flags not given take the saved values, and a
+    given flag that would change what the run is (model, recipe, seed, batch size) is refused."""
     saved = checkpoint.get("config", {})
     conflicts = [f"--{key.replace('_', '-')} {getattr(args, key)} (the run has {saved[key]})"
                  for key in RUN_DEFINING if key in args.given and key in saved and getattr(args, key) != saved[key]]
-    return conflicts + (model_conflicts(args, checkpoint) if "model_config" in checkpoint else [])
-
-
-def adopt_saved_settings(args, checkpoint, path):
-    """On --resume the run's own settings apply: flags not given take the saved values, and a
-    given flag that would change what the run is is refused."""
-    saved = checkpoint.get("config", {})
-    conflicts = settings_conflicts(args, checkpoint)
+    conflicts += model_conflicts(args, checkpoint)
     if conflicts:
         raise DataError(f"cannot resume {path} with different settings: {', '.join(conflicts)}; "
                         "start a new run (--run-dir) to change them")

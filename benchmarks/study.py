@@ -31,17 +31,20 @@ import re  # noqa: E402
 import shlex  # noqa: E402
 import subprocess  # noqa: E402
 import time  # noqa: E402
+from dataclasses import fields  # noqa: E402
 
 import train  # noqa: E402
 from cli import ArgumentParser, command_text, duration  # noqa: E402
-from curves import read_metrics  # noqa: E402
+from checkpoint import load_checkpoint  # noqa: E402
 from layout import DataError, data_identity, read_json, read_meta  # noqa: E402
-from model import DEFAULT_MODEL  # noqa: E402
+from model import DEFAULT_MODEL, MODELS, format_setting, given_settings, make_config  # noqa: E402
 from runs import run_state  # noqa: E402
 
 TRAIN = os.path.join(ROOT, "train.py")
 LABEL = re.compile(r"[A-Za-z0-9._-]+")  # one folder name, no path
-GRID_SETS = ("seed", "epochs", "data_dir", "run_dir")  # train.py flags that the grid sets itself
+GRID_SETS = ("seed", "epochs", "data_dir")  # train.py flags that the grid sets itself (and where runs go)
+# what a finished run must have been trained with to count as this run of the grid
+DEFINING = (*train.RUN_DEFINING, "amp", "amp_dtype", "compile", "compile_mode", "sync_bn")
 
 
 def parse_entry(entry, flag):
@@ -80,35 +83,51 @@ class GridRun:
         state = run_state(self.run_dir)
         if state.startswith("running"):
             return "refused", f"may be training now ({state}); if it is not, delete its status.json"
-        conflicts = self.conflicts(config, data)
-        if conflicts:
-            return "refused", f"holds a run with other settings ({', '.join(conflicts)}): use another --out-dir or label"
+        try:
+            differences = self.differences(config, data)
+        except (DataError, KeyError, TypeError, ValueError) as error:  # a config this version cannot read
+            return "refused", f"holds a run that cannot be compared with this one ({error}): use another --out-dir"
+        if differences:
+            return "refused", f"holds a run with other settings ({', '.join(differences)}): use another --out-dir or label"
         if config.get("epochs", 0) > self.epochs:
             return "refused", f"holds a {config['epochs']}-epoch run, more than --epochs {self.epochs}: use another --out-dir"
         final = (read_json(os.path.join(self.run_dir, "test_metrics.json")) or {}).get("final", {})
-        if state == "finished" and final.get("epoch") == self.epochs:
+        finished = state == "finished" and final.get("epoch") == config.get("epochs")
+        if finished and final["epoch"] == self.epochs:
             return "finished", self.epochs
-        if os.path.exists(os.path.join(self.run_dir, "last.pt")):
-            return "resume", epochs_done(self.run_dir)
+        last = os.path.join(self.run_dir, "last.pt")
+        if os.path.exists(last):
+            try:
+                return "resume", load_checkpoint(last)["progress"]["epoch"]
+            except DataError as error:
+                return "refused", f"holds a last.pt that does not load ({error})"
+        if finished:
+            return "refused", f"holds a finished {final['epoch']}-epoch run without its last.pt, which cannot be extended"
         return "new", "stopped before its first checkpoint"
 
-    def conflicts(self, config, data):
-        """What the run in the folder was trained with that this run's flags would change: train.py's
-        rule for --resume, and the data."""
-        saved = {"config": config, "model_name": config.get("model", DEFAULT_MODEL)}
+    def differences(self, config, data):
+        """How the run in the folder was trained otherwise than this run would be: the recipe,
+        batch size, precision and compilation, the model and its settings, the data."""
+        parsed = self.parsed
+        found = [f"--{key.replace('_', '-')} {getattr(parsed, key)} (the run has {config[key]})" for key in DEFINING
+                 if key in config and getattr(parsed, key) not in (None, "auto", config[key])]  # (auto: resolved then)
         if "model_config" in config:  # (runs from before the model registry have none: the model is not compared)
-            saved["model_config"] = config["model_config"]
-        conflicts = train.settings_conflicts(self.parsed, saved)
+            found += model_differences(parsed, config.get("model", DEFAULT_MODEL), config["model_config"])
         if config.get("data") and data and config["data"] != data:
-            conflicts.append(f"--data-dir {self.data_dir} holds other data than the run trained on")
-        return conflicts
+            found.append(f"--data-dir {self.data_dir} holds other data than the run trained on")
+        return found
 
 
-def epochs_done(run_dir):
-    try:
-        return len(read_metrics(run_dir)["epoch"])
-    except DataError:  # stopped in its first epoch
-        return 0
+def model_differences(parsed, saved_name, saved_config):
+    """The model flags of parsed that differ from the saved model (compared through its config,
+    so that --depth 1 equals a saved (1, 1, 1))."""
+    if parsed.model != saved_name:
+        return [f"--model {parsed.model} (the run has {saved_name})"]
+    saved = MODELS[saved_name].config(**saved_config)
+    wanted = make_config(parsed.model, saved.num_classes, **given_settings(parsed))
+    return [f"--{f.name.replace('_', '-')} {format_setting(getattr(wanted, f.name))} "
+            f"(the run has {format_setting(getattr(saved, f.name))})"
+            for f in fields(saved) if getattr(wanted, f.name) != getattr(saved, f.name)]
 
 
 def parse_train_flags(run):
@@ -118,16 +137,20 @@ def parse_train_flags(run):
         with contextlib.redirect_stderr(message):
             return train.parse_args(run.train_argv("new"))
     except SystemExit:
-        reason = message.getvalue().strip().splitlines()[-1].split("error: ", 1)[-1]
-        raise DataError(f"{run.name}: train.py refuses its flags: {reason.removesuffix(' (--help lists the flags)')}") from None
+        said = message.getvalue().strip().splitlines() or ["(it stopped without a word: --help?)"]
+        reason = said[-1].split("error: ", 1)[-1].removesuffix(" (--help lists the flags)")
+        raise DataError(f"{run.name}: train.py refuses its flags: {reason}") from None
 
 
 def check_commands(runs, shared_flags):
     """Every run's flags, parsed as train.py parses them, before any training (a typo is one line
     now, not a failure hours into the grid); none may change what the grid sets."""
     for flags in shared_flags:  # the common flags and the recipe entries'
-        if "model" in train.explicit_flags(flags):
+        given = train.explicit_flags(flags)
+        if "model" in given:
             raise DataError(f"--model in {' '.join(flags)}: give models with --models (NAME or LABEL=FLAGS)")
+        if given.keys() & {"run_dir", "resume"}:
+            raise DataError(f"{' '.join(flags)}: where runs go is the grid's to say: use --out-dir")
     for run in runs:
         run.parsed = parse_train_flags(run)
         changed = [f"--{key.replace('_', '-')}" for key in GRID_SETS if getattr(run.parsed, key) != getattr(run, key)]
@@ -163,11 +186,12 @@ def run_command(command, quiet):
     try:
         _, errors = process.communicate()
     except KeyboardInterrupt:  # train.py got the Ctrl-C too: let it save its checkpoint and stop
-        process.wait()
+        process.communicate()
         raise
     if not quiet:
         return process.returncode, None
-    lines = [line.strip() for line in errors.replace("\r", "\n").splitlines() if line.strip()]
+    # (words only: torchrun ends with a banner of '=')
+    lines = [line.strip() for line in errors.replace("\r", "\n").splitlines() if any(c.isalpha() for c in line)]
     return process.returncode, lines[-1] if lines else ""
 
 
@@ -215,7 +239,7 @@ def print_commands(runs, nproc, data):
         elif state == "refused":
             print(f"# {run.name}: {run.run_dir} {detail}")
         else:
-            if detail:
+            if state == "new" and detail:
                 print(f"# {run.name}: {detail}: delete {run.run_dir} first")
             print(command_text(command_line(run, state, nproc)[1]))
 
@@ -252,8 +276,11 @@ def main(argv=None):
     recipes = [parse_entry(entry, "--recipe") for entry in args.recipes]
     runs = [GridRun(model, recipe, seed, args, common) for model in models for recipe in recipes for seed in args.seeds]
     try:
-        if len({run.name for run in runs}) < len(runs):
-            raise DataError("two runs of the grid would share a folder: give every --models and --recipes entry its own label")
+        names = [run.name for run in runs]
+        twice = next((name for name in names if names.count(name) > 1), None)
+        if twice:
+            raise DataError(f"two runs of the grid would share the folder {twice}: a seed given twice, or two "
+                            "--models or --recipes entries with one label")
         check_commands(runs, [common, *(flags for _, flags in recipes)])
     except DataError as error:
         print(f"error: {error}", file=sys.stderr)

@@ -2,9 +2,11 @@
 a quiet Ctrl-C at start-up, and runs.py's listing of run states."""
 import argparse
 import json
+import os
 import signal
 import subprocess
 import sys
+import time
 
 import pytest
 from conftest import ROOT, signal_during_training
@@ -167,6 +169,19 @@ def test_runs_lists_finished_interrupted_crashed_and_killed_runs(prepared_once, 
     assert lines["early"].endswith("| 0/2 | - | - | interrupted before its first checkpoint |")
     assert "(epoch " in lines["done"] and "| cvt-simplified (depth 1) | improved |" in lines["done"]
     assert "| cvt-simplified | seed |" in lines["stopped"]  # the model and the settings it changed
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/stat"), reason="zombies are told apart through /proc")
+def test_a_process_that_ended_unreaped_is_not_running():
+    """A train.py killed with its parent stays a zombie where nothing reaps orphans (a container
+    whose first process is not an init): its status.json must not keep the run 'running'."""
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    deadline = time.monotonic() + 60
+    while not runs.is_zombie(child.pid) and time.monotonic() < deadline:  # ended, not reaped: a zombie
+        time.sleep(0.05)
+    assert runs.is_zombie(child.pid) and runs.process_alive(child.pid) is False
+    child.wait()
+    assert runs.process_alive(os.getpid()) is True
 
 
 def test_runs_without_any_run_is_a_one_line_error(tmp_path, capsys):

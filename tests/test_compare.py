@@ -128,7 +128,7 @@ def test_reevaluation_agrees_with_the_record_and_flags_a_run_that_does_not(real_
     one_image = 1 / recorded["images"]
     tampered = copy_run(real_run, tmp_path / "tampered", seed=1, test={"top1": recorded["top1"] + one_image})
     out = tmp_path / "r.json"
-    assert compare.main([str(rounding), str(tampered), "--reevaluate", "--no-speed", "--json", str(out)]) == 1
+    assert compare.main([str(rounding), str(tampered), "--reevaluate", "--no-speed", "--device", "cpu", "--json", str(out)]) == 1
     [row] = json.load(open(out))
     assert row["reevaluation_differs"] == [str(tampered)]
     assert row["top1_mean"] == recorded["top1"] and row["top1_std"] == 0  # the recomputed figures
@@ -147,7 +147,7 @@ def test_best_weights_and_checkpoints_in_any_mix(real_run, tmp_path, capsys):
     # a checkpoint on its own is evaluated, and is a row of its own
     (tmp_path / "alone").mkdir()
     shutil.copy(real_run / "last.pt", tmp_path / "alone" / "model.pt")
-    rows = compare_json(tmp_path, real_run, tmp_path / "alone" / "model.pt")
+    rows = compare_json(tmp_path, real_run, tmp_path / "alone" / "model.pt", extra=("--no-speed", "--device", "cpu"))
     assert [row["weights"] for row in rows] == ["final", "epoch 2"]
     assert rows[1]["top1_mean"] == recorded["final"]["top1"] and rows[1]["runs"] == [str(tmp_path / "alone" / "model.pt")]
     # the weights of an unfinished run are not a result

@@ -84,7 +84,7 @@ def test_finished_runs_are_skipped_and_more_epochs_extend_them(grid, prepared_on
     fewer = study(prepared_once, out, "--models", SMALL_CNN, "--seeds", "0", "--epochs", "1", "--print")
     assert fewer.stdout.strip() == "# cnn-small-seed-s0: finished (1 epochs)"
     more = study(prepared_once, out, "--models", SMALL_CNN, "--seeds", "0", "--epochs", "2", "--print")
-    assert more.stdout.strip().endswith(f"--epochs 2 --seed 0 {' '.join(FAST)} --model cnn --channels 8,16,32,64 --hidden-dim 32 "
+    assert len(more.stdout.strip().splitlines()) == 1 and more.stdout.strip().endswith(f"--epochs 2 --seed 0 {' '.join(FAST)} --model cnn --channels 8,16,32,64 --hidden-dim 32 "
                                         f"--recipe seed --resume {out / 'cnn-small-seed-s0' / 'last.pt'}")
     torchrun = study(prepared_once, out, "--seeds", "2", "--print", "--nproc-per-node", "4")
     assert torchrun.stdout.startswith("torchrun --standalone --nproc-per-node=4 ")
@@ -133,8 +133,10 @@ def test_a_folder_holding_another_run_is_refused_not_skipped(grid, prepared_once
     assert other.returncode == 1
     assert progress_lines(other.stdout)[0].endswith("holds a run with other settings (--lr 0.003 (the run has 0.001)): "
                                                     "use another --out-dir or label")
-    shorter = study(prepared_once, out, "--models", SMALL_CNN, "--seeds", "0", "--epochs", "1", "--no-table")
-    assert shorter.returncode == 0
+    wider = study(prepared_once, out, "--models", "cnn-small=--model cnn", "--seeds", "0", "--epochs", "1", "--no-table")
+    assert wider.returncode == 1  # the same label, the model at its defaults: not the run in the folder
+    assert "holds a run with other settings (--channels 64,128,256,512 (the run has 8,16,32,64)" in wider.stdout
+    assert "--hidden-dim 1024 (the run has 32)" in wider.stdout
     status = out / "cnn-small-seed-s0" / "status.json"
     saved = status.read_text()
     try:  # as if this very process were training it
@@ -152,7 +154,8 @@ def test_a_folder_holding_another_run_is_refused_not_skipped(grid, prepared_once
     (["--models", "../x=--model cnn"], "label '../x': a label names a folder"),
     (["--models", "cnn", "--embed-dim", "32"], "cnn-seed-s0: train.py refuses its flags: cnn has no setting --embed-dim"),
     (["--lr", "-1"], "train.py refuses its flags: --lr must be positive, got -1.0"),
-    (["--models", "a=--model cnn", "a=--model vit"], "two runs of the grid would share a folder"),
+    (["--models", "a=--model cnn", "a=--model vit"], "two runs of the grid would share the folder a-seed-s0"),
+    (["--recipes", "x=--run-dir elsewhere"], "where runs go is the grid's to say: use --out-dir"),
 ])
 def test_bad_flags_are_one_line_before_any_training(prepared_once, tmp_path, flags, message):
     result = study(prepared_once, tmp_path / "grid", *flags)
