@@ -460,6 +460,9 @@ def run(args):
     if args.reevaluate:
         records, more = reevaluate_all(records, args, device)
         notes += more
+        differ = sum(bool(record.get("differs")) for record in records)
+        print(f"re-evaluated {len(records)} run{'s' if len(records) != 1 else ''}: "
+              + (f"{differ} differ from their records" if differ else "all agree with their records"), file=sys.stderr)
     groups, more = group_runs(records)
     for note in notes + more:
         print(f"left out: {note}", file=sys.stderr)

@@ -142,12 +142,12 @@ def parse_train_flags(run):
         raise DataError(f"{run.name}: train.py refuses its flags: {reason}") from None
 
 
-def check_commands(runs, shared_flags):
+def check_commands(runs, shared_flags, model_flags):
     """Every run's flags, parsed as train.py parses them, before any training (a typo is one line
     now, not a failure hours into the grid); none may change what the grid sets."""
-    for flags in shared_flags:  # the common flags and the recipe entries'
+    for flags in shared_flags:  # the common flags and every entry's
         given = train.explicit_flags(flags)
-        if "model" in given:
+        if "model" in given and not any(flags is own for own in model_flags):
             raise DataError(f"--model in {' '.join(flags)}: give models with --models (NAME or LABEL=FLAGS)")
         if given.keys() & {"run_dir", "resume"}:
             raise DataError(f"{' '.join(flags)}: where runs go is the grid's to say: use --out-dir")
@@ -247,7 +247,7 @@ def print_commands(runs, nproc, data):
 def parse_args(argv):
     parser = ArgumentParser(description=__doc__.split("\n\n")[0], allow_abbrev=False,  # (--seed is train.py's, not --seeds)
                             epilog="Any other flag is given to every train.py run, e.g. --batch-size 128 --amp.")
-    parser.add_argument("--models", "--model", nargs="+", default=[DEFAULT_MODEL], metavar="MODEL",
+    parser.add_argument("--models", nargs="+", default=[DEFAULT_MODEL], metavar="MODEL",
                         help="model names, or LABEL=FLAGS for a model with settings")
     parser.add_argument("--recipes", "--recipe", nargs="+", default=["seed"], metavar="RECIPE",
                         help="presets (seed, study, improved), or LABEL=FLAGS")
@@ -263,7 +263,10 @@ def parse_args(argv):
     args, common = parser.parse_known_args(argv)
     if args.epochs < 1 or args.nproc_per_node < 1:
         parser.error("--epochs and --nproc-per-node must be at least 1")
-    labels = [parse_entry(e, "--model")[0] for e in args.models] + [parse_entry(e, "--recipe")[0] for e in args.recipes]
+    try:
+        labels = [parse_entry(e, "--model")[0] for e in args.models] + [parse_entry(e, "--recipe")[0] for e in args.recipes]
+    except ValueError as error:  # shlex: an unclosed quote
+        parser.error(f"an entry's flags cannot be read ({error})")
     bad = [label for label in labels if not LABEL.fullmatch(label)]
     if bad:
         parser.error(f"label {bad[0]!r}: a label names a folder: letters, digits, '.', '_' and '-' only")
@@ -281,7 +284,7 @@ def main(argv=None):
         if twice:
             raise DataError(f"two runs of the grid would share the folder {twice}: a seed given twice, or two "
                             "--models or --recipes entries with one label")
-        check_commands(runs, [common, *(flags for _, flags in recipes)])
+        check_commands(runs, [common, *(flags for _, flags in recipes + models)], [flags for _, flags in models])
     except DataError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
@@ -294,7 +297,8 @@ def main(argv=None):
     finished = [run for index, run in enumerate(runs, 1) if train_run(run, index, len(runs), args, data)]
     failed = [run.name for run in runs if run not in finished]
     print(f"{len(finished)} of {len(runs)} runs finished in {duration(time.perf_counter() - start)}"
-          + (f"; failed: {', '.join(failed)} (run this command again to retry them)" if failed else ""), flush=True)
+          + (f"; failed: {', '.join(failed)} (see why above: running this command again retries a run that failed "
+             "in training; a refused folder needs another --out-dir or label)" if failed else ""), flush=True)
     if args.table and finished:
         import compare
 
