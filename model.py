@@ -185,14 +185,33 @@ def merge_heads(x):
     return rearrange(x, "b h t d -> b t (h d)")
 
 
-def attend(q, k, v, p, training):
+def attention_weights(q, k):
+    """softmax(q k^T / sqrt(d)) per head: (batch, heads, queries, keys)."""
+    return torch.softmax((q * q.shape[-1] ** -0.5) @ k.transpose(-2, -1), dim=-1)
+
+
+class Attention(nn.Module):
     """softmax(q k^T / sqrt(d)) v per head, with dropout p on the attention weights in training.
-    F.scaled_dot_product_attention, except in CPU training with dropout: there SDPA takes its
-    math path with a slow dropout, so the same math runs here with the fast mask."""
-    if training and p > 0 and not q.is_cuda:
-        weights = torch.softmax((q * q.shape[-1] ** -0.5) @ k.transpose(-2, -1), dim=-1)
-        return dropout(weights, p, training=True) @ v
-    return F.scaled_dot_product_attention(q, k, v, dropout_p=p if training else 0.0)
+
+    F.scaled_dot_product_attention, except on two paths that compute the same math explicitly:
+    CPU training with dropout (there SDPA takes its math path with a slow dropout, so the fast
+    mask is used instead), and keep_weights (set by explain.py), which stores the weights in
+    `self.weights` because SDPA does not return them. No parameters: state_dicts are unchanged.
+    """
+
+    def __init__(self, p):
+        super().__init__()
+        self.p = p
+        self.keep_weights = False
+        self.weights = None
+
+    def forward(self, q, k, v):
+        if self.keep_weights or (self.training and self.p > 0 and not q.is_cuda):
+            weights = attention_weights(q, k)
+            if self.keep_weights:
+                self.weights = weights
+            return dropout(weights, self.p, self.training) @ v
+        return F.scaled_dot_product_attention(q, k, v, dropout_p=self.p if self.training else 0.0)
 
 
 # ---------------------------------------------------------------- cvt-simplified: the notebook's model
@@ -224,7 +243,7 @@ class SelfAttention(nn.Module):
         if embed_dim % num_heads:
             raise ValueError(f"embed_dim {embed_dim} is not divisible by num_heads {num_heads}")
         self.num_heads = num_heads
-        self.dropout = dropout
+        self.attend = Attention(dropout)
         self.in_proj_weight = nn.Parameter(torch.empty(3 * embed_dim, embed_dim))
         self.in_proj_bias = nn.Parameter(torch.zeros(3 * embed_dim))
         self.out_proj = nn.Linear(embed_dim, embed_dim)
@@ -233,7 +252,7 @@ class SelfAttention(nn.Module):
 
     def forward(self, x):
         q, k, v = F.linear(x, self.in_proj_weight, self.in_proj_bias).chunk(3, dim=-1)
-        x = attend(*(split_heads(t, self.num_heads) for t in (q, k, v)), self.dropout, self.training)
+        x = self.attend(*(split_heads(t, self.num_heads) for t in (q, k, v)))
         return self.out_proj(merge_heads(x))
 
 
@@ -344,11 +363,12 @@ class Block(nn.Module):
         super().__init__()
         if dim % num_heads:
             raise ValueError(f"width {dim} is not divisible by {num_heads} heads")
-        self.num_heads, self.dropout, self.conv_projection = num_heads, dropout, conv_projection
+        self.num_heads, self.conv_projection = num_heads, conv_projection
         self.norm1 = nn.LayerNorm(dim)
         if conv_projection:
             self.proj_q_conv, self.proj_k_conv, self.proj_v_conv = (ConvProjection(dim) for _ in range(3))
         self.proj_q, self.proj_k, self.proj_v = (nn.Linear(dim, dim, bias=False) for _ in range(3))
+        self.attend = Attention(dropout)
         self.proj = nn.Linear(dim, dim)
         self.proj_drop = Dropout(dropout)
         self.norm2 = nn.LayerNorm(dim)
@@ -363,7 +383,7 @@ class Block(nn.Module):
         if self.conv_projection:
             q, k, v = self.proj_q_conv(h, grid), self.proj_k_conv(h, grid), self.proj_v_conv(h, grid)
         q, k, v = (split_heads(t, self.num_heads) for t in (self.proj_q(q), self.proj_k(k), self.proj_v(v)))
-        attention = merge_heads(attend(q, k, v, self.dropout, self.training))
+        attention = merge_heads(self.attend(q, k, v))
         x = x + self.drop_path(self.proj_drop(self.proj(attention)))
         return x + self.drop_path(self.mlp(self.norm2(x)))
 
