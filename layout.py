@@ -11,6 +11,8 @@ data.py (which reads it). Kept free of torch so that `prepare_data.py` answers a
         train_x.npy train_y.npy val_x.npy val_y.npy
         meta.json                    written last: classes, names, counts, bytes, source, and
                                      the id of the extracted folder the arrays were packed from
+        val_boxes.npy                each val image's object box (val_annotations.txt), for
+                                     explain.py --box-score; optional (older prepares lack it)
 
 A prepare builds the new folder and arrays beside the old ones (`*.partial`) and swaps them in
 at the end, so a failed prepare leaves the directory as it was. Readers accept the packed
@@ -36,6 +38,7 @@ VAL_PROCESSED_MARKER = ".complete"
 PACKED_DIR = "packed"
 META_FILE = "meta.json"
 PACKED_ARRAYS = ("train_x", "train_y", "val_x", "val_y")
+VAL_BOXES_FILE = "val_boxes.npy"  # (N, 4) int16: x0, y0, x1, y1, inclusive pixels, in val_x's order
 PACK_FORMAT = 2  # 2: meta.json records the extracted folder it belongs to
 
 

@@ -42,10 +42,12 @@ from layout import (
     PACKED_DIR,
     SYNTHETIC_FILE,
     SYNTHETIC_ZIP_NAME,
+    VAL_BOXES_FILE,
     VAL_PROCESSED_DIR,
     VAL_PROCESSED_MARKER,
     ZIP_NAME,
     DataError,
+    array_path,
     ensure_dir,
     is_synthetic,
     marker_source,
@@ -53,6 +55,7 @@ from layout import (
     present_source,
     read_json,
     read_meta,
+    write_atomically,
     write_json,
 )
 
@@ -348,9 +351,16 @@ def read_wnids(root):
 
 def read_val_annotations(root):
     """[(file name, wnid)] from val/val_annotations.txt, checked against wnids.txt."""
+    return [(name, wnid) for name, wnid, _ in read_val_annotation_rows(root)]
+
+
+def read_val_annotation_rows(root):
+    """[(file name, wnid, box)] from val/val_annotations.txt, checked against wnids.txt. A box is
+    the object's (x0, y0, x1, y1) in inclusive pixel coordinates of the 64x64 image, or None
+    when the line has none."""
     wnids = set(read_wnids(root))
     path = os.path.join(root, "val", "val_annotations.txt")
-    pairs = []
+    rows = []
     with open(path) as f:
         for number, line in enumerate(f, 1):
             if not line.strip():
@@ -360,8 +370,58 @@ def read_val_annotations(root):
                 raise DataError(f"{path}:{number}: expected '<file>\\t<wnid>...', got {line.strip()!r}")
             if fields[1] not in wnids:
                 raise DataError(f"{path}:{number}: {fields[0]} is labelled {fields[1]}, which is not in wnids.txt")
-            pairs.append((fields[0], fields[1]))
-    return pairs
+            rows.append((fields[0], fields[1], parse_box(fields[2:6], f"{path}:{number}")))
+    return rows
+
+
+def parse_box(fields, where):
+    """(x0, y0, x1, y1) from four fields, or None when there are not four."""
+    if len(fields) < 4:
+        return None
+    try:
+        x0, y0, x1, y1 = map(int, fields)
+    except ValueError:
+        raise DataError(f"{where}: the box {' '.join(fields)} is not four integers") from None
+    if not (0 <= x0 <= x1 < IMAGE_SIZE and 0 <= y0 <= y1 < IMAGE_SIZE):
+        raise DataError(f"{where}: the box {x0} {y0} {x1} {y1} is not inside the {IMAGE_SIZE}x{IMAGE_SIZE} image")
+    return x0, y0, x1, y1
+
+
+def val_boxes_in_packed_order(root, classes):
+    """(file names, labels, (N, 4) int16 boxes) of the val images in the order pack() packs them
+    (by class, then by file name: labelled_files' order), or None when an annotation has no box."""
+    label_of = {wnid: label for label, wnid in enumerate(classes)}
+    rows = sorted(read_val_annotation_rows(root), key=lambda row: (label_of[row[1]], row[0]))
+    if not rows or any(box is None for _, _, box in rows):
+        return None
+    return ([name for name, _, _ in rows], np.array([label_of[w] for _, w, _ in rows]),
+            np.array([box for _, _, box in rows], dtype=np.int16))
+
+
+def write_val_boxes(out_dir, boxes):
+    def write(tmp):
+        with open(tmp, "wb") as f:  # (np.save given a path would append .npy to the temporary name)
+            np.save(f, boxes)
+
+    write_atomically(os.path.join(out_dir, VAL_BOXES_FILE), write)
+
+
+def add_missing_val_boxes(data_dir, meta):
+    """Data packed before the boxes were stored gets them from the extracted folder's
+    val_annotations.txt, without packing the images again. Returns a line saying what happened,
+    or None when there was nothing to do."""
+    if os.path.exists(os.path.join(packed_dir(data_dir), VAL_BOXES_FILE)):
+        return None
+    root = os.path.join(data_dir, DATASET_DIR)
+    if not os.path.exists(os.path.join(root, "val", "val_annotations.txt")):
+        return (f"note: no val boxes stored (explain.py --box-score needs them) and no {root}/val/val_annotations.txt "
+                "to read them from; prepare again with --force to add them")
+    found = val_boxes_in_packed_order(root, meta["classes"])
+    val_y = np.load(array_path(data_dir, "val_y"), mmap_mode="r")
+    if found is None or not np.array_equal(found[1], val_y):
+        return "note: val_annotations.txt has no box for every packed val image: no val boxes stored"
+    write_val_boxes(packed_dir(data_dir), found[2])
+    return f"added the val images' object boxes to {packed_dir(data_dir)}/ (for explain.py --box-score)"
 
 
 def link_or_copy(src, dst):
@@ -505,6 +565,9 @@ def pack(data_dir, root, val_dir, source):
     with process_pool(initializer=share_pack_targets, initargs=(targets,)) as pool:
         for name, pairs in splits.items():
             sizes.update(pack_split(tmp, name, pairs, pool))
+    boxes = val_boxes_in_packed_order(root, classes)
+    if boxes is not None and boxes[0] == [os.path.basename(path) for path, _ in splits["val"]]:
+        write_val_boxes(tmp, boxes[2])  # (not when a val_processed/ made by another tool holds other files)
     meta = {
         "format": PACK_FORMAT,
         "classes": classes,
@@ -612,7 +675,8 @@ def prepare(args):
     requested, meta = requested_source(args), read_meta(args.data_dir)
     if meta is not None and not args.force and matches(meta["source"], requested, os.path.join(args.data_dir, DATASET_DIR), args.zip):
         discard_leftovers(args.data_dir)
-        print(f"{args.data_dir}/ is already prepared: nothing to do (--force redoes it)")
+        added = add_missing_val_boxes(args.data_dir, meta)
+        print(added or f"{args.data_dir}/ is already prepared: nothing to do (--force redoes it)")
         return
     check_source(args, requested)
     try:
