@@ -169,6 +169,23 @@ def print_report(m, show=5):
         print(f"most confused (true -> predicted, images): {pairs}")
 
 
+def data_dir_of(checkpoint, data_dir=None):
+    """The --data-dir given, else the one the checkpoint's run trained on, else data/."""
+    return data_dir or checkpoint.get("config", {}).get("data_dir") or "data"
+
+
+def checked_data(checkpoint, model, path, data_dir):
+    """The prepared data in data_dir, checked to have the checkpoint's classes (with a warning on
+    stderr when it is synthetic): what every script that evaluates a checkpoint runs it on."""
+    data = load_packed(data_dir)
+    check_classes(checkpoint, data.classes, path)
+    if model.config.num_classes != len(data.classes):
+        raise DataError(f"{path} predicts {model.config.num_classes} classes, the data in {data_dir}/ has {len(data.classes)}")
+    if data.synthetic or checkpoint.get("synthetic"):
+        print("warning: SYNTHETIC data (prepare_data.py --synthetic): a smoke test, not a result", file=sys.stderr)
+    return data
+
+
 def predict_own_images(args, checkpoint, model, data_dir):
     """--predict with --files: label the user's images; needs no prepared data."""
     classes, class_names = class_names_for(checkpoint, data_dir)
@@ -228,15 +245,10 @@ def run(args):
     checkpoint = load_checkpoint(args.checkpoint)
     model = model_from_checkpoint(checkpoint, args.checkpoint, use_ema=args.ema, model_name=args.model,
                                   settings=given_settings(args))
-    data_dir = args.data_dir or checkpoint.get("config", {}).get("data_dir") or "data"
+    data_dir = data_dir_of(checkpoint, args.data_dir)
     if args.files:
         return predict_own_images(args, checkpoint, model, data_dir)
-    data = load_packed(data_dir)
-    check_classes(checkpoint, data.classes, args.checkpoint)
-    if model.config.num_classes != len(data.classes):
-        raise DataError(f"{args.checkpoint} predicts {model.config.num_classes} classes, the data in {data_dir}/ has {len(data.classes)}")
-    if data.synthetic or checkpoint.get("synthetic"):
-        print("warning: SYNTHETIC data (prepare_data.py --synthetic): a smoke test, not a result", file=sys.stderr)
+    data = checked_data(checkpoint, model, args.checkpoint, data_dir)
     test_images = test_image_files(data_dir) if args.predict else None  # before any work: fail fast
     device = resolve_device(args.device)
     dtype = amp_dtype(device, args.amp)

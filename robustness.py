@@ -1,0 +1,311 @@
+"""Accuracy under translation: how much each model's predictions change when the image moves.
+
+    python robustness.py runs/cvt/best.pt runs/cnn/best.pt --plot shifts.png --json shifts.json
+    python robustness.py runs/cvt/best.pt --shifts 0 2 4 --fill zero --limit 1000   # a quick look
+
+The shift: the image is translated by (dx, dy) pixels in pixel space, before normalisation
+(dx > 0 moves the content right, dy > 0 down); the pixels that enter are black (`zero`, like
+the training crop's padding), mirrored (`reflect`: about the edge pixel, as F.pad's reflect
+mode), or the wrapped-around content (`circular`, i.e. torch.roll). The image stays 64x64.
+Each shift s > 0 is applied in six directions: horizontal (s, 0) and (-s, 0), vertical (0, s)
+and (0, -s), diagonal (s, s) and (-s, -s).
+
+Reported for every checkpoint, fill and shift: top-1 on the split; the agreement with the
+unshifted prediction (the share of images whose top-1 does not change); the mean KL divergence
+KL(unshifted softmax || shifted softmax). And the consistency of Zhang (2019, "Making
+convolutional networks shift-invariant again"), adapted to 64x64: the image padded by k pixels
+with the fill, two 64x64 crops at independent random offsets in [0, 2k] (seeded: the same
+offsets for every checkpoint and fill), and the share of images whose two top-1 predictions
+agree. At shift 0 the top-1 is evaluate.py's on the same split, exactly.
+"""
+import sys
+
+if __name__ == "__main__":  # before the imports below, which take a moment
+    from cli import exit_quietly_on_ctrl_c
+
+    exit_quietly_on_ctrl_c()
+
+import argparse
+import os
+
+import torch
+import torch.nn.functional as F
+
+from checkpoint import load_checkpoint, model_from_checkpoint
+from cli import ArgumentParser, progress_bar
+from data import IMAGE_SIZE, make_splits, normalize
+from evaluate import checked_data, data_dir_of, top_predictions
+from layout import DataError, check_output_path, write_atomically, write_csv, write_json
+from runtime import amp_dtype, autocast, resolve_device
+
+FILLS = ("zero", "reflect", "circular")
+DIRECTIONS = ((1, 0), (-1, 0), (0, 1), (0, -1), (1, 1), (-1, -1))  # horizontal, vertical, diagonal
+KEYS = ("checkpoint", "model", "split", "images", "fill", "dx", "dy", "top1", "agreement", "kl", "consistency", "k")
+
+
+# ---------------------------------------------------------------- the shift
+
+
+def source_positions(size, shift, fill):
+    """Along one axis of `size` pixels moved by `shift` (one value per image): for each output
+    position, the input position it shows, and whether that lies inside the image."""
+    position = torch.arange(size, device=shift.device) - shift[:, None]  # (images, size)
+    inside = (position >= 0) & (position < size)
+    if fill == "circular":
+        position = position % size
+    elif fill == "reflect":  # mirrored about the edge pixels, repeated for shifts beyond the image
+        period = 2 * (size - 1)
+        position = position % period
+        position = torch.where(position >= size, period - position, position)
+    else:  # zero: any inside position, blacked out below
+        position = position.clamp(0, size - 1)
+    return position, inside
+
+
+def translate(x_uint8, dx, dy, fill):
+    """(B, H, W, C) uint8 images translated by (dx, dy) pixels with the fill (see the module's
+    docstring); dx and dy are numbers or one value per image. One gather, no per-image work."""
+    batch, height, width, _ = x_uint8.shape
+    as_shifts = lambda s: torch.as_tensor(s, device=x_uint8.device).expand(batch)  # noqa: E731
+    rows, rows_inside = source_positions(height, as_shifts(dy), fill)
+    cols, cols_inside = source_positions(width, as_shifts(dx), fill)
+    images = torch.arange(batch, device=x_uint8.device)[:, None, None]
+    out = x_uint8[images, rows[:, :, None], cols[:, None, :]]
+    if fill == "zero":
+        out = out * (rows_inside[:, :, None] & cols_inside[:, None, :])[..., None]
+    return out
+
+
+def shift_list(shifts):
+    """(dx, dy) of every shift swept: (0, 0) first, then each s > 0 in the six directions."""
+    return [(0, 0)] + [(sx * s, sy * s) for s in sorted(set(shifts)) if s > 0 for sx, sy in DIRECTIONS]
+
+
+def crop_offsets(count, k, seed):
+    """Zhang's two random crops per image, as shifts: a crop at offset o in [0, 2k] of the image
+    padded by k shows it moved by k - o. (count, 4): dx, dy of the first crop, then the second."""
+    generator = torch.Generator().manual_seed(seed)
+    return k - torch.randint(0, 2 * k + 1, (count, 4), generator=generator)
+
+
+# ---------------------------------------------------------------- the sweep
+
+
+@torch.no_grad()
+def sweep(model, x, y, device, dtype, shifts, fills, batch_size, k=4, seed=0, bar=None):
+    """{(fill, dx, dy): {"top1", "agreement", "kl"}} and {fill: consistency} of the model over the
+    images x (uint8) with labels y. One forward per batch and shift; the sums stay on the device
+    and are read once at the end."""
+    model.eval()
+    moves = [move for move in shift_list(shifts) if move != (0, 0)]
+    sums = torch.zeros(len(fills), len(moves) + 1, 3, device=device, dtype=torch.float64)  # hits, agreements, KL
+    consistent = torch.zeros(len(fills), device=device, dtype=torch.float64)
+    offsets = crop_offsets(len(y), k, seed).to(device)
+
+    def predict(images):
+        with autocast(device, dtype):
+            logits = model(normalize(images)).float()
+        return top_predictions(logits)[:, 0], logits.log_softmax(dim=1)
+
+    for start in range(0, len(y), batch_size):
+        images, labels = x[start : start + batch_size].to(device), y[start : start + batch_size].to(device)
+        base, base_log_p = predict(translate(images, 0, 0, "zero"))  # the image itself, as evaluate.py sees it
+        sums[:, 0, 0] += (base == labels).sum()
+        sums[:, 0, 1] += len(labels)
+        for f, fill in enumerate(fills):
+            for m, (dx, dy) in enumerate(moves, 1):
+                predicted, log_p = predict(translate(images, dx, dy, fill))
+                kl = F.kl_div(log_p, base_log_p, log_target=True, reduction="sum")  # KL(base || shifted)
+                sums[f, m] += torch.stack([(predicted == labels).sum(), (predicted == base).sum(), kl])
+            pair = offsets[start : start + len(labels)]
+            first, _ = predict(translate(images, pair[:, 0], pair[:, 1], fill))
+            second, _ = predict(translate(images, pair[:, 2], pair[:, 3], fill))
+            consistent[f] += (first == second).sum()
+        if bar is not None:
+            bar.update(len(labels) * (1 + len(fills) * (len(moves) + 2)))
+    sums, consistent = (sums / len(y)).tolist(), (consistent / len(y)).tolist()  # one sync
+    results = {}
+    for f, fill in enumerate(fills):
+        for m, (dx, dy) in enumerate([(0, 0), *moves]):
+            top1, agreement, kl = sums[f][m]
+            results[fill, dx, dy] = {"top1": top1, "agreement": agreement, "kl": kl}
+    return results, dict(zip(fills, consistent))
+
+
+def forwards_per_image(shifts, fills):
+    return 1 + len(fills) * (len(shift_list(shifts)) - 1 + 2)
+
+
+def rows_of(checkpoint_path, model_name, split, images, results, consistency, k):
+    """The --json rows: one per fill and shift, then one consistency row per fill (dx = dy = None)."""
+    common = {"checkpoint": checkpoint_path, "model": model_name, "split": split, "images": images}
+    rows = [{**common, "fill": fill, "dx": dx, "dy": dy, **figures} for (fill, dx, dy), figures in results.items()]
+    rows += [{**common, "fill": fill, "dx": None, "dy": None, "consistency": value, "k": k}
+             for fill, value in consistency.items()]
+    return rows
+
+
+# ---------------------------------------------------------------- reports
+
+
+def mean_by_shift(rows, fill, key):
+    """{|shift|: the mean of key over the six directions of that shift} for one fill."""
+    by_shift = {}
+    for row in rows:
+        if row["fill"] == fill and row["dx"] is not None:
+            by_shift.setdefault(max(abs(row["dx"]), abs(row["dy"])), []).append(row[key])
+    return {shift: sum(values) / len(values) for shift, values in sorted(by_shift.items())}
+
+
+def print_report(rows, fills, k):
+    first = rows[0]
+    print(f"{first['checkpoint']} ({first['model']}), {first['split']} split, {first['images']:,} images; "
+          f"mean over the six directions of each shift")
+    shifts = list(mean_by_shift(rows, fills[0], "top1"))
+    print(f"  {'fill':<9} {'':<10}" + "".join(f"{s:>7}" for s in shifts) + f"   consistency (k={k})")
+    for fill in fills:
+        consistency = next(row["consistency"] for row in rows if row["fill"] == fill and row["dx"] is None)
+        for key, label in (("top1", "top-1 %"), ("agreement", "agree %")):
+            values = mean_by_shift(rows, fill, key).values()
+            tail = f"   {consistency:.2%}" if key == "top1" else ""
+            print(f"  {fill if key == 'top1' else '':<9} {label:<10}" + "".join(f"{v * 100:>7.2f}" for v in values) + tail)
+
+
+def short_label(path):
+    """'cvt/best.pt' for runs/cvt/best.pt: the run and the file."""
+    parts = os.path.normpath(path).split(os.sep)
+    return "/".join(parts[-2:])
+
+
+# The plot's panels: the shifts each shows, and the signed shift it plots them at.
+PANELS = (("horizontal", lambda dx, dy: dy == 0, lambda dx, dy: dx, "dx in pixels (+: right)"),
+          ("vertical", lambda dx, dy: dx == 0, lambda dx, dy: dy, "dy in pixels (+: down)"),
+          ("diagonal", lambda dx, dy: dx == dy, lambda dx, dy: dx, "dx = dy in pixels (+: right and down)"))
+
+
+def draw_plot(rows, out):
+    """Top-1 against the signed shift, one panel per direction, a line per checkpoint and fill:
+    colour per checkpoint, line style per fill."""
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only: works without a display
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 3, figsize=(15, 5.2), sharey=True)
+    shifted = [row for row in rows if row["dx"] is not None]
+    checkpoints = list(dict.fromkeys(row["checkpoint"] for row in shifted))
+    styles = dict(zip(FILLS, ("-", "--", ":")))
+    for ax, (name, shown, signed, xlabel) in zip(axes, PANELS):
+        for c, checkpoint in enumerate(checkpoints):
+            for fill in dict.fromkeys(row["fill"] for row in shifted):
+                mine = [row for row in shifted if row["checkpoint"] == checkpoint and row["fill"] == fill]
+                points = sorted((signed(row["dx"], row["dy"]), row["top1"] * 100) for row in mine if shown(row["dx"], row["dy"]))
+                ax.plot(*zip(*points), styles[fill], marker="o", markersize=3, color=f"C{c % 10}",
+                        label=f"{short_label(checkpoint)} ({mine[0]['model']}), {fill}")
+        ax.set_title(f"{name} shift")
+        ax.set_xlabel(xlabel)
+        ax.grid(True, alpha=0.3)
+    axes[0].set_ylabel(f"{rows[0]['split']} top-1 (%)")
+    handles, labels = axes[0].get_legend_handles_labels()
+    legend_rows = -(-len(labels) // 3)
+    fig.legend(handles, labels, loc="lower center", ncol=3, fontsize="small", frameon=False)
+    fig.suptitle(f"top-1 under translation ({rows[0]['split']} split, {rows[0]['images']:,} images per point)")
+    fig.tight_layout(rect=(0, 0.2 * legend_rows / fig.get_figheight() + 0.02, 1, 1))  # the legend below the panels
+    try:
+        write_atomically(out, lambda tmp: fig.savefig(tmp, format="png", dpi=100))
+    finally:
+        plt.close(fig)
+
+
+def write_outputs(rows, args):
+    if args.json:
+        write_json(args.json, rows)
+        print(f"json: {args.json}")
+    if args.csv:
+        write_csv(args.csv, KEYS, ([("" if row.get(key) is None else row[key]) for key in KEYS] for row in rows))
+        print(f"csv: {args.csv}")
+    if args.plot:
+        try:
+            draw_plot(rows, args.plot)
+            print(f"plot: {args.plot}")
+        except ImportError:
+            print("note: matplotlib is not installed: `python -m pip install matplotlib` to draw the plot", file=sys.stderr)
+
+
+# ---------------------------------------------------------------- command line
+
+
+def parse_args(argv):
+    parser = ArgumentParser(description=__doc__.split("\n\n")[0], epilog=__doc__.split("\n\n", 2)[2])
+    parser.add_argument("checkpoints", nargs="+", metavar="CKPT", help="checkpoints (train.py's, or Lightning .ckpt)")
+    parser.add_argument("--split", default="test", choices=("train", "val", "test"), help="the images to shift")
+    parser.add_argument("--shifts", nargs="+", type=int, default=[0, 1, 2, 4, 8, 16], metavar="S",
+                        help="shift sizes in pixels (each in six directions; 0, the unshifted image, is always included)")
+    parser.add_argument("--fill", nargs="+", choices=FILLS, default=list(FILLS), help="what enters the image")
+    parser.add_argument("--limit", type=int, metavar="N", help="only the split's first N images (a quicker look)")
+    parser.add_argument("--consistency-k", type=int, default=4, metavar="K",
+                        help="Zhang's consistency: pad by K pixels, crop twice at random offsets in [0, 2K]")
+    parser.add_argument("--seed", type=int, default=0, help="the consistency crops' seed")
+    parser.add_argument("--data-dir", help="prepared data (default: the one each checkpoint was trained on, else data)")
+    parser.add_argument("--batch-size", type=int, default=256, help="images per forward pass")
+    parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
+    parser.add_argument("--amp", action=argparse.BooleanOptionalAction, default=False,
+                        help="bf16 autocast (fp16 on GPUs without bf16), as in evaluate.py; off: fp32")
+    parser.add_argument("--no-ema", dest="ema", action="store_false", help="the raw trained weights of a run that kept an EMA")
+    parser.add_argument("--json", metavar="PATH", help="write the rows as JSON")
+    parser.add_argument("--csv", metavar="PATH", help="write the rows as CSV")
+    parser.add_argument("--plot", metavar="OUT.png", help="draw top-1 against the shift")
+    args = parser.parse_args(argv)
+    if args.batch_size < 1:
+        parser.error("--batch-size must be at least 1")
+    if args.limit is not None and args.limit < 1:
+        parser.error("--limit must be at least 1")
+    if not all(0 <= s < IMAGE_SIZE for s in args.shifts):
+        parser.error(f"--shifts must be between 0 and {IMAGE_SIZE - 1} pixels")
+    if args.consistency_k < 0:
+        parser.error("--consistency-k must be at least 0")
+    args.fill = list(dict.fromkeys(args.fill))
+    return args
+
+
+def run(args):
+    for path, flag in ((args.json, "--json"), (args.csv, "--csv"), (args.plot, "--plot")):
+        if path:  # before any work: an unwritable output must not waste the sweep
+            check_output_path(path, flag)
+    device = resolve_device(args.device)
+    dtype = amp_dtype(device, args.amp)
+    loaded = []  # every checkpoint and its data checked before the first sweep
+    for path in args.checkpoints:
+        checkpoint = load_checkpoint(path)
+        model = model_from_checkpoint(checkpoint, path, use_ema=args.ema)
+        data = checked_data(checkpoint, model, path, data_dir_of(checkpoint, args.data_dir))
+        x, y = make_splits(data)[args.split]
+        loaded.append((path, model, x[: args.limit], y[: args.limit]))
+    rows = []
+    for path, model, x, y in loaded:
+        total = len(y) * forwards_per_image(args.shifts, args.fill)
+        with progress_bar(total, f"shift {short_label(path)}", "img") as bar:
+            results, consistency = sweep(model.to(device), x, y, device, dtype, args.shifts, args.fill,
+                                         args.batch_size, args.consistency_k, args.seed, bar)
+        mine = rows_of(path, model.model_name, args.split, len(y), results, consistency, args.consistency_k)
+        print_report(mine, args.fill, args.consistency_k)
+        rows += mine
+    write_outputs(rows, args)
+    return rows
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    try:
+        run(args)
+    except DataError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("\ninterrupted", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
