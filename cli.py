@@ -63,6 +63,11 @@ def shell_command(*words):
     return command_text(["python", *words])
 
 
+def short_label(path):
+    """'cvt/best.pt' for runs/cvt/best.pt: a checkpoint named by its run folder and file."""
+    return "/".join(os.path.normpath(path).split(os.sep)[-2:])
+
+
 def resume_command(run_dir):
     """The command that continues the run in run_dir."""
     return shell_command("train.py", "--resume", os.path.join(run_dir, "last.pt"))

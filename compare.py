@@ -33,10 +33,10 @@ import torch
 
 from checkpoint import check_classes, load_checkpoint, model_from_checkpoint
 from cli import ArgumentParser
-from curves import read_metrics
+from curves import pyplot, read_metrics, save_figure
 from data import IMAGE_SIZE, BatchLoader, load_packed, make_splits
 from evaluate import evaluate_with_report, measure_throughput
-from layout import DataError, check_output_path, data_identity, read_json, write_atomically, write_csv, write_json
+from layout import DataError, check_output_path, data_identity, read_json, write_csv, write_json
 from model import MODELS, build_model, count_parameters, flops_per_image
 from recipe import PRESETS, RECIPE_FLAGS
 from runs import describe_model, expand_globs, find_runs, not_a_run, run_state
@@ -323,11 +323,9 @@ def footnote(rows):
 
 def draw_plot(rows, out):
     """Test top-1 against parameters and against latency (log x), a point per row with its std."""
-    import matplotlib
-
-    matplotlib.use("Agg")  # files only: works without a display
-    import matplotlib.pyplot as plt
     from matplotlib.ticker import FuncFormatter
+
+    plt = pyplot()
 
     panels = [("params", "parameters")]
     if any(row["latency_ms_batch1"] for row in rows):
@@ -357,10 +355,7 @@ def draw_plot(rows, out):
     fig.suptitle(f"test top-1, mean ± std over {' or '.join(map(str, seeds))} seed{'s' if seeds != [1] else ''} "
                  f"({', '.join(sorted({row['data'] for row in rows}))})")
     fig.tight_layout()
-    try:
-        write_atomically(out, lambda tmp: fig.savefig(tmp, format="png", dpi=100))
-    finally:
-        plt.close(fig)
+    save_figure(fig, out)
 
 
 def csv_value(value):

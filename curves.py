@@ -40,24 +40,34 @@ def read_metrics(run_dir):
         raise DataError(f"{path} is damaged (a value is not a number)") from None
 
 
-def draw_curves(run_dirs, out):
-    """Write the figure to out; raises ImportError when matplotlib is missing."""
+def pyplot():
+    """matplotlib.pyplot, drawing to files only (so it works without a display); ImportError
+    when matplotlib is missing. How every script of the kit that draws gets it."""
+    import matplotlib
+
+    matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig = build_figure(run_dirs)
+    return plt
+
+
+def save_figure(fig, out):
+    """Write the figure to out as a PNG (atomically: never half a file) and free it."""
     try:
         write_atomically(out, lambda tmp: fig.savefig(tmp, format="png", dpi=100))
     finally:
-        plt.close(fig)
+        pyplot().close(fig)
+
+
+def draw_curves(run_dirs, out):
+    """Write the figure to out; raises ImportError when matplotlib is missing."""
+    save_figure(build_figure(run_dirs), out)
     return out
 
 
 def build_figure(run_dirs):
     """Loss, top-1 and lr panels of the runs (a matplotlib Figure)."""
-    import matplotlib
-
-    matplotlib.use("Agg")  # files only: works without a display
-    import matplotlib.pyplot as plt
+    plt = pyplot()
     from matplotlib.ticker import MaxNLocator
 
     runs, run_dirs = read_runs(run_dirs)

@@ -43,7 +43,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from checkpoint import load_checkpoint, model_from_checkpoint
-from cli import ArgumentParser, progress_bar
+from cli import ArgumentParser, progress_bar, short_label
+from curves import pyplot, save_figure
 from data import IMAGE_SIZE, make_splits, normalize, split_boxes
 from evaluate import checked_data, data_dir_of, short_name
 from layout import DataError, ensure_dir, write_atomically, write_json
@@ -294,10 +295,7 @@ def draw_grid(pixels, row_titles, headers, cells, out, suptitle):
     """A grid of pictures, one row per entry of pixels (64x64x3 images): the image titled
     row_titles[i], then cells[i][j] (an (h, w) map, or None for an empty place) over the image,
     titled headers[j]."""
-    import matplotlib
-
-    matplotlib.use("Agg")  # files only: works without a display
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     rows, cols = len(pixels), 1 + len(headers)
     fig, axes = plt.subplots(rows, cols, figsize=(1.8 * cols, 2.0 * rows + 0.5), squeeze=False)
@@ -316,10 +314,7 @@ def draw_grid(pixels, row_titles, headers, cells, out, suptitle):
             ax.set_yticks([])
     fig.suptitle(suptitle, fontsize=9)
     fig.tight_layout(rect=(0, 0, 1, 1 - 0.4 / fig.get_figheight()))  # room for the title above the first row
-    try:
-        write_atomically(out, lambda tmp: fig.savefig(tmp, format="png", dpi=100))
-    finally:
-        plt.close(fig)
+    save_figure(fig, out)
 
 
 def draw_method(method, maps, pixels, titles, out_dir, about):
@@ -337,8 +332,9 @@ def draw_heads(attention, image, title, out_dir, about):
     width = max(m.shape[1] for m in attention.values())
     cells = [[m[0, h] if h < m.shape[1] else None for h in range(width)] for m in attention.values()]
     path = os.path.join(out_dir, "attention-heads.png")
-    draw_grid([image] * len(attention), [f"{block}\n{title}" for block in attention], [f"head {h}" for h in range(width)],
-              cells, path, f"attention per head: {about}")
+    image_title = title.replace("\n", ", ")
+    draw_grid([image] * len(attention), list(attention), [f"head {h}" for h in range(width)], cells, path,
+              f"attention per head of {image_title}: {about}")
     return path
 
 
@@ -484,7 +480,7 @@ def run(args):
     maps = explain_batch(model, images, targets, methods, layers)
     entries = describe_images(what, labels, predicted, confidence, pixels, maps, classes)
     titles = [picture_title(entry, class_names, classes) for entry in entries]
-    about = f"{model.model_name}, {args.checkpoint}" + ("" if args.files else f", {args.split} split")
+    about = f"{model.model_name}, {short_label(args.checkpoint)}" + ("" if args.files else f", {args.split} split")
     pictures = [draw_method(method, by_name, list(pixels.numpy()), titles, args.out, about) for method, by_name in maps.items()]
     if "attention" in maps:
         pictures.append(draw_heads({b: m[:1] for b, m in maps["attention"].items()}, pixels[0].numpy(), titles[0], args.out, about))

@@ -26,16 +26,16 @@ if __name__ == "__main__":  # before the imports below, which take a moment
     exit_quietly_on_ctrl_c()
 
 import argparse
-import os
 
 import torch
 import torch.nn.functional as F
 
 from checkpoint import load_checkpoint, model_from_checkpoint
-from cli import ArgumentParser, progress_bar
+from cli import ArgumentParser, progress_bar, short_label
+from curves import pyplot, save_figure
 from data import IMAGE_SIZE, make_splits, normalize
 from evaluate import checked_data, data_dir_of, top_predictions
-from layout import DataError, check_output_path, write_atomically, write_csv, write_json
+from layout import DataError, check_output_path, write_csv, write_json
 from runtime import amp_dtype, autocast, resolve_device
 
 FILLS = ("zero", "reflect", "circular")
@@ -171,12 +171,6 @@ def print_report(rows, fills, k):
             print(f"  {fill if key == 'top1' else '':<9} {label:<10}" + "".join(f"{v * 100:>7.2f}" for v in values) + tail)
 
 
-def short_label(path):
-    """'cvt/best.pt' for runs/cvt/best.pt: the run and the file."""
-    parts = os.path.normpath(path).split(os.sep)
-    return "/".join(parts[-2:])
-
-
 # The plot's panels: the shifts each shows, and the signed shift it plots them at.
 PANELS = (("horizontal", lambda dx, dy: dy == 0, lambda dx, dy: dx, "dx in pixels (+: right)"),
           ("vertical", lambda dx, dy: dx == 0, lambda dx, dy: dy, "dy in pixels (+: down)"),
@@ -186,10 +180,7 @@ PANELS = (("horizontal", lambda dx, dy: dy == 0, lambda dx, dy: dx, "dx in pixel
 def draw_plot(rows, out):
     """Top-1 against the signed shift, one panel per direction, a line per checkpoint and fill:
     colour per checkpoint, line style per fill."""
-    import matplotlib
-
-    matplotlib.use("Agg")  # files only: works without a display
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     fig, axes = plt.subplots(1, 3, figsize=(15, 5.2), sharey=True)
     shifted = [row for row in rows if row["dx"] is not None]
@@ -211,10 +202,7 @@ def draw_plot(rows, out):
     fig.legend(handles, labels, loc="lower center", ncol=3, fontsize="small", frameon=False)
     fig.suptitle(f"top-1 under translation ({rows[0]['split']} split, {rows[0]['images']:,} images per point)")
     fig.tight_layout(rect=(0, 0.2 * legend_rows / fig.get_figheight() + 0.02, 1, 1))  # the legend below the panels
-    try:
-        write_atomically(out, lambda tmp: fig.savefig(tmp, format="png", dpi=100))
-    finally:
-        plt.close(fig)
+    save_figure(fig, out)
 
 
 def write_outputs(rows, args):

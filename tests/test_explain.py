@@ -1,6 +1,7 @@
 """explain.py: Grad-CAM as captum and the definition compute it, attention weights that reproduce
 the SDPA output, rollout, the object boxes from prepare to score, and the pictures and maps.pt."""
 import os
+import sys
 
 import numpy as np
 import pytest
@@ -284,3 +285,14 @@ def test_a_class_is_found_by_wnid_any_of_its_names_or_part_of_one():
     assert explain.matching_classes("carassius auratus", classes, names) == [0]
     assert explain.matching_classes("shark", classes, names) == [1]
     assert explain.matching_classes("g", classes, names) == [0, 1]
+
+
+def test_without_captum_gradcam_is_one_line_and_the_attention_is_still_drawn(tiny_run, tmp_path, monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "captum", None)  # import captum raises ImportError
+    monkeypatch.setitem(sys.modules, "captum.attr", None)
+    checkpoint = str(tiny_run / "best.pt")
+    assert explain.main([checkpoint, "--method", "gradcam", "--out", str(tmp_path / "a")]) == 2
+    assert capsys.readouterr().err.splitlines()[-1] == f"error: {explain.CAPTUM_HINT}"
+    assert explain.main([checkpoint, "--out", str(tmp_path / "b")]) == 0
+    assert f"note: {explain.CAPTUM_HINT}" in capsys.readouterr().err
+    assert sorted(os.listdir(tmp_path / "b")) == ["attention-heads.png", "attention.png", "maps.pt", "rollout.png"]
