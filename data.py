@@ -55,8 +55,10 @@ def load_packed(data_dir):
         array = np.load(array_path(data_dir, name), mmap_mode="c")
         arrays[name] = torch.from_numpy(array)
     boxes = os.path.join(packed_dir(data_dir), VAL_BOXES_FILE)
-    if os.path.exists(boxes):
-        arrays["val_boxes"] = torch.from_numpy(np.load(boxes))
+    if os.path.exists(boxes):  # (optional: absent or not one per val image, it is as if not stored)
+        stored = np.load(boxes)
+        if stored.shape == (len(arrays["val_y"]), 4):
+            arrays["val_boxes"] = torch.from_numpy(stored)
     return PackedData(
         data_dir=data_dir,
         classes=meta["classes"],

@@ -85,8 +85,12 @@ def listed_layers(model, shapes):
     """The layers worth listing: every conv, every block of convs (the CNN's blocks, ResNet's
     blocks), and the model's own stages of feature maps (ResNet's layer1-4, the CNN's features)."""
     modules = dict(model.named_modules())
-    keep = lambda name: (isinstance(modules[name], nn.Conv2d) or "." not in name  # noqa: E731
-                         or (not isinstance(modules[name], nn.Sequential) and any(True for _ in modules[name].children())))
+
+    def keep(name):
+        module = modules[name]
+        composite = any(True for _ in module.children())
+        return isinstance(module, nn.Conv2d) or (composite and ("." not in name or not isinstance(module, nn.Sequential)))
+
     return [name for name in shapes if keep(name)]
 
 
@@ -143,14 +147,11 @@ def gradcam(model, x, targets, layers):
             for layer in layers}
 
 
-def pooled_row(weights):
+def pooled_row(weights, class_token=False):
     """(B, heads, T, T) attention -> (B, heads, image tokens): the attention of the token the
-    model pools over the image tokens: the mean over the query rows, or with a class token
-    (T = side^2 + 1, the ViT) its own row, without the class token's column."""
-    tokens = weights.shape[-1]
-    if math.isqrt(tokens) ** 2 == tokens:
-        return weights.mean(dim=-2)
-    return weights[..., 0, 1:]
+    model pools, over the image tokens: the mean over the query rows, or for a model that pools
+    a class token (the ViT's, token 0) that token's row, without its own column."""
+    return weights[..., 0, 1:] if class_token else weights.mean(dim=-2)
 
 
 def as_grid(row):
@@ -159,35 +160,65 @@ def as_grid(row):
     return row.unflatten(-1, (side, side))
 
 
+def rollout_step(weights, total=None):
+    """One block of Abnar & Zuidema's rollout: its (B, heads, T, T) weights averaged over the
+    heads, plus the identity, rows renormalised, multiplied onto the rollout so far from the
+    left (None: the first block)."""
+    a = weights.mean(dim=1) + torch.eye(weights.shape[-1], device=weights.device)
+    a = a / a.sum(dim=-1, keepdim=True)
+    return a if total is None else a @ total
+
+
+def rollout(weights, class_token=False):
+    """The rollout of [(B, heads, T, T)] weights of consecutive blocks, read as the pooled
+    token's map (B, side, side)."""
+    total = None
+    for w in weights:
+        total = rollout_step(w, total)
+    return as_grid(pooled_row(total[:, None], class_token))[:, 0]
+
+
 @torch.no_grad()
-def attention_weights(model, x):
-    """[(block name, (B, heads, T, T) weights)] of one forward through the explicit path."""
+def run_keeping_attention(model, x, take):
+    """One forward of the images x in which every block takes the explicit attention path and
+    take(block name, (B, heads, T, T) weights) runs as soon as the block has run, so that no
+    more than one block's weights are held at a time. Returns the logits."""
     modules = attention_modules(model)
+
+    def hand_over(name, module):
+        weights, module.weights = module.weights, None
+        take(block_name(name), weights)
+
+    hooks = [module.register_forward_hook(lambda m, _i, _o, name=name: hand_over(name, m)) for name, module in modules]
     for _, module in modules:
         module.keep_weights = True
     try:
-        logits = model.eval()(x)
-        return [(block_name(name), module.weights) for name, module in modules], logits
+        return model.eval()(x)
     finally:
+        for hook in hooks:
+            hook.remove()
         for _, module in modules:
             module.keep_weights, module.weights = False, None
 
 
-def attention_maps(weights):
-    """{block: (B, heads, side, side)}: each head's attention of the pooled token."""
-    return {name: as_grid(pooled_row(w)) for name, w in weights}
+def attention_and_rollout(model, x, methods):
+    """{"attention": {block: (B, heads, side, side)}, "rollout": {group: (B, side, side)}} of the
+    methods asked for: each head's attention of the pooled token, and the rollout per group."""
+    class_token = hasattr(model, "cls_token")
+    group_of = {block: group for group, blocks in rollout_groups(model).items() for block in blocks}
+    attention, totals = {}, {}
 
+    def take(block, weights):
+        if "attention" in methods:
+            attention[block] = as_grid(pooled_row(weights, class_token))
+        if "rollout" in methods:
+            totals[group_of[block]] = rollout_step(weights, totals.get(group_of[block]))
 
-def rollout(weights):
-    """Abnar & Zuidema's rollout of [(B, heads, T, T)] weights of consecutive blocks: the heads'
-    mean plus the identity, rows renormalised, multiplied through the blocks (the last on the
-    left); read as the pooled token's map (B, side, side)."""
-    total = None
-    for w in weights:
-        a = w.mean(dim=1) + torch.eye(w.shape[-1], device=w.device)
-        a = a / a.sum(dim=-1, keepdim=True)
-        total = a if total is None else a @ total
-    return as_grid(pooled_row(total[:, None]))[:, 0]
+    run_keeping_attention(model, x, take)
+    maps = {"attention": attention} if "attention" in methods else {}
+    if "rollout" in methods:
+        maps["rollout"] = {group: as_grid(pooled_row(total[:, None], class_token))[:, 0] for group, total in totals.items()}
+    return maps
 
 
 def rollout_groups(model):
@@ -207,12 +238,7 @@ def explain_batch(model, x, targets, methods, layers):
     if "gradcam" in methods:
         maps["gradcam"] = gradcam(model, x, targets, layers)
     if "attention" in methods or "rollout" in methods:
-        weights, _ = attention_weights(model, x)
-        if "attention" in methods:
-            maps["attention"] = attention_maps(weights)
-        if "rollout" in methods:
-            by_block = dict(weights)
-            maps["rollout"] = {group: rollout([by_block[b] for b in blocks]) for group, blocks in rollout_groups(model).items()}
+        maps.update(attention_and_rollout(model, x, methods))
     return maps
 
 
@@ -246,7 +272,7 @@ def box_score(model, x, y, boxes, device, methods, layers, batch_size, target):
         for start in range(0, len(y), batch_size):
             images = normalize(x[start : start + batch_size].to(device))
             labels = y[start : start + batch_size].to(device)
-            targets = labels if target == "true" else predictions(model, images)[0]
+            targets = None if "gradcam" not in methods else labels if target == "true" else predictions(model, images)[0]
             for method, by_name in explain_batch(model, images, targets, methods, layers).items():
                 for name, maps in by_name.items():
                     maps = maps.float().mean(dim=1) if maps.dim() == 4 else maps.float()  # heads averaged
@@ -298,7 +324,7 @@ def draw_grid(pixels, row_titles, headers, cells, out, suptitle):
     plt = pyplot()
 
     rows, cols = len(pixels), 1 + len(headers)
-    fig, axes = plt.subplots(rows, cols, figsize=(1.8 * cols, 2.0 * rows + 0.5), squeeze=False)
+    fig, axes = plt.subplots(rows, cols, figsize=(max(1.8 * cols, 5), 2.4 * rows + 0.7), squeeze=False)
     for i, image in enumerate(pixels):
         axes[i][0].imshow(image)
         axes[i][0].set_title(row_titles[i], fontsize=7)
@@ -313,7 +339,7 @@ def draw_grid(pixels, row_titles, headers, cells, out, suptitle):
             ax.set_xticks([])
             ax.set_yticks([])
     fig.suptitle(suptitle, fontsize=9)
-    fig.tight_layout(rect=(0, 0, 1, 1 - 0.4 / fig.get_figheight()))  # room for the title above the first row
+    fig.tight_layout(rect=(0, 0, 1, 1 - 0.6 / fig.get_figheight()))  # room for the title above the first row
     save_figure(fig, out)
 
 
@@ -323,7 +349,7 @@ def draw_method(method, maps, pixels, titles, out_dir, about):
     flat = {name: m.float().mean(dim=1) if m.dim() == 4 else m for name, m in maps.items()}
     cells = [[flat[name][i] for name in names] for i in range(len(pixels))]
     path = os.path.join(out_dir, f"{method}.png")
-    draw_grid(pixels, titles, names, cells, path, f"{method}: {about}")
+    draw_grid(pixels, titles, names, cells, path, f"{method}\n{about}")
     return path
 
 
@@ -334,7 +360,7 @@ def draw_heads(attention, image, title, out_dir, about):
     path = os.path.join(out_dir, "attention-heads.png")
     image_title = title.replace("\n", ", ")
     draw_grid([image] * len(attention), list(attention), [f"head {h}" for h in range(width)], cells, path,
-              f"attention per head of {image_title}: {about}")
+              f"attention per head\n{image_title}\n{about}")
     return path
 
 
@@ -406,6 +432,8 @@ def parse_args(argv):
         parser.error("--target true needs labelled images: your --files have none")
     if args.files and args.box_score:
         parser.error("--box-score needs the split's object boxes: not with --files")
+    if args.limit and not args.box_score:
+        parser.error("--limit is for --box-score (the pictures take --images, --class or --count)")
     if args.box_score and args.split == "train":
         parser.error("--box-score: the object boxes are the val set's: use --split val or test")
     return args

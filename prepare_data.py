@@ -47,7 +47,6 @@ from layout import (
     VAL_PROCESSED_MARKER,
     ZIP_NAME,
     DataError,
-    array_path,
     ensure_dir,
     is_synthetic,
     marker_source,
@@ -351,13 +350,12 @@ def read_wnids(root):
 
 def read_val_annotations(root):
     """[(file name, wnid)] from val/val_annotations.txt, checked against wnids.txt."""
-    return [(name, wnid) for name, wnid, _ in read_val_annotation_rows(root)]
+    return [(name, wnid) for name, wnid, _, _ in read_val_annotation_rows(root)]
 
 
 def read_val_annotation_rows(root):
-    """[(file name, wnid, box)] from val/val_annotations.txt, checked against wnids.txt. A box is
-    the object's (x0, y0, x1, y1) in inclusive pixel coordinates of the 64x64 image, or None
-    when the line has none."""
+    """[(file name, wnid, the box's fields, where the line is)] from val/val_annotations.txt,
+    the wnids checked against wnids.txt (the boxes are read by val_boxes_in_packed_order)."""
     wnids = set(read_wnids(root))
     path = os.path.join(root, "val", "val_annotations.txt")
     rows = []
@@ -370,7 +368,7 @@ def read_val_annotation_rows(root):
                 raise DataError(f"{path}:{number}: expected '<file>\\t<wnid>...', got {line.strip()!r}")
             if fields[1] not in wnids:
                 raise DataError(f"{path}:{number}: {fields[0]} is labelled {fields[1]}, which is not in wnids.txt")
-            rows.append((fields[0], fields[1], parse_box(fields[2:6], f"{path}:{number}")))
+            rows.append((fields[0], fields[1], fields[2:6], f"{path}:{number}"))
     return rows
 
 
@@ -389,13 +387,28 @@ def parse_box(fields, where):
 
 def val_boxes_in_packed_order(root, classes):
     """(file names, labels, (N, 4) int16 boxes) of the val images in the order pack() packs them
-    (by class, then by file name: labelled_files' order), or None when an annotation has no box."""
+    (by class, then by file name: labelled_files' order), or None when an annotation has no box.
+    A malformed box is a DataError naming its line."""
     label_of = {wnid: label for label, wnid in enumerate(classes)}
     rows = sorted(read_val_annotation_rows(root), key=lambda row: (label_of[row[1]], row[0]))
-    if not rows or any(box is None for _, _, box in rows):
+    boxes = [parse_box(fields, where) for _, _, fields, where in rows]
+    if not rows or any(box is None for box in boxes):
         return None
-    return ([name for name, _, _ in rows], np.array([label_of[w] for _, w, _ in rows]),
-            np.array([box for _, _, box in rows], dtype=np.int16))
+    return [row[0] for row in rows], np.array([label_of[row[1]] for row in rows]), np.array(boxes, dtype=np.int16)
+
+
+def boxes_for(root, classes, val_files):
+    """The boxes of the val images packed from val_files (paths, in packed order), or (None, why
+    not). Boxes are an extra for explain.py: a problem with them never stops a prepare."""
+    try:
+        found = val_boxes_in_packed_order(root, classes)
+    except DataError as error:
+        return None, f"a box in val_annotations.txt is malformed ({error})"
+    if found is None:
+        return None, "val_annotations.txt does not give every val image a box"
+    if found[0] != [os.path.basename(path) for path in val_files]:  # (a val_processed/ made by another tool)
+        return None, "the packed val images are not the ones val_annotations.txt lists"
+    return found[2], None
 
 
 def write_val_boxes(out_dir, boxes):
@@ -406,21 +419,29 @@ def write_val_boxes(out_dir, boxes):
     write_atomically(os.path.join(out_dir, VAL_BOXES_FILE), write)
 
 
+def stored_val_boxes_fit(data_dir, count):
+    """Whether packed/ holds one box per packed val image."""
+    try:
+        return np.load(os.path.join(packed_dir(data_dir), VAL_BOXES_FILE), mmap_mode="r").shape == (count, 4)
+    except (OSError, ValueError):
+        return False
+
+
 def add_missing_val_boxes(data_dir, meta):
     """Data packed before the boxes were stored gets them from the extracted folder's
     val_annotations.txt, without packing the images again. Returns a line saying what happened,
     or None when there was nothing to do."""
-    if os.path.exists(os.path.join(packed_dir(data_dir), VAL_BOXES_FILE)):
+    if stored_val_boxes_fit(data_dir, meta["counts"]["val"]):
         return None
     root = os.path.join(data_dir, DATASET_DIR)
-    if not os.path.exists(os.path.join(root, "val", "val_annotations.txt")):
-        return (f"note: no val boxes stored (explain.py --box-score needs them) and no {root}/val/val_annotations.txt "
-                "to read them from; prepare again with --force to add them")
-    found = val_boxes_in_packed_order(root, meta["classes"])
-    val_y = np.load(array_path(data_dir, "val_y"), mmap_mode="r")
-    if found is None or not np.array_equal(found[1], val_y):
-        return "note: val_annotations.txt has no box for every packed val image: no val boxes stored"
-    write_val_boxes(packed_dir(data_dir), found[2])
+    val_dir = os.path.join(root, VAL_PROCESSED_DIR)
+    if not (os.path.exists(os.path.join(root, "val", "val_annotations.txt")) and os.path.isdir(val_dir)):
+        return (f"note: no val boxes stored (explain.py --box-score needs them), and no extracted {root}/ to read "
+                "them from: prepare again with --force to add them")
+    boxes, why_not = boxes_for(root, meta["classes"], [path for path, _ in labelled_files(val_dir, meta["classes"])])
+    if boxes is None:
+        return f"note: no val boxes stored (explain.py --box-score needs them): {why_not}"
+    write_val_boxes(packed_dir(data_dir), boxes)
     return f"added the val images' object boxes to {packed_dir(data_dir)}/ (for explain.py --box-score)"
 
 
@@ -565,9 +586,11 @@ def pack(data_dir, root, val_dir, source):
     with process_pool(initializer=share_pack_targets, initargs=(targets,)) as pool:
         for name, pairs in splits.items():
             sizes.update(pack_split(tmp, name, pairs, pool))
-    boxes = val_boxes_in_packed_order(root, classes)
-    if boxes is not None and boxes[0] == [os.path.basename(path) for path, _ in splits["val"]]:
-        write_val_boxes(tmp, boxes[2])  # (not when a val_processed/ made by another tool holds other files)
+    boxes, why_not = boxes_for(root, classes, [path for path, _ in splits["val"]])
+    if boxes is not None:
+        write_val_boxes(tmp, boxes)
+    else:
+        print(f"note: no val boxes stored (explain.py --box-score needs them): {why_not}", file=sys.stderr)
     meta = {
         "format": PACK_FORMAT,
         "classes": classes,

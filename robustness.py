@@ -46,10 +46,14 @@ KEYS = ("checkpoint", "model", "split", "images", "fill", "dx", "dy", "top1", "a
 # ---------------------------------------------------------------- the shift
 
 
-def source_positions(size, shift, fill):
-    """Along one axis of `size` pixels moved by `shift` (one value per image): for each output
-    position, the input position it shows, and whether that lies inside the image."""
-    position = torch.arange(size, device=shift.device) - shift[:, None]  # (images, size)
+def source_positions(size, shift, fill, count, device):
+    """Along one axis of `size` pixels moved by `shift` (a number, or one value per image): for
+    each of the `count` images and each output position, the input position it shows, and
+    whether that lies inside the image."""
+    if torch.is_tensor(shift):
+        position = torch.arange(size, device=device) - shift[:, None]
+    else:  # a number stays a number: no host-to-device copy per call
+        position = (torch.arange(size, device=device) - shift).expand(count, size)
     inside = (position >= 0) & (position < size)
     if fill == "circular":
         position = position % size
@@ -64,11 +68,11 @@ def source_positions(size, shift, fill):
 
 def translate(x_uint8, dx, dy, fill):
     """(B, H, W, C) uint8 images translated by (dx, dy) pixels with the fill (see the module's
-    docstring); dx and dy are numbers or one value per image. One gather, no per-image work."""
+    docstring); dx and dy are numbers or one value per image (tensors on the images' device).
+    One gather, no per-image work."""
     batch, height, width, _ = x_uint8.shape
-    as_shifts = lambda s: torch.as_tensor(s, device=x_uint8.device).expand(batch)  # noqa: E731
-    rows, rows_inside = source_positions(height, as_shifts(dy), fill)
-    cols, cols_inside = source_positions(width, as_shifts(dx), fill)
+    rows, rows_inside = source_positions(height, dy, fill, batch, x_uint8.device)
+    cols, cols_inside = source_positions(width, dx, fill, batch, x_uint8.device)
     images = torch.arange(batch, device=x_uint8.device)[:, None, None]
     out = x_uint8[images, rows[:, :, None], cols[:, None, :]]
     if fill == "zero":
@@ -101,6 +105,7 @@ def sweep(model, x, y, device, dtype, shifts, fills, batch_size, k=4, seed=0, ba
     sums = torch.zeros(len(fills), len(moves) + 1, 3, device=device, dtype=torch.float64)  # hits, agreements, KL
     consistent = torch.zeros(len(fills), device=device, dtype=torch.float64)
     offsets = crop_offsets(len(y), k, seed).to(device)
+    x, y = x.to(device), y.to(device)  # once: the split on the device, as evaluate.py's loader has it on CUDA
 
     def predict(images):
         with autocast(device, dtype):
@@ -108,8 +113,8 @@ def sweep(model, x, y, device, dtype, shifts, fills, batch_size, k=4, seed=0, ba
         return top_predictions(logits)[:, 0], logits.log_softmax(dim=1)
 
     for start in range(0, len(y), batch_size):
-        images, labels = x[start : start + batch_size].to(device), y[start : start + batch_size].to(device)
-        base, base_log_p = predict(translate(images, 0, 0, "zero"))  # the image itself, as evaluate.py sees it
+        images, labels = x[start : start + batch_size], y[start : start + batch_size]
+        base, base_log_p = predict(images)  # the image itself, as evaluate.py sees it
         sums[:, 0, 0] += (base == labels).sum()
         sums[:, 0, 1] += len(labels)
         for f, fill in enumerate(fills):
@@ -122,7 +127,7 @@ def sweep(model, x, y, device, dtype, shifts, fills, batch_size, k=4, seed=0, ba
             second, _ = predict(translate(images, pair[:, 2], pair[:, 3], fill))
             consistent[f] += (first == second).sum()
         if bar is not None:
-            bar.update(len(labels) * (1 + len(fills) * (len(moves) + 2)))
+            bar.update(len(labels) * forwards_per_image(shifts, fills))
     sums, consistent = (sums / len(y)).tolist(), (consistent / len(y)).tolist()  # one sync
     results = {}
     for f, fill in enumerate(fills):
@@ -275,6 +280,7 @@ def run(args):
         with progress_bar(total, f"shift {short_label(path)}", "img") as bar:
             results, consistency = sweep(model.to(device), x, y, device, dtype, args.shifts, args.fill,
                                          args.batch_size, args.consistency_k, args.seed, bar)
+        model.cpu()  # (the next checkpoint's model gets the device's memory)
         mine = rows_of(path, model.model_name, args.split, len(y), results, consistency, args.consistency_k)
         print_report(mine, args.fill, args.consistency_k)
         rows += mine

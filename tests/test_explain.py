@@ -1,13 +1,13 @@
 """explain.py: Grad-CAM as captum and the definition compute it, attention weights that reproduce
 the SDPA output, rollout, the object boxes from prepare to score, and the pictures and maps.pt."""
 import os
+import shutil
 import sys
 
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from captum.attr import LayerGradCam
 from PIL import Image
 
 import data
@@ -51,6 +51,7 @@ def test_the_default_layer_is_the_last_conv_before_the_tokens_or_the_cnns_last_s
 
 @pytest.mark.parametrize("name", ["cvt-simplified", "cvt-original", "cnn", "resnet18", "vit"])
 def test_gradcam_is_captums_and_the_papers_definition_on_the_same_layer_and_target(name):
+    LayerGradCam = pytest.importorskip("captum.attr").LayerGradCam
     torch.manual_seed(0)
     model = tiny(name).eval()
     shapes = explain.map_shapes(model, CPU)
@@ -90,15 +91,16 @@ def test_the_explicit_attention_path_gives_sdpas_output_and_keeps_its_weights():
 
 
 @pytest.mark.parametrize("name", sorted(HAS_ATTENTION))
-def test_every_block_returns_its_weights_and_the_model_its_sdpa_output(name):
+def test_every_block_hands_over_its_weights_and_the_model_gives_its_sdpa_output(name):
     model = tiny(name).eval()
     x = images(2)
     with torch.no_grad():
         plain = model(x)
-    weights, logits = explain.attention_weights(model, x)
+    taken = []
+    logits = explain.run_keeping_attention(model, x, lambda block, weights: taken.append((block, weights)))
     assert torch.allclose(logits, plain, atol=1e-5)
-    assert len(weights) == sum(isinstance(m, Attention) for m in model.modules())
-    for _, w in weights:
+    assert [block for block, _ in taken] == [explain.block_name(n) for n, _ in explain.attention_modules(model)]
+    for _, w in taken:
         assert w.dim() == 4 and torch.allclose(w.sum(-1), torch.ones(w.shape[:-1]), atol=1e-5)
     assert not any(m.keep_weights or m.weights is not None for m in model.modules() if isinstance(m, Attention))
 
@@ -116,10 +118,20 @@ def test_rollout_averages_heads_adds_the_identity_and_multiplies_the_later_block
 
 
 def test_the_pooled_token_is_the_mean_for_cvts_and_the_class_token_for_the_vit():
-    weights = torch.rand(1, 1, 5, 5)  # 4 image tokens and a class token
-    assert torch.equal(explain.pooled_row(weights), weights[:, :, 0, 1:])
-    square = torch.rand(1, 1, 4, 4)
-    assert torch.equal(explain.pooled_row(square), square.mean(dim=2))
+    weights = torch.rand(1, 1, 5, 5)  # a class token and 4 image tokens
+    assert torch.equal(explain.pooled_row(weights, class_token=True), weights[:, :, 0, 1:])
+    assert torch.equal(explain.pooled_row(weights), weights.mean(dim=2))
+    vit = explain.attention_and_rollout(tiny("vit").eval(), images(1), ["attention"])["attention"]
+    assert all(m.shape[-2:] == (8, 8) for m in vit.values())  # 64 image tokens, the class token left out
+
+
+def test_the_rollout_is_built_block_by_block_as_from_all_weights_at_once():
+    model = tiny("cvt-conv-embed").eval()
+    x = images(2)
+    taken = []
+    explain.run_keeping_attention(model, x, lambda block, weights: taken.append(weights))
+    together = explain.rollout(taken)
+    assert torch.allclose(explain.attention_and_rollout(model, x, ["rollout"])["rollout"]["rollout"], together)
 
 
 def test_rollout_is_per_stage_where_a_conv_embedding_retokenises():
@@ -143,6 +155,11 @@ def test_every_model_gets_every_map_it_has_at_its_own_resolution(name):
     if "attention" in maps:
         grids = {m.shape[-1] for m in maps["attention"].values()}
         assert grids <= {h for h, _ in model.token_grids()}
+        if name != "vit":  # the mean token's attention is a distribution over the tokens
+            for m in maps["attention"].values():
+                assert torch.allclose(m.sum(dim=(-2, -1)), torch.ones(m.shape[:2]), atol=1e-5)
+        for m in maps["rollout"].values():
+            assert torch.allclose(m.sum(dim=(-2, -1)), torch.ones(2), atol=1e-5) or name == "vit"
 
 
 # ---------------------------------------------------------------- object boxes
@@ -170,6 +187,19 @@ def test_a_bad_box_is_one_line_with_its_place(tmp_path, box, message):
     write_annotations(root, ["val_0.JPEG\tna\t" + box.replace(" ", "\t")])
     with pytest.raises(DataError, match=f"val_annotations.txt:1: .*{message}"):
         prepare_data.val_boxes_in_packed_order(root, ["na", "nb"])
+
+
+def test_a_problem_with_the_boxes_skips_them_and_never_stops_a_prepare(tmp_path):
+    root = str(tmp_path / "root")
+    write_annotations(root, ["val_0.JPEG\tna\t0\t0\t99\t10", "val_1.JPEG\tnb\t0\t0\t63\t63"])
+    boxes, why_not = prepare_data.boxes_for(root, ["na", "nb"], ["x/val_0.JPEG", "x/val_1.JPEG"])
+    assert boxes is None and "malformed" in why_not and "val_annotations.txt:1" in why_not
+    assert prepare_data.read_val_annotations(root) == [("val_0.JPEG", "na"), ("val_1.JPEG", "nb")]
+    shutil.rmtree(root)
+    write_annotations(root, ["val_0.JPEG\tna\t0\t0\t9\t10", "val_1.JPEG\tnb\t0\t0\t63\t63"])
+    assert prepare_data.boxes_for(root, ["na", "nb"], ["x/val_0.JPEG", "x/val_1.JPEG"])[0].tolist() == [[0, 0, 9, 10], [0, 0, 63, 63]]
+    boxes, why_not = prepare_data.boxes_for(root, ["na", "nb"], ["x/val_1.JPEG", "x/val_0.JPEG"])  # other images packed
+    assert boxes is None and "not the ones" in why_not
 
 
 def test_a_box_scales_to_the_share_of_each_map_cell_it_covers():
@@ -203,6 +233,10 @@ def test_prepare_stores_the_boxes_and_adds_them_to_data_prepared_without(prepare
     assert torch.equal(data.load_packed(prepared).val_boxes, stored) and os.stat(images).st_mtime_ns == before
     assert prepare_data.main(["--zip", tiny_zip, "--data-dir", prepared]) == 0
     assert "nothing to do" in capsys.readouterr().out
+    np.save(os.path.join(packed_dir(prepared), VAL_BOXES_FILE), np.zeros((3, 4), np.int16))  # not one per image
+    assert data.load_packed(prepared).val_boxes is None
+    assert prepare_data.main(["--zip", tiny_zip, "--data-dir", prepared]) == 0
+    assert torch.equal(data.load_packed(prepared).val_boxes, stored)
 
 
 @needs_mini_zip
@@ -214,6 +248,24 @@ def test_the_real_boxes_land_beside_their_images(mini_prepared):
     assert packed.val_boxes[first].tolist() == [0, 32, 44, 62] and packed.classes[packed.val_y[first]] == "n03444034"
     val_idx, test_idx = data.split_indices(len(packed.val_y))
     assert torch.equal(data.split_boxes(packed, "test"), packed.val_boxes[test_idx].long())
+
+
+def test_the_box_score_is_the_mean_share_over_the_usable_maps(prepared_once):
+    model = tiny("cvt-simplified", 4).eval()
+    packed = data.load_packed(prepared_once)
+    x, y = data.make_splits(packed)["test"]
+    boxes = torch.tensor([[0, 0, 31, 63], [0, 0, 63, 63], [8, 8, 15, 15]]).repeat(11, 1)[: len(y)]
+    rows = explain.box_score(model, x, y, boxes, CPU, ["gradcam", "attention"], ["embedding.proj"], 5, "true")
+    images = data.normalize(x)
+    maps = explain.explain_batch(model, images, y, ["gradcam", "attention"], ["embedding.proj"])
+    for row in rows:
+        m = maps[row["method"]][row["map"]]
+        m = m.mean(dim=1) if m.dim() == 4 else m
+        share, area, usable = explain.box_shares(m, boxes)
+        assert row["images"] == int(usable.sum()) and row["zero_maps"] == int((~usable).sum())
+        assert row["share_in_box"] == pytest.approx(share[usable].mean().item(), rel=1e-5)
+        assert row["uniform"] == pytest.approx(area[usable].mean().item(), rel=1e-5)
+    assert [row["method"] for row in rows] == ["gradcam", "attention"]
 
 
 # ---------------------------------------------------------------- the command
@@ -296,3 +348,20 @@ def test_without_captum_gradcam_is_one_line_and_the_attention_is_still_drawn(tin
     assert explain.main([checkpoint, "--out", str(tmp_path / "b")]) == 0
     assert f"note: {explain.CAPTUM_HINT}" in capsys.readouterr().err
     assert sorted(os.listdir(tmp_path / "b")) == ["attention-heads.png", "attention.png", "maps.pt", "rollout.png"]
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_every_model_of_the_registry_is_explained_and_swept_from_the_command_line(name, prepared_once, tmp_path):
+    from checkpoint import model_entries, save_checkpoint
+
+    import robustness
+
+    checkpoint = str(tmp_path / f"{name}.pt")
+    save_checkpoint(model_entries(tiny(name, 4)), checkpoint)
+    out = tmp_path / "out"
+    assert explain.main([checkpoint, "--data-dir", prepared_once, "--images", "0", "1", "--out", str(out),
+                         "--box-score", "--limit", "6"]) == 0
+    pictures = {"gradcam.png"} | ({"attention.png", "rollout.png", "attention-heads.png"} if name in HAS_ATTENTION else set())
+    assert set(os.listdir(out)) == pictures | {"maps.pt", "box_score.json"}
+    assert robustness.main([checkpoint, "--data-dir", prepared_once, "--shifts", "1", "--limit", "6",
+                            "--json", str(tmp_path / "shifts.json")]) == 0

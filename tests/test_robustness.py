@@ -111,6 +111,20 @@ def test_agreement_and_kl_are_computed_against_the_unshifted_prediction():
     assert figures["kl"] == pytest.approx(expected_kl.item(), rel=1e-5)
 
 
+def test_consistency_compares_the_two_seeded_crops_of_each_image():
+    torch.manual_seed(2)
+    x, y = torch.randint(0, 256, (24, 64, 64, 3), dtype=torch.uint8), torch.randint(0, 5, (24,))
+    model = nn.Sequential(nn.Flatten(), nn.Linear(3 * 64 * 64, 5))
+    _, consistency = sweep(model, x, y, torch.device("cpu"), None, [], FILLS, 10, k=3, seed=7)
+    offsets = crop_offsets(24, 3, seed=7)
+    for fill in FILLS:
+        with torch.no_grad():
+            first = model(robustness.normalize(translate(x, offsets[:, 0], offsets[:, 1], fill))).argmax(1)
+            second = model(robustness.normalize(translate(x, offsets[:, 2], offsets[:, 3], fill))).argmax(1)
+        assert consistency[fill] == pytest.approx((first == second).float().mean().item())
+    assert len(set(consistency.values())) > 1  # the fills differ
+
+
 @pytest.mark.parametrize("name", MODELS)
 def test_every_model_of_the_registry_sweeps(name):
     torch.manual_seed(0)
