@@ -334,7 +334,7 @@ def draw_grid(pixels, row_titles, headers, cells, out, suptitle):
                 continue
             axes[i][j].imshow(image)
             axes[i][j].imshow(upsampled(cell[None])[0].cpu().numpy(), cmap="jet", alpha=0.5, vmin=0, vmax=1)
-            axes[i][j].set_title(header, fontsize=7)
+            axes[i][j].set_title(header if cell.max() > 0 else f"{header}\n(zero everywhere)", fontsize=7)
         for ax in axes[i]:
             ax.set_xticks([])
             ax.set_yticks([])
