@@ -52,6 +52,22 @@ def exit_quietly_on_ctrl_c():
     sys.excepthook = hook
 
 
+def exit_code_of(run, args):
+    """A script's main: run(args), then 0; a DataError (a problem with the user's data or inputs)
+    is its one `error:` line and 2; a Ctrl-C is one line and 130."""
+    from layout import DataError
+
+    try:
+        run(args)
+    except DataError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("\ninterrupted", file=sys.stderr)
+        return 130
+    return 0
+
+
 def command_text(words):
     """A command line the user can paste into their shell as printed (paths with spaces quoted)."""
     words = list(map(str, words))

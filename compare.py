@@ -33,10 +33,10 @@ import torch
 
 from checkpoint import check_classes, load_checkpoint, model_from_checkpoint
 from cli import ArgumentParser
-from curves import pyplot, read_metrics, save_figure
+from curves import plot_or_note, pyplot, read_metrics, save_figure
 from data import IMAGE_SIZE, BatchLoader, load_packed, make_splits
 from evaluate import evaluate_with_report, measure_throughput
-from layout import DataError, check_output_path, data_identity, read_json, write_csv, write_json
+from layout import DataError, check_output_path, data_identity, read_json, write_rows
 from model import MODELS, build_model, count_parameters, flops_per_image
 from recipe import PRESETS, RECIPE_FLAGS
 from runs import describe_model, expand_globs, find_runs, not_a_run, run_state
@@ -358,27 +358,10 @@ def draw_plot(rows, out):
     save_figure(fig, out)
 
 
-def csv_value(value):
-    """A list as 'a;b' (a path may hold spaces), None as an empty cell."""
-    if isinstance(value, list):
-        return ";".join(map(str, value))
-    return "" if value is None else value
-
-
 def write_outputs(rows, args):
-    if args.json:
-        write_json(args.json, rows)
-        print(f"json: {args.json}")
-    if args.csv:
-        header = [*KEYS, *(key for key in rows[0] if key not in KEYS)]
-        write_csv(args.csv, header, ([csv_value(row[key]) for key in header] for row in rows))
-        print(f"csv: {args.csv}")
+    write_rows(rows, [*KEYS, *(key for key in rows[0] if key not in KEYS)], args.json, args.csv)
     if args.plot:
-        try:
-            draw_plot(rows, args.plot)
-            print(f"plot: {args.plot}")
-        except ImportError:
-            print("note: matplotlib is not installed: `python -m pip install matplotlib` to draw the plot", file=sys.stderr)
+        plot_or_note(draw_plot, rows, args.plot)
 
 
 # ---------------------------------------------------------------- command line

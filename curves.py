@@ -15,7 +15,8 @@ import sys
 from cli import ArgumentParser, exit_quietly_on_ctrl_c
 from layout import DataError, check_output_path, read_json, write_atomically
 
-INSTALL_HINT = "matplotlib is not installed: `python -m pip install matplotlib` to draw curves.png"
+MATPLOTLIB_HINT = "matplotlib is not installed: `python -m pip install matplotlib`"
+INSTALL_HINT = f"{MATPLOTLIB_HINT} to draw curves.png"
 
 
 def read_metrics(run_dir):
@@ -57,6 +58,16 @@ def save_figure(fig, out):
         write_atomically(out, lambda tmp: fig.savefig(tmp, format="png", dpi=100))
     finally:
         pyplot().close(fig)
+
+
+def plot_or_note(draw, rows, out):
+    """draw(rows, out), announced in a line; without matplotlib, a note on stderr instead (the
+    other outputs are written all the same)."""
+    try:
+        draw(rows, out)
+        print(f"plot: {out}")
+    except ImportError:
+        print(f"note: {MATPLOTLIB_HINT} to draw {out}", file=sys.stderr)
 
 
 def draw_curves(run_dirs, out):

@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 
 from checkpoint import check_classes, load_checkpoint, model_from_checkpoint
-from cli import ArgumentParser
+from cli import ArgumentParser, exit_code_of
 from data import BatchLoader, load_packed, make_splits
 from layout import DataError, check_output_path, write_json
 from model import MODELS, add_setting_flags, count_parameters, given_settings
@@ -284,16 +284,7 @@ def run(args):
 
 
 def main(argv=None):
-    args = parse_args(argv)
-    try:
-        run(args)
-    except DataError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("\ninterrupted", file=sys.stderr)
-        return 130
-    return 0
+    return exit_code_of(run, parse_args(argv))
 
 
 if __name__ == "__main__":

@@ -43,8 +43,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from checkpoint import load_checkpoint, model_from_checkpoint
-from cli import ArgumentParser, progress_bar, short_label
-from curves import pyplot, save_figure
+from cli import ArgumentParser, exit_code_of, progress_bar, short_label
+from curves import MATPLOTLIB_HINT, pyplot, save_figure
 from data import IMAGE_SIZE, make_splits, normalize, split_boxes
 from evaluate import checked_data, data_dir_of, short_name
 from layout import DataError, ensure_dir, write_atomically, write_json
@@ -509,9 +509,15 @@ def run(args):
     entries = describe_images(what, labels, predicted, confidence, pixels, maps, classes)
     titles = [picture_title(entry, class_names, classes) for entry in entries]
     about = f"{model.model_name}, {short_label(args.checkpoint)}" + ("" if args.files else f", {args.split} split")
-    pictures = [draw_method(method, by_name, list(pixels.numpy()), titles, args.out, about) for method, by_name in maps.items()]
-    if "attention" in maps:
-        pictures.append(draw_heads({b: m[:1] for b, m in maps["attention"].items()}, pixels[0].numpy(), titles[0], args.out, about))
+    try:
+        pictures = [draw_method(method, by_name, list(pixels.numpy()), titles, args.out, about)
+                    for method, by_name in maps.items()]
+        if "attention" in maps:
+            pictures.append(draw_heads({b: m[:1] for b, m in maps["attention"].items()}, pixels[0].numpy(), titles[0],
+                                       args.out, about))
+    except ImportError:
+        print(f"note: {MATPLOTLIB_HINT} to draw the pictures", file=sys.stderr)
+        pictures = ["none"]
     saved = os.path.join(args.out, "maps.pt")
     write_atomically(saved, lambda tmp: torch.save({"checkpoint": args.checkpoint, "model": model.model_name,
                                                     "split": None if args.files else args.split, "target": args.target,
@@ -548,16 +554,7 @@ def picture_title(entry, class_names, classes):
 
 
 def main(argv=None):
-    args = parse_args(argv)
-    try:
-        run(args)
-    except DataError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("\ninterrupted", file=sys.stderr)
-        return 130
-    return 0
+    return exit_code_of(run, parse_args(argv))
 
 
 if __name__ == "__main__":

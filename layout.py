@@ -201,3 +201,21 @@ def write_csv(path, header, rows):
             writer.writerows(rows)
 
     write_atomically(path, write)
+
+
+def csv_value(value):
+    """A cell: a list as 'a;b' (a path may hold spaces), None as an empty cell."""
+    if isinstance(value, list):
+        return ";".join(map(str, value))
+    return "" if value is None else value
+
+
+def write_rows(rows, header, json_path=None, csv_path=None):
+    """The rows (dicts) as a JSON list and as CSV with the header's columns, each file announced
+    in a line: what --json and --csv write in the analysis scripts."""
+    if json_path:
+        write_json(json_path, rows)
+        print(f"json: {json_path}")
+    if csv_path:
+        write_csv(csv_path, header, ([csv_value(row.get(key)) for key in header] for row in rows))
+        print(f"csv: {csv_path}")

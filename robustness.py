@@ -31,11 +31,11 @@ import torch
 import torch.nn.functional as F
 
 from checkpoint import load_checkpoint, model_from_checkpoint
-from cli import ArgumentParser, progress_bar, short_label
-from curves import pyplot, save_figure
+from cli import ArgumentParser, exit_code_of, progress_bar, short_label
+from curves import plot_or_note, pyplot, save_figure
 from data import IMAGE_SIZE, make_splits, normalize
 from evaluate import checked_data, data_dir_of, top_predictions
-from layout import DataError, check_output_path, write_csv, write_json
+from layout import check_output_path, write_rows
 from runtime import amp_dtype, autocast, resolve_device
 
 FILLS = ("zero", "reflect", "circular")
@@ -211,18 +211,9 @@ def draw_plot(rows, out):
 
 
 def write_outputs(rows, args):
-    if args.json:
-        write_json(args.json, rows)
-        print(f"json: {args.json}")
-    if args.csv:
-        write_csv(args.csv, KEYS, ([("" if row.get(key) is None else row[key]) for key in KEYS] for row in rows))
-        print(f"csv: {args.csv}")
+    write_rows(rows, KEYS, args.json, args.csv)
     if args.plot:
-        try:
-            draw_plot(rows, args.plot)
-            print(f"plot: {args.plot}")
-        except ImportError:
-            print("note: matplotlib is not installed: `python -m pip install matplotlib` to draw the plot", file=sys.stderr)
+        plot_or_note(draw_plot, rows, args.plot)
 
 
 # ---------------------------------------------------------------- command line
@@ -289,16 +280,7 @@ def run(args):
 
 
 def main(argv=None):
-    args = parse_args(argv)
-    try:
-        run(args)
-    except DataError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("\ninterrupted", file=sys.stderr)
-        return 130
-    return 0
+    return exit_code_of(run, parse_args(argv))
 
 
 if __name__ == "__main__":
