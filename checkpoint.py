@@ -122,7 +122,10 @@ def model_from_checkpoint(checkpoint, path="checkpoint", use_ema=True, model_nam
     if use_ema and "ema" in checkpoint:
         state_dict = checkpoint["ema"]["model"]
     else:
-        state_dict = plain_state_dict(checkpoint["model"] if "model" in checkpoint else checkpoint["state_dict"])
+        weights = checkpoint["model"] if "model" in checkpoint else checkpoint["state_dict"]
+        if not isinstance(weights, dict):  # (explain.py's maps.pt has a "model" entry too: the model's name)
+            raise DataError(f"{path} is not a model checkpoint: its weights are not there (give best.pt or last.pt)")
+        state_dict = plain_state_dict(weights)
     saved_name = checkpoint.get("model_name") or (DEFAULT_MODEL if "model_config" in checkpoint else None)
     if model_name and saved_name and model_name != saved_name:
         raise DataError(f"{path} holds a {saved_name} model, not --model {model_name}")

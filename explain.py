@@ -48,11 +48,12 @@ from curves import MATPLOTLIB_HINT, pyplot, save_figure
 from data import IMAGE_SIZE, make_splits, normalize, split_boxes
 from evaluate import checked_data, data_dir_of, short_name
 from layout import DataError, ensure_dir, write_atomically, write_json
-from model import Attention, Stage
+from model import MODELS, Attention, Stage, add_setting_flags, given_settings
 from predict import class_names_for, load_any_image, own_image_files, read_images, report_unreadable
 from runtime import resolve_device
 
 METHODS = ("gradcam", "attention", "rollout")
+OUTPUTS = ("gradcam.png", "attention.png", "rollout.png", "attention-heads.png", "maps.pt", "box_score.json")
 CAPTUM_HINT = "Grad-CAM uses captum, which is not installed: `python -m pip install captum`"
 
 
@@ -324,7 +325,8 @@ def draw_grid(pixels, row_titles, headers, cells, out, suptitle):
     plt = pyplot()
 
     rows, cols = len(pixels), 1 + len(headers)
-    fig, axes = plt.subplots(rows, cols, figsize=(max(1.8 * cols, 5), 2.4 * rows + 0.7), squeeze=False)
+    fig, axes = plt.subplots(rows, cols, figsize=(max(1.8 * cols, 5), 2.2 * rows + 0.8), squeeze=False,
+                             layout="constrained")  # (room for every title, whatever the number of rows)
     for i, image in enumerate(pixels):
         axes[i][0].imshow(image)
         axes[i][0].set_title(row_titles[i], fontsize=7)
@@ -339,7 +341,6 @@ def draw_grid(pixels, row_titles, headers, cells, out, suptitle):
             ax.set_xticks([])
             ax.set_yticks([])
     fig.suptitle(suptitle, fontsize=9)
-    fig.tight_layout(rect=(0, 0, 1, 1 - 0.6 / fig.get_figheight()))  # room for the title above the first row
     save_figure(fig, out)
 
 
@@ -349,7 +350,7 @@ def draw_method(method, maps, pixels, titles, out_dir, about):
     flat = {name: m.float().mean(dim=1) if m.dim() == 4 else m for name, m in maps.items()}
     cells = [[flat[name][i] for name in names] for i in range(len(pixels))]
     path = os.path.join(out_dir, f"{method}.png")
-    draw_grid(pixels, titles, names, cells, path, f"{method}\n{about}")
+    draw_grid(pixels, titles, names, cells, path, f"{method}\n{about}\n(each map scaled to its own maximum)")
     return path
 
 
@@ -420,10 +421,14 @@ def parse_args(argv):
                         help="also score every map over the whole split: its share inside the object's box")
     parser.add_argument("--limit", type=int, metavar="N", help="--box-score over the split's first N images only")
     parser.add_argument("--out", default="explain", help="the folder for the pictures, maps.pt and box_score.json")
+    parser.add_argument("--model", choices=tuple(MODELS),
+                        help="the architecture of a foreign checkpoint whose parameter names cannot tell, as in "
+                             "evaluate.py (with the model settings below where they differ from its defaults)")
     parser.add_argument("--data-dir", help="prepared data (default: the one the checkpoint was trained on, else data)")
     parser.add_argument("--batch-size", type=int, default=64, help="images per forward and backward pass (--box-score)")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
     parser.add_argument("--no-ema", dest="ema", action="store_false", help="the raw trained weights of a run that kept an EMA")
+    add_setting_flags(parser)
     args = parser.parse_args(argv)
     for flag in ("count", "batch_size", "limit"):
         if getattr(args, flag) is not None and getattr(args, flag) < 1:
@@ -447,15 +452,14 @@ def chosen_methods(args, model):
         if missing:
             raise DataError(f"{model.model_name} has no attention (no transformer blocks): --method {missing[0]} does not apply")
         return list(dict.fromkeys(args.method))
-    methods = ["gradcam", "attention", "rollout"] if has_attention else ["gradcam"]
     try:
         import captum  # noqa: F401
     except ImportError:
+        if not has_attention:
+            raise DataError(f"{CAPTUM_HINT} ({model.model_name} has no attention to draw instead)") from None
         print(f"note: {CAPTUM_HINT}; drawing the attention only", file=sys.stderr)
-        methods.remove("gradcam")
-        if not methods:
-            raise DataError(CAPTUM_HINT) from None
-    return methods
+        return ["attention", "rollout"]
+    return ["gradcam", "attention", "rollout"] if has_attention else ["gradcam"]
 
 
 def chosen_layers(args, model, shapes):
@@ -486,7 +490,8 @@ def labelled_images(args, checkpoint, model):
 
 def run(args):
     checkpoint = load_checkpoint(args.checkpoint)
-    model = model_from_checkpoint(checkpoint, args.checkpoint, use_ema=args.ema)
+    model = model_from_checkpoint(checkpoint, args.checkpoint, use_ema=args.ema, model_name=args.model,
+                                 settings=given_settings(args))
     device = resolve_device(args.device)
     model = model.to(device).eval()
     shapes = map_shapes(model, device)
@@ -510,7 +515,9 @@ def run(args):
     titles = [picture_title(entry, class_names, classes) for entry in entries]
     about = f"{model.model_name}, {short_label(args.checkpoint)}" + ("" if args.files else f", {args.split} split")
     try:
-        pictures = [draw_method(method, by_name, list(pixels.numpy()), titles, args.out, about)
+        remove_earlier_outputs(args.out)
+        pictures = [draw_method(method, by_name, list(pixels.numpy()), titles, args.out,
+                                about + (f", target: the {args.target} class" if method == "gradcam" else ""))
                     for method, by_name in maps.items()]
         if "attention" in maps:
             pictures.append(draw_heads({b: m[:1] for b, m in maps["attention"].items()}, pixels[0].numpy(), titles[0],
@@ -530,6 +537,15 @@ def run(args):
                           "target": args.target, "rows": scores})
         print(f"box scores: {path}")
     return entries, scores
+
+
+def remove_earlier_outputs(out_dir):
+    """An earlier explain.py run's files in out_dir, which this run's would otherwise sit beside
+    as if they belonged together."""
+    for name in OUTPUTS:
+        path = os.path.join(out_dir, name)
+        if os.path.isfile(path):
+            os.remove(path)
 
 
 def describe_images(what, labels, predicted, confidence, pixels, maps, classes):

@@ -34,6 +34,7 @@ from checkpoint import load_checkpoint, model_from_checkpoint
 from cli import ArgumentParser, exit_code_of, progress_bar, short_label
 from curves import plot_or_note, pyplot, save_figure
 from data import IMAGE_SIZE, make_splits, normalize
+from model import MODELS, add_setting_flags, given_settings
 from evaluate import checked_data, data_dir_of, top_predictions
 from layout import check_output_path, write_rows
 from runtime import amp_dtype, autocast, resolve_device
@@ -236,9 +237,13 @@ def parse_args(argv):
     parser.add_argument("--amp", action=argparse.BooleanOptionalAction, default=False,
                         help="bf16 autocast (fp16 on GPUs without bf16), as in evaluate.py; off: fp32")
     parser.add_argument("--no-ema", dest="ema", action="store_false", help="the raw trained weights of a run that kept an EMA")
+    parser.add_argument("--model", choices=tuple(MODELS),
+                        help="the architecture of a foreign checkpoint whose parameter names cannot tell, as in "
+                             "evaluate.py (with the model settings below where they differ from its defaults)")
     parser.add_argument("--json", metavar="PATH", help="write the rows as JSON")
     parser.add_argument("--csv", metavar="PATH", help="write the rows as CSV")
     parser.add_argument("--plot", metavar="OUT.png", help="draw top-1 against the shift")
+    add_setting_flags(parser)
     args = parser.parse_args(argv)
     if args.batch_size < 1:
         parser.error("--batch-size must be at least 1")
@@ -261,7 +266,8 @@ def run(args):
     loaded = []  # every checkpoint and its data checked before the first sweep
     for path in args.checkpoints:
         checkpoint = load_checkpoint(path)
-        model = model_from_checkpoint(checkpoint, path, use_ema=args.ema)
+        model = model_from_checkpoint(checkpoint, path, use_ema=args.ema, model_name=args.model,
+                                 settings=given_settings(args))
         data = checked_data(checkpoint, model, path, data_dir_of(checkpoint, args.data_dir))
         x, y = make_splits(data)[args.split]
         loaded.append((path, model, x[: args.limit], y[: args.limit]))

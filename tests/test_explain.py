@@ -348,6 +348,11 @@ def test_without_captum_gradcam_is_one_line_and_the_attention_is_still_drawn(tin
     assert explain.main([checkpoint, "--out", str(tmp_path / "b")]) == 0
     assert f"note: {explain.CAPTUM_HINT}" in capsys.readouterr().err
     assert sorted(os.listdir(tmp_path / "b")) == ["attention-heads.png", "attention.png", "maps.pt", "rollout.png"]
+    from checkpoint import model_entries, save_checkpoint
+
+    save_checkpoint(model_entries(tiny("cnn", 4)), str(tmp_path / "cnn.pt"))
+    assert explain.main([str(tmp_path / "cnn.pt"), "--out", str(tmp_path / "c")]) == 2
+    assert capsys.readouterr().err.splitlines() == [f"error: {explain.CAPTUM_HINT} (cnn has no attention to draw instead)"]
 
 
 @pytest.mark.parametrize("name", MODELS)
@@ -365,3 +370,24 @@ def test_every_model_of_the_registry_is_explained_and_swept_from_the_command_lin
     assert set(os.listdir(out)) == pictures | {"maps.pt", "box_score.json"}
     assert robustness.main([checkpoint, "--data-dir", prepared_once, "--shifts", "1", "--limit", "6",
                             "--json", str(tmp_path / "shifts.json")]) == 0
+
+
+def test_a_second_run_replaces_the_first_runs_files_and_maps_pt_is_no_checkpoint(tiny_run, tmp_path, capsys):
+    import robustness
+
+    checkpoint, out = str(tiny_run / "best.pt"), tmp_path / "out"
+    assert explain.main([checkpoint, "--images", "0", "--out", str(out), "--box-score", "--limit", "4"]) == 0
+    assert explain.main([checkpoint, "--images", "0", "--method", "attention", "--out", str(out)]) == 0
+    assert sorted(os.listdir(out)) == ["attention-heads.png", "attention.png", "maps.pt"]
+    capsys.readouterr()
+    for script in (explain, robustness):
+        assert script.main([str(out / "maps.pt")]) == 2
+        assert capsys.readouterr().err.strip().endswith("is not a model checkpoint: its weights are not there (give best.pt or last.pt)")
+
+
+def test_a_foreign_checkpoint_is_named_with_model_as_in_evaluate(prepared_once, tmp_path, capsys):
+    state_dict = {"state_dict": {f"model.{k}": v for k, v in tiny("vit", 4).state_dict().items()}}
+    torch.save(state_dict, tmp_path / "lightning.ckpt")
+    settings = ["--embed-dim", "32", "--depth", "2", "--num-heads", "4"]
+    assert explain.main([str(tmp_path / "lightning.ckpt"), "--data-dir", prepared_once, "--method", "rollout",
+                         "--out", str(tmp_path / "out"), "--model", "vit", *settings]) == 0
