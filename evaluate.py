@@ -22,8 +22,8 @@ if __name__ == "__main__":  # before the imports below, which take a moment
     exit_quietly_on_ctrl_c()
 
 import argparse
+import math
 import os
-import resource
 import time
 
 import torch
@@ -141,9 +141,14 @@ def measure_throughput(model, x, device, dtype, warmup=2, min_seconds=1.0, min_b
 
 def peak_memory(device):
     """(megabytes, what was measured): CUDA memory allocated by tensors, or the process's peak
-    resident memory on CPU (which includes the data it loaded)."""
+    resident memory on CPU (which includes the data it loaded), where the platform reports it
+    (the Unix `resource` module); elsewhere (Windows) NaN, and the reason."""
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device) / 2**20, "peak CUDA memory allocated"
+    try:
+        import resource  # Unix only
+    except ImportError:
+        return float("nan"), "peak memory (not measured: this platform has no `resource` module)"
     kilobytes = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / (1024 if sys.platform == "darwin" else 1)
     return kilobytes / 1024, "peak resident memory of the process"
 
@@ -158,7 +163,8 @@ def print_report(m, show=5):
           f"macro-F1 {m['macro_f1']:.4f}  ({m['images']:,} images)")
     print(f"model: {m['model']}, {m['parameters']:,} parameters; inference {m['images_per_s']:,.0f} images/s "
           f"(batch {m['batch_size']}, {m['device']}, {m['precision']}, after warm-up); "
-          f"{m['peak_memory_what']} {m['peak_memory_mb']:,.0f} MB (+{m['peak_memory_added_by_evaluation_mb']:,.0f} MB during the evaluation)")
+          + (f"{m['peak_memory_what']} {m['peak_memory_mb']:,.0f} MB (+{m['peak_memory_added_by_evaluation_mb']:,.0f} MB "
+             "during the evaluation)" if m["peak_memory_mb"] is not None else m["peak_memory_what"]))
     scored = sorted((c for c in m["per_class"] if c["accuracy"] is not None), key=lambda c: (-c["accuracy"], c["wnid"]))
     describe = lambda c: f"{short_name(c['name'])} ({c['wnid']}) {c['accuracy']:.0%} of {c['images']}"  # noqa: E731
     print(f"best classes:  {'; '.join(describe(c) for c in scored[:show])}")
@@ -266,8 +272,8 @@ def run(args):
         **metrics, "model": model.model_name, "parameters": count_parameters(model),
         "images_per_s": measure_throughput(model, first_batch, device, dtype), "batch_size": len(first_batch),
         "device": str(device), "precision": str(dtype).replace("torch.", "") if dtype else "fp32",
-        "peak_memory_mb": memory_mb, "peak_memory_what": memory_what,
-        "peak_memory_added_by_evaluation_mb": memory_mb - memory_before_mb,
+        "peak_memory_mb": None if math.isnan(memory_mb) else memory_mb, "peak_memory_what": memory_what,
+        "peak_memory_added_by_evaluation_mb": None if math.isnan(memory_mb) else memory_mb - memory_before_mb,
         "per_class": report["per_class"], "most_confused": report["most_confused"],
     }
     print_report(metrics)

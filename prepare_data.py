@@ -219,22 +219,33 @@ def extract(zip_path, target, data_dir, source=None):
     write_json(os.path.join(target, EXTRACTED_MARKER), {"source": source or zip_identity(zip_path), "id": uuid.uuid4().hex})
 
 
+START_METHOD = None  # the platform's default (fork on Linux, spawn on macOS and Windows); tests force spawn
+
+
 def process_pool(initializer=None, initargs=()):
-    """One worker per core. Ctrl-C is for the main process, which then stops the workers: SIGINT
-    is blocked while the pool forks (so no worker can die half-started and hang the pool, and a
-    Ctrl-C meanwhile is delivered to the main process right after), and workers ignore it."""
-    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    """One worker per core, started by the platform's default method: workers get their state
+    from initializer(*initargs) alone, never from a forked parent's memory. Ctrl-C is for the
+    main process, which then stops the workers: where the platform has signal masks (not on
+    Windows), SIGINT is blocked while the pool starts (so no worker can die half-started and hang
+    the pool, and a Ctrl-C meanwhile is delivered to the main process right after), and workers
+    ignore it."""
+    set_sigint_blocked(True)
     try:
-        return multiprocessing.get_context("fork").Pool(
+        return multiprocessing.get_context(START_METHOD).Pool(
             os.cpu_count(), initializer=start_worker, initargs=(initializer, initargs)
         )
     finally:
-        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
+        set_sigint_blocked(False)
+
+
+def set_sigint_blocked(blocked):
+    if hasattr(signal, "pthread_sigmask"):  # (absent on Windows, where no signal can interrupt the start)
+        signal.pthread_sigmask(signal.SIG_BLOCK if blocked else signal.SIG_UNBLOCK, {signal.SIGINT})
 
 
 def start_worker(initializer, initargs):
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
+    set_sigint_blocked(False)
     if initializer is not None:
         initializer(*initargs)
 
@@ -531,8 +542,9 @@ def decode_chunk(task):
             pixels[i] = decode(path)
     except DataError as error:
         return 0, str(error)
-    with open(x_path, "r+b") as f:
-        os.pwrite(f.fileno(), pixels.data, first_offset + start * IMAGE_SIZE * IMAGE_SIZE * 3)
+    with open(x_path, "r+b") as f:  # (seek and write: os.pwrite does not exist on Windows)
+        f.seek(first_offset + start * IMAGE_SIZE * IMAGE_SIZE * 3)
+        f.write(pixels.data)
     return len(paths), None
 
 

@@ -13,8 +13,14 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import model  # noqa: E402
 import train  # noqa: E402
 
-mode, seed, data_dir = sys.argv[1], sys.argv[2], sys.argv[3]
-if mode == "reference":
-    model.dropout = lambda x, p, training: F.dropout(x, p, training)
-sys.exit(train.main(["--data-dir", data_dir, "--epochs", "3", "--seed", seed, "--no-amp", "--device", "cpu",
-                     "--run-dir", f"runs/dropout_{mode}_{seed}"]))
+
+
+def main(mode, seed, data_dir):
+    if mode == "reference":
+        model.dropout = lambda x, p, training: F.dropout(x, p, training)
+    return train.main(["--data-dir", data_dir, "--epochs", "3", "--seed", seed, "--no-amp", "--device", "cpu",
+                       "--run-dir", f"runs/dropout_{mode}_{seed}"])
+
+
+if __name__ == "__main__":
+    sys.exit(main(*sys.argv[1:4]))
