@@ -484,8 +484,27 @@ def test_a_disk_error_half_way_is_one_line_and_leaves_nothing_behind(prepared, t
     def disk_full(*args):
         raise OSError(28, "No space left on device")
 
+    class FullDisk:  # the packed array opened for the decoded images, on a disk that is full
+        def __init__(self, file):
+            self.file = file
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc_info):
+            self.file.close()
+
+        def seek(self, offset):
+            self.file.seek(offset)
+
+        write = staticmethod(disk_full)
+
+    def open_on_a_full_disk(path, mode="r", *args, **kwargs):
+        file = open(path, mode, *args, **kwargs)
+        return FullDisk(file) if mode == "r+b" else file
+
     before = snapshot(prepared)
-    monkeypatch.setattr(prepare_data.os, "pwrite", disk_full)
+    monkeypatch.setattr(prepare_data, "open", open_on_a_full_disk, raising=False)
     monkeypatch.setattr(prepare_data.multiprocessing, "get_context", lambda kind: ThreadContext())
     assert run_prepare("--zip", tiny_zip, "--data-dir", prepared, "--force") == 2
     err = capsys.readouterr().err.strip().splitlines()
