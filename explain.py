@@ -53,6 +53,7 @@ from predict import class_names_for, load_any_image, own_image_files, read_image
 from runtime import resolve_device
 
 METHODS = ("gradcam", "attention", "rollout")
+TARGETS = {"pred": "predicted", "true": "true"}  # --target, as the pictures say it
 OUTPUTS = ("gradcam.png", "attention.png", "rollout.png", "attention-heads.png", "maps.pt", "box_score.json")
 CAPTUM_HINT = "Grad-CAM uses captum, which is not installed: `python -m pip install captum`"
 
@@ -517,7 +518,7 @@ def run(args):
     try:
         remove_earlier_outputs(args.out)
         pictures = [draw_method(method, by_name, list(pixels.numpy()), titles, args.out,
-                                about + (f", target: the {args.target} class" if method == "gradcam" else ""))
+                                about + (f", target: the {TARGETS[args.target]} class" if method == "gradcam" else ""))
                     for method, by_name in maps.items()]
         if "attention" in maps:
             pictures.append(draw_heads({b: m[:1] for b, m in maps["attention"].items()}, pixels[0].numpy(), titles[0],
