@@ -8,6 +8,7 @@ batch loader that augments whole batches on the model's device.
 
 Run `python data.py --data-dir data` to print the sizes of the prepared splits.
 """
+import functools
 import os
 from dataclasses import dataclass
 
@@ -100,6 +101,16 @@ def split_boxes(data, split):
     return data.val_boxes[val_idx if split == "val" else test_idx].long()
 
 
+@functools.cache
+def normalize_row(width, device):
+    """normalize's scale and shift for one row of `width` RGB pixels, built once per device:
+    a tensor made from Python numbers on every batch would be a host-to-device copy, a sync on CUDA."""
+    std = torch.tensor(STD)
+    scale = (1 / (255 * std)).repeat(width)
+    shift = (-torch.tensor(MEAN) / std).repeat(width)
+    return scale.to(device), shift.to(device)
+
+
 def normalize(x_uint8):
     """(B, H, W, 3) uint8 -> (B, 3, H, W) float, the notebook's ToTensor + Normalize.
 
@@ -108,9 +119,7 @@ def normalize(x_uint8):
     convolution runs faster on.
     """
     batch, height, width, channels = x_uint8.shape
-    std = torch.tensor(STD, device=x_uint8.device)
-    scale = (1 / (255 * std)).repeat(width)
-    shift = (-torch.tensor(MEAN, device=x_uint8.device) / std).repeat(width)
+    scale, shift = normalize_row(width, x_uint8.device)
     x = torch.addcmul(shift, x_uint8.reshape(-1, width * channels).float(), scale)
     return x.view(batch, height, width, channels).permute(0, 3, 1, 2)
 

@@ -58,7 +58,8 @@ def evaluate(model, loader, device, dtype=None, pad_to=None, dist=None, num_clas
         sums[1:3] += hits(top, y)
         sums[3] += n
         if num_classes:
-            confusion += torch.bincount(y * num_classes + top[:, 0], minlength=num_classes**2)
+            # index_add_, not bincount: bincount's output size depends on the data, a sync on CUDA.
+            confusion.index_add_(0, y * num_classes + top[:, 0], confusion.new_ones(n))
     if dist is not None:
         dist.all_reduce(sums)
         if num_classes:

@@ -144,8 +144,10 @@ def dropout_mask(like: torch.Tensor, p: float) -> torch.Tensor:
     step. Here each element gets 16 random bits, four per 64-bit word of numpy's PCG64 (seeded
     from torch's global generator, so torch.manual_seed and saved RNG states still decide every
     mask), about six times faster. p is rounded to a multiple of 2^-16 (0.1 -> 0.100006) and the
-    scale uses the rounded value, so the expectation is exact. A custom op, so torch.compile
-    calls it as it is instead of tracing its random draw.
+    scale uses the rounded value, so in fp32 the expectation is exact. In bf16 the scale itself
+    rounds (1 / 0.9 -> 1.109375, 0.16% low): a bias stock F.dropout has too, as it also builds
+    its scaled mask in the input's dtype. A custom op, so torch.compile calls it as it is
+    instead of tracing its random draw.
     """
     dropped = round(p * 65536)
     seed = int(torch.randint(0, 2**62, (), dtype=torch.int64))
@@ -174,6 +176,22 @@ class Dropout(nn.Dropout):
 
     def forward(self, x):
         return dropout(x, self.p, self.training)
+
+
+class LayerNorm(nn.LayerNorm):
+    """nn.LayerNorm (same parameters and keys) computed in fp32 with an fp32 output under autocast.
+
+    Why: CUDA autocast runs layer_norm in fp32, CPU autocast does not; in bf16 the norm's
+    statistics and the residual stream it feeds lose precision (at initialisation, 13% relative
+    gradient error against fp32 on the default model; 0.4% with this; `benchmarks/numerics.py`).
+    Its fp32 output keeps the residual stream in fp32 too: x + branch(x) promotes bf16 to fp32.
+    """
+
+    def forward(self, x):
+        if x.device.type == "meta":  # flops_per_image: autocast has no meta device
+            return super().forward(x)
+        with torch.autocast(x.device.type, enabled=False):
+            return F.layer_norm(x.float(), self.normalized_shape, self.weight, self.bias, self.eps)
 
 
 def split_heads(x, num_heads):
@@ -226,7 +244,7 @@ class EmbeddingBlock(nn.Module):
             config.in_channels, config.embed_dim,
             kernel_size=config.patch_size, stride=config.stride, padding=config.padding,
         )
-        self.norm = nn.LayerNorm(config.embed_dim)
+        self.norm = LayerNorm(config.embed_dim)
 
     def forward(self, x):
         x = rearrange(self.proj(x), "b c h w -> b (h w) c")
@@ -260,9 +278,9 @@ class TransformerBlock(nn.Module):
     def __init__(self, config):
         super().__init__()
         hidden_dim = int(config.embed_dim * config.mlp_ratio)
-        self.norm1 = nn.LayerNorm(config.embed_dim)
+        self.norm1 = LayerNorm(config.embed_dim)
         self.attn = SelfAttention(config.embed_dim, config.num_heads, config.dropout)
-        self.norm2 = nn.LayerNorm(config.embed_dim)
+        self.norm2 = LayerNorm(config.embed_dim)
         self.mlp = nn.Sequential(
             nn.Linear(config.embed_dim, hidden_dim),
             nn.GELU(),
@@ -316,7 +334,7 @@ class ConvEmbedding(nn.Module):
     def __init__(self, in_channels, dim, kernel, stride):
         super().__init__()
         self.proj = nn.Conv2d(in_channels, dim, kernel, stride, kernel // 2)
-        self.norm = nn.LayerNorm(dim)
+        self.norm = LayerNorm(dim)
 
     def forward(self, x):
         x = self.proj(x)
@@ -331,7 +349,7 @@ class EnhancedConvEmbedding(nn.Module):
         super().__init__()
         self.proj1 = nn.Conv2d(in_channels, dim, kernel, stride, kernel // 2)
         self.proj2 = nn.Conv2d(dim, dim, kernel, 1, kernel // 2)
-        self.norm = nn.LayerNorm(dim)
+        self.norm = LayerNorm(dim)
 
     def forward(self, x):
         x = self.proj1(x)
@@ -364,14 +382,14 @@ class Block(nn.Module):
         if dim % num_heads:
             raise ValueError(f"width {dim} is not divisible by {num_heads} heads")
         self.num_heads, self.conv_projection = num_heads, conv_projection
-        self.norm1 = nn.LayerNorm(dim)
+        self.norm1 = LayerNorm(dim)
         if conv_projection:
             self.proj_q_conv, self.proj_k_conv, self.proj_v_conv = (ConvProjection(dim) for _ in range(3))
         self.proj_q, self.proj_k, self.proj_v = (nn.Linear(dim, dim, bias=False) for _ in range(3))
         self.attend = Attention(dropout)
         self.proj = nn.Linear(dim, dim)
         self.proj_drop = Dropout(dropout)
-        self.norm2 = nn.LayerNorm(dim)
+        self.norm2 = LayerNorm(dim)
         hidden_dim = int(dim * mlp_ratio)
         self.mlp = nn.Sequential(nn.Linear(dim, hidden_dim), nn.GELU(), Dropout(dropout), nn.Linear(hidden_dim, dim), Dropout(dropout))
         self.drop_path = StochasticDepth(drop_path, "row")
@@ -422,7 +440,7 @@ class CvTConvEmbedding(nn.Module):
         for index, depth in enumerate(c.depth, 1):
             blocks = [Block(c.embed_dim, c.num_heads, c.mlp_ratio, c.dropout, c.drop_path) for _ in range(depth)]
             self.add_module(f"stage{index}", Stage(None, blocks, c.dropout))
-        self.norm = nn.LayerNorm(c.embed_dim)
+        self.norm = LayerNorm(c.embed_dim)
         self.head = nn.Linear(c.embed_dim, c.num_classes)
 
     def forward(self, x):
@@ -453,7 +471,7 @@ class CvTStaged(nn.Module):
                       for _ in range(c.depth[index])]
             self.add_module(f"stage{index + 1}", Stage(embed, blocks, c.dropout))
             in_channels = dim
-        self.norm = nn.LayerNorm(in_channels)
+        self.norm = LayerNorm(in_channels)
         self.head = nn.Linear(in_channels, c.num_classes)
 
     def forward(self, x):
@@ -531,7 +549,7 @@ class ViT(nn.Module):
         self.dropout = Dropout(c.dropout)
         rates = [c.drop_path * i / max(c.depth - 1, 1) for i in range(c.depth)]
         self.blocks = nn.ModuleList(Block(c.embed_dim, c.num_heads, c.mlp_ratio, c.dropout, rate) for rate in rates)
-        self.norm = nn.LayerNorm(c.embed_dim)
+        self.norm = LayerNorm(c.embed_dim)
         self.head = nn.Linear(c.embed_dim, c.num_classes)
         self.apply(self.initialise)
         nn.init.trunc_normal_(self.pos_embed, std=0.02)

@@ -58,6 +58,15 @@ def test_normalize_is_totensor_then_normalize():
     assert torch.allclose(normalize(x), expected, atol=1e-6)
 
 
+def test_normalize_builds_no_tensor_per_batch(monkeypatch):
+    """Its constants are made once per device: a tensor built from Python numbers on every
+    batch would be a host-to-device copy (a sync) on CUDA."""
+    x = torch.randint(0, 256, (2, 64, 64, 3), dtype=torch.uint8)
+    first = normalize(x)
+    monkeypatch.setattr(torch, "tensor", None)
+    assert torch.equal(normalize(x), first)
+
+
 def test_crop_flip_matches_torchvision_per_image():
     """Each augmented image is torchvision's pad(4) + crop + optional hflip at the drawn offsets."""
     x = torch.randint(0, 256, (32, 64, 64, 3), dtype=torch.uint8)

@@ -2,6 +2,7 @@
 settings from the command line, and every model through train.py, resume and evaluate.py."""
 import json
 import os
+import warnings
 
 import pytest
 import torch
@@ -13,8 +14,11 @@ import runs
 import train
 from checkpoint import model_from_checkpoint
 from conftest import ROOT, assert_same_training_state, signal_during_training
-from data import load_packed, make_splits, normalize
+from data import BatchLoader, load_packed, make_splits, normalize
 from layout import DataError
+from recipe import LRSchedule, Updater, build_optimizer
+from runtime import amp_dtype, default_amp
+from tqdm import tqdm
 from model import MODELS, build_model, count_parameters, flops_per_image, make_config
 from study_reference import STUDY_CLASSES
 
@@ -141,6 +145,59 @@ def test_dynamo_captures_each_model_in_one_graph_forward_and_backward(name):
     model = tiny(name)
     compiled = torch.compile(model, fullgraph=True, backend="aot_eager")
     compiled(torch.randn(4, 3, 64, 64)).sum().backward()
+
+
+COMPILE_DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+
+
+def compiled_epoch(model, train_loader, val_loader, updater, device, epoch):
+    """One epoch of train.py's steps (train_one_epoch, then evaluate padding the short last batch
+    as train.py does under --compile); the number of host-device syncs it made on CUDA."""
+    train_loader.set_epoch(epoch)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        if device.type == "cuda":
+            torch.cuda.set_sync_debug_mode("warn")
+        try:
+            with tqdm(disable=True) as bar:
+                train.train_one_epoch(model, train_loader, updater, device, amp_dtype(device, default_amp(device)),
+                                      train.new_totals(device), 0, 10**9, bar)
+            evaluate.evaluate(model, val_loader, device, pad_to=val_loader.batch_size, num_classes=5)
+        finally:
+            if device.type == "cuda":
+                torch.cuda.set_sync_debug_mode("default")
+    return sum("synchroniz" in str(warning.message) for warning in caught)
+
+
+@pytest.mark.parametrize("device", COMPILE_DEVICES)
+@pytest.mark.parametrize("name", MODELS)
+def test_each_model_compiles_whole_and_later_epochs_neither_recompile_nor_sync_per_step(name, device, monkeypatch):
+    """torch.compile(fullgraph=True): the train and eval steps are one graph each (no graph
+    break), built in the first epoch, the short last eval batch padded as train.py pads it;
+    later epochs compile nothing (error_on_recompile), and on CUDA make the same few syncs (the
+    epoch's metrics) however many steps they have. CPU: dynamo's capture alone (the backward
+    graph is the test above's); CUDA: inductor, as train.py runs it."""
+    torch._dynamo.reset()
+    device = torch.device(device)
+    model = tiny(name).to(device)
+    compiled = torch.compile(model, fullgraph=True, backend="inductor" if device.type == "cuda" else "eager")
+    images = torch.randint(0, 256, (18, 64, 64, 3), dtype=torch.uint8)
+    labels = torch.arange(18) % 5
+    updater = Updater(build_optimizer(model, "adamw", 1e-3, 0.05, device), torch.amp.GradScaler(device.type, enabled=False),
+                      LRSchedule("cosine", 1e-3, 0.0, 1, 12))
+
+    def epoch(number, train_images, val_images):  # batches of 4: the last eval batch is short
+        loaders = (BatchLoader(images[:train_images], labels[:train_images], 4, device, train=True),
+                   BatchLoader(images[:val_images], labels[:val_images], 4, device))
+        return compiled_epoch(compiled, *loaders, updater, device, number)
+
+    torch._dynamo.utils.counters.clear()
+    epoch(0, 8, 10)
+    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] == 2  # train and eval; the short batch is padded
+    monkeypatch.setattr(torch._dynamo.config, "error_on_recompile", True)
+    syncs = epoch(1, 8, 10)
+    if device.type == "cuda":  # 2 vs 4 train steps, 3 vs 5 eval batches: nothing syncs per step
+        assert epoch(2, 16, 18) == syncs
 
 
 # ---------------------------------------------------------------- settings
