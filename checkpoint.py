@@ -70,14 +70,16 @@ def load_checkpoint(path):
 
 
 def plain_state_dict(state_dict):
-    """Strip Lightning's `model.`, torch.compile's `_orig_mod.` and DDP's `module.` prefixes."""
-    plain = {}
-    for key, value in state_dict.items():
-        for prefix in KEY_PREFIXES:
-            while key.startswith(prefix):
-                key = key[len(prefix) :]
-        plain[key] = value
-    return plain
+    """Strip Lightning's `model.`, torch.compile's `_orig_mod.` and DDP's `module.` prefixes, in
+    any number and order (a compiled DDP model saves `_orig_mod.module.`, a DDP-wrapped compiled
+    one `module._orig_mod.`)."""
+    return {strip_prefixes(key): value for key, value in state_dict.items()}
+
+
+def strip_prefixes(key):
+    while prefix := next((p for p in KEY_PREFIXES if key.startswith(p)), None):
+        key = key[len(prefix) :]
+    return key
 
 
 def key_pattern(keys):

@@ -351,7 +351,9 @@ def restore(checkpoint, model, updater, classes, path, dist):
         updater.optimizer.load_state_dict(checkpoint["optimizer"])
     except ValueError as error:  # e.g. a checkpoint from before weight decay had its own parameter group
         raise DataError(f"cannot resume {path}: its optimizer state does not fit this version ({error})") from None
-    updater.scaler.load_state_dict(checkpoint["scaler"])
+    if checkpoint["scaler"] or not updater.scaler.is_enabled():
+        updater.scaler.load_state_dict(checkpoint["scaler"])  # (a disabled scaler ignores it)
+    # else: fp16 now, and the run was not fp16 before: a fresh GradScaler calibrates its own scale
     if updater.ema is not None:
         if "ema" not in checkpoint:
             raise DataError(f"cannot resume {path}: it has no EMA weights to continue")

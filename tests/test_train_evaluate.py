@@ -125,13 +125,36 @@ def test_compiled_training_on_cpu_saves_the_plain_model_and_matches_eager(prepar
     assert eager["top1"] == recorded["top1"] and eager["loss"] == pytest.approx(recorded["loss"], abs=1e-5)
 
 
-def test_evaluate_accepts_lightning_and_compiled_checkpoints(finished_run, tmp_path):
+def test_resume_with_other_machine_flags_continues_the_run(prepared_once, tmp_path, monkeypatch):
+    """Precision, compilation and device are the machine's, not the run's: each resume may change
+    them (bf16 -> fp32 -> fp16, which starts a fresh GradScaler, -> compiled bf16, which drops it;
+    on a machine with CUDA, to the GPU and back)."""
+    run = tmp_path / "r"
+    assert train_run(prepared_once, run, "--epochs", "1", "--device", "cpu", "--amp", "--amp-dtype", "bfloat16") == 0
+    compiled = []  # --compile through dynamo's capture alone: the plumbing, without the C++ compiler's minutes
+    monkeypatch.setattr(train, "maybe_compile",
+                        lambda model, enabled, mode: compiled.append(enabled) or (torch.compile(model, backend="eager") if enabled else model))
+    changes = [(["--no-amp"], None), (["--amp", "--amp-dtype", "float16"], "float16"), (["--amp-dtype", "bfloat16", "--compile"], "bfloat16")]
+    if torch.cuda.is_available():
+        changes += [(["--device", "cuda"], "bfloat16"), (["--device", "cpu", "--no-amp"], None)]
+    for epoch, (flags, dtype) in enumerate(changes, start=2):
+        assert train.main(["--resume", str(run / "last.pt"), "--epochs", str(epoch), *flags]) == 0, flags
+        config = json.load(open(run / "config.json"))
+        assert (config["amp_dtype"], config["compile"]) == (dtype, "--compile" in flags or "cuda" in flags)
+        checkpoint = torch.load(run / "last.pt", weights_only=True)
+        assert checkpoint["progress"]["epoch"] == epoch and not any(key.startswith("_orig_mod.") for key in checkpoint["model"])
+        assert bool(checkpoint["scaler"]) == (dtype == "float16")
+    assert compiled == [flags.count("--compile") == 1 or "cuda" in flags for flags, _ in changes]
+
+
+def test_evaluate_accepts_lightning_compiled_and_ddp_checkpoints_with_prefixes_in_any_mix(finished_run, tmp_path):
     plain = torch.load(finished_run / "last.pt", weights_only=True)["model"]
     lightning = {"state_dict": {f"model.{k}": v for k, v in plain.items()}, "epoch": 9, "pytorch-lightning_version": "2.5.1"}
-    compiled = {"model": {f"_orig_mod.{k}": v for k, v in plain.items()}, "config": {"data_dir": None}}
+    wrapped = {f"{prefixes}.pt": {"model": {f"{prefixes}{k}": v for k, v in plain.items()}, "config": {"data_dir": None}}
+               for prefixes in ("_orig_mod.", "module._orig_mod.", "_orig_mod.module.", "module.module._orig_mod.")}
     reference = json.load(open(finished_run / "test_metrics.json"))["final"]["top1"]
     data_dir = json.load(open(finished_run / "config.json"))["data_dir"]
-    for name, payload in (("lightning.ckpt", lightning), ("compiled.pt", compiled)):
+    for name, payload in (("lightning.ckpt", lightning), *wrapped.items()):
         torch.save(payload, tmp_path / name)
         out = tmp_path / f"{name}.json"
         assert evaluate.main([str(tmp_path / name), "--data-dir", data_dir, "--batch-size", "16", "--json", str(out)]) == 0
