@@ -37,6 +37,14 @@ from model import MODELS, add_setting_flags, count_parameters, given_settings
 from predict import TOP_K, class_names_for, load_any_image, own_image_files, test_image_files, write_predictions
 from runtime import amp_dtype, autocast, resolve_device
 
+def pad_batch(x, size):
+    """x with zero images appended up to `size`, in x's memory layout (normalize gives
+    channels-last): torch.cat may return another layout, and another layout is another graph
+    for torch.compile (seen on torch 2.11 with CUDA)."""
+    layout = torch.channels_last if x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last) else torch.contiguous_format
+    return torch.cat([x, x.new_zeros((size - len(x), *x.shape[1:]))]).contiguous(memory_format=layout)
+
+
 @torch.no_grad()
 def evaluate(model, loader, device, dtype=None, pad_to=None, dist=None, num_classes=None):
     """{"loss", "top1", "top5", "images"} over the loader, and with num_classes a "confusion"
@@ -50,7 +58,7 @@ def evaluate(model, loader, device, dtype=None, pad_to=None, dist=None, num_clas
     for x, y in loader:
         n = len(y)
         if pad_to and n < pad_to:
-            x = torch.cat([x, x.new_zeros((pad_to - n, *x.shape[1:]))])
+            x = pad_batch(x, pad_to)
         with autocast(device, dtype):
             logits = model(x)[:n].float()
         top = top_predictions(logits)

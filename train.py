@@ -21,6 +21,7 @@ if __name__ == "__main__":  # before the imports below, which take a moment
     exit_quietly_on_ctrl_c()
 
 import argparse
+import copy
 import gc
 import math
 import os
@@ -30,6 +31,7 @@ import time
 from dataclasses import asdict, dataclass
 
 import torch
+from torch.utils._pytree import tree_map_only  # torch's map over nested containers (what torch.compile uses)
 from torch.nn.parallel import DistributedDataParallel
 
 from cli import ArgumentParser, progress_bar, resume_command, shell_command
@@ -336,6 +338,17 @@ def has_batchnorm(model):
     return any(isinstance(module, torch.nn.modules.batchnorm._BatchNorm) for module in model.modules())
 
 
+def check_every_rank_has(path, dist):
+    """Under torchrun every process loads the checkpoint it resumes from: say which lack it,
+    on every rank at once (one rank failing alone would leave the others waiting)."""
+    missing = [(rank, host) for rank, (found, host) in enumerate(dist.all_gather((os.path.isfile(path), socket.gethostname())))
+               if not found]
+    if dist.enabled and missing:
+        where = ", ".join(f"rank {rank} on {host}" for rank, host in missing)
+        raise DataError(f"--resume {path}: no such file for {where}; under torchrun every process reads the "
+                        "checkpoint, so every machine needs it at this path (copy it there, or use a shared filesystem)")
+
+
 def check_resumable(checkpoint, path):
     if not {"optimizer", "progress", "model_config", "classes"} <= checkpoint.keys():
         raise DataError(f"cannot resume {path}: it is not a train.py checkpoint (no optimizer state or progress)")
@@ -456,6 +469,8 @@ class Run:
     val_loader: BatchLoader
     progress: dict
     config: dict
+    best_weights: dict = None  # CPU copy of the evaluated weights of the best epoch, on every rank
+
 
     def log(self, *args, **kwargs):
         if self.dist.is_main:  # only rank 0 talks and writes
@@ -525,6 +540,8 @@ def start_run(args, dist, device):
     configure_backends(device)
     if args.sync_bn and device.type != "cuda":
         raise DataError("--sync-bn needs CUDA: SyncBatchNorm runs on GPUs only")
+    if args.resume:
+        check_every_rank_has(args.resume, dist)
     checkpoint = load_checkpoint(args.resume) if args.resume else None
     if checkpoint is not None:
         check_resumable(checkpoint, args.resume)
@@ -668,6 +685,8 @@ def run_epoch(r, epoch, stop):
         progress.update(best_val_top1=val["top1"], best_val_loss=val["loss"], best_epoch=epoch + 1)
     on_main(r.dist, lambda: write_metrics_csv(os.path.join(r.run_dir, "metrics.csv"), progress["history"]))
     if improved:  # best.pt first: a kill between the two never leaves a best.pt older than last.pt says
+        # Every rank keeps them: the final test needs no best.pt, which only rank 0's disk holds.
+        r.best_weights = tree_map_only(torch.Tensor, torch.Tensor.cpu, evaluated_module(r).state_dict())
         r.save("best.pt")
     r.save("last.pt")
     if r.dist.is_main:
@@ -676,8 +695,8 @@ def run_epoch(r, epoch, stop):
 
 
 def checkpoint_payload(model, data, updater, progress, config, rng):
-    """Only tensors and plain Python values, so torch.load(weights_only=True) reads it (the
-    format: checkpoint.py). With an EMA, "ema" holds the averaged weights: what was evaluated
+    """Only CPU tensors and plain Python values, so torch.load(weights_only=True) reads it on any
+    machine (the format: checkpoint.py). With an EMA, "ema" holds the averaged weights: what was evaluated
     and what evaluate.py uses."""
     payload = {
         **model_entries(model),  # the plain model: no module. or _orig_mod. prefixes
@@ -693,7 +712,7 @@ def checkpoint_payload(model, data, updater, progress, config, rng):
     }
     if updater.ema is not None:
         payload["ema"] = updater.ema.state_dict()
-    return payload
+    return tree_map_only(torch.Tensor, torch.Tensor.cpu, payload)  # loads on any machine, with or without a GPU
 
 
 def sum_over_ranks(totals, dist):
@@ -736,6 +755,23 @@ def plain_totals(totals):
             "skipped": totals["skipped"].item()}
 
 
+def evaluated_module(r):
+    """The plain module that validation evaluates: the EMA's when on, else the model."""
+    return r.updater.ema.module if r.updater.ema else r.model
+
+
+def best_weights(r):
+    """The best epoch's weights on every rank: kept in memory since that epoch, or, in a resumed
+    run whose best epoch came before, read from best.pt by rank 0 and sent to the others (under
+    torchrun on several machines, only rank 0's disk has best.pt)."""
+    if r.best_weights is not None:
+        return r.best_weights
+    weights = None
+    if r.dist.is_main:
+        weights = model_from_checkpoint(load_checkpoint(os.path.join(r.run_dir, "best.pt"))).state_dict()
+    return r.dist.all_gather(weights)[0]
+
+
 def evaluate_test(r):
     """The test split, once, with the final weights (the notebook's trainer.test) and with
     best.pt when the best epoch was not the last."""
@@ -749,7 +785,8 @@ def evaluate_test(r):
 
     results = {"final": test(r.evaluated, progress["epoch"], pad_to)}
     if progress["best_epoch"] not in (0, progress["epoch"]):
-        best = model_from_checkpoint(load_checkpoint(os.path.join(r.run_dir, "best.pt"))).to(r.device)
+        best = copy.deepcopy(evaluated_module(r))
+        best.load_state_dict(best_weights(r))
         results["best"] = test(best, progress["best_epoch"])
     else:
         results["best"] = results["final"]

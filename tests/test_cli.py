@@ -146,7 +146,7 @@ def test_runs_lists_finished_interrupted_crashed_and_killed_runs(prepared_once, 
     with monkeypatch.context() as patch:  # extended by one epoch, then SIGKILLed: status.json still says
         patch.setattr(train, "evaluate_test", lambda r: {})
         patch.setattr(train.RunStatus, "set", lambda self, state, detail=None: None)  # running, with a pid
-        assert train.main(["--resume", str(killed / "last.pt"), "--epochs", "2"]) == 0  # that is gone:
+        assert train.main(["--resume", str(killed / "last.pt"), "--epochs", "2", "--device", "cpu"]) == 0  # that is gone:
     status = json.load(open(killed / "status.json"))
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
     json.dump({**status, "pid": int(dead.stdout)}, open(killed / "status.json", "w"))

@@ -1,6 +1,7 @@
 """train.py under `torchrun --standalone --nproc_per_node=2` on CPU (Gloo)."""
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -64,7 +65,7 @@ def test_distributed_evaluation_equals_single_process_on_odd_splits(odd_data, tm
     history = load(run_dir / "last.pt")["progress"]["history"][-1]
     for split, expected in (("test", reported), ("val", {"top1": history["val_top1"], "top5": history["val_top5"], "loss": history["val_loss"]})):
         out = tmp_path / f"{split}.json"
-        assert evaluate.main([str(run_dir / "last.pt"), "--split", split, "--batch-size", "16", "--json", str(out)]) == 0
+        assert evaluate.main([str(run_dir / "last.pt"), "--split", split, "--batch-size", "16", "--device", "cpu", "--json", str(out)]) == 0
         measured = json.load(open(out))
         assert measured["top1"] == expected["top1"] and measured["top5"] == expected["top5"], split
         assert abs(measured["loss"] - expected["loss"]) < 1e-5, split
@@ -156,7 +157,57 @@ def test_a_batchnorm_model_with_an_ema_records_what_evaluate_py_gives(odd_data, 
     assert "cnn has BatchNorm: each of the 2 processes normalises its own share" in result.stdout
     reported = json.load(open(tmp_path / "r" / "test_metrics.json"))["final"]
     out = tmp_path / "test.json"
-    assert evaluate.main([str(tmp_path / "r" / "last.pt"), "--batch-size", "16", "--json", str(out)]) == 0
+    assert evaluate.main([str(tmp_path / "r" / "last.pt"), "--batch-size", "16", "--device", "cpu", "--json", str(out)]) == 0
     measured = json.load(open(out))
     assert (measured["top1"], measured["top5"]) == (reported["top1"], reported["top5"])
     assert abs(measured["loss"] - reported["loss"]) < 1e-5
+
+
+SEPARATE_DISKS = """
+import os, sys
+sys.path.insert(0, {root!r})
+import train
+os.chdir(os.path.join({machines!r}, "machine" + os.environ["RANK"]))  # a relative --run-dir: one per rank
+evaluate, calls = train.evaluate, []
+def worse_after_epoch_one(*args, **kwargs):  # validation in every later epoch is worse: the best epoch is 1
+    metrics = evaluate(*args, **kwargs)
+    calls.append(1)
+    return metrics if len(calls) == 1 and "--resume" not in sys.argv else {{**metrics, "top1": -1.0}}
+train.evaluate = worse_after_epoch_one
+sys.exit(train.main(sys.argv[1:]))
+"""
+
+
+def test_ranks_on_machines_without_a_shared_disk_test_the_best_weights_and_resume(odd_data, tmp_path):
+    """Each rank runs in its own folder, as on machines with no shared filesystem: rank 1 never
+    sees what rank 0 wrote. The final test of the best epoch's weights needs no best.pt there,
+    and --resume says which machine lacks the checkpoint."""
+    machines = tmp_path / "machines"
+    for rank in (0, 1):
+        (machines / f"machine{rank}").mkdir(parents=True)
+    script = tmp_path / "separate_disks.py"
+    script.write_text(SEPARATE_DISKS.format(root=ROOT, machines=str(machines)))
+
+    def launch(*args):
+        command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(script),
+                   "--data-dir", odd_data, "--run-dir", "r", *COMMON, *args]
+        return subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300)
+
+    result = launch("--epochs", "2")
+    assert result.returncode == 0, result.stderr[-3000:]
+    run, elsewhere = machines / "machine0" / "r", machines / "machine1" / "r"
+    assert not elsewhere.exists()  # rank 1 wrote nothing: it had no best.pt to read
+    best = json.load(open(run / "test_metrics.json"))["best"]
+    assert best["epoch"] == 1 and "test (best weights, epoch 1)" in result.stdout
+    out = tmp_path / "best.json"
+    assert evaluate.main([str(run / "best.pt"), "--device", "cpu", "--batch-size", "16", "--json", str(out)]) == 0
+    assert json.load(open(out))["top1"] == best["top1"]
+
+    result = launch("--epochs", "3", "--resume", "r/last.pt")
+    assert result.returncode != 0  # each rank exits 2; torchrun reports 1
+    assert "--resume r/last.pt: no such file for rank 1 on " in result.stderr and "every machine needs it" in result.stderr
+    elsewhere.mkdir()
+    shutil.copy(run / "last.pt", elsewhere / "last.pt")  # the checkpoint, not best.pt
+    result = launch("--epochs", "3", "--resume", "r/last.pt")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert json.load(open(run / "test_metrics.json"))["best"]["top1"] == best["top1"]  # epoch 1's, sent by rank 0

@@ -223,3 +223,13 @@ def test_reasons_for_unreadable_files_do_not_repeat_or_garble_the_path():
     assert why_unreadable(DataError("a.jpg is 80x60, expected 64x64"), "a.jpg") == "it is 80x60, expected 64x64"
     assert why_unreadable(OSError("cannot identify image file 'x'"), "x") == "not an image PIL can read"
     assert why_unreadable(ValueError("odd"), "") == "odd"
+
+
+def test_a_padded_short_batch_keeps_the_layout_of_full_batches():
+    """Under --compile the last eval batch is padded to the batch size: same shape, and the same
+    channels-last strides as normalize's full batches, or torch.compile builds another graph."""
+    images = torch.randint(0, 256, (6, 64, 64, 3), dtype=torch.uint8)
+    full, short = normalize(images[:4]), normalize(images[4:])
+    padded = evaluate.pad_batch(short, 4)
+    assert padded.shape == full.shape and padded.stride() == full.stride()
+    assert torch.equal(padded[:2], short) and not padded[2:].any()

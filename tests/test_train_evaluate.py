@@ -144,6 +144,7 @@ def test_resume_with_other_machine_flags_continues_the_run(prepared_once, tmp_pa
         checkpoint = torch.load(run / "last.pt", weights_only=True)
         assert checkpoint["progress"]["epoch"] == epoch and not any(key.startswith("_orig_mod.") for key in checkpoint["model"])
         assert bool(checkpoint["scaler"]) == (dtype == "float16")
+        assert all(t.device.type == "cpu" for t in torch.utils._pytree.tree_leaves(checkpoint) if isinstance(t, torch.Tensor))
     assert compiled == [flags.count("--compile") == 1 or "cuda" in flags for flags, _ in changes]
 
 

@@ -281,12 +281,12 @@ def test_each_family_trains_resumes_bit_exactly_and_evaluates_to_what_it_recorde
     with monkeypatch.context() as patch:
         signal_during_training(patch, epoch=0, step=3)
         assert train.main([*base, "--run-dir", str(tmp_path / "stopped")]) == 130
-    assert train.main(["--resume", str(tmp_path / "stopped" / "last.pt")]) == 0
+    assert train.main(["--resume", str(tmp_path / "stopped" / "last.pt"), "--device", "cpu"]) == 0
     straight, resumed = (torch.load(tmp_path / run / "last.pt", weights_only=True) for run in ("straight", "stopped"))
     assert_same_training_state(straight, resumed)
     assert straight["model_name"] == settings[1]
     recorded = json.load(open(tmp_path / "straight" / "test_metrics.json"))["final"]
-    assert evaluate.main([str(tmp_path / "straight" / "last.pt"), "--json", str(tmp_path / "eval.json")]) == 0
+    assert evaluate.main([str(tmp_path / "straight" / "last.pt"), "--device", "cpu", "--json", str(tmp_path / "eval.json")]) == 0
     measured = json.load(open(tmp_path / "eval.json"))
     assert (measured["top1"], measured["top5"], measured["model"]) == (recorded["top1"], recorded["top5"], settings[1])
     assert measured["loss"] == pytest.approx(recorded["loss"], abs=1e-5)
