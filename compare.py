@@ -40,7 +40,7 @@ from layout import DataError, check_output_path, data_identity, read_json, write
 from model import MODELS, build_model, count_parameters, flops_per_image
 from recipe import PRESETS, RECIPE_FLAGS
 from runs import describe_model, expand_globs, find_runs, not_a_run, run_state
-from runtime import amp_dtype, autocast, configure_backends, resolve_device
+from runtime import amp_dtype, autocast, configure_backends, resolve_device, synchronize
 from train import build_parser as train_parser
 
 KEYS = ("model", "recipe", "epochs", "seeds", "top1_mean", "top1_std", "top5_mean", "top5_std", "f1_mean", "f1_std",
@@ -233,17 +233,16 @@ def mean_std(values):
 def inference_speed(model, device, dtype):
     """(median ms of a forward of one image, images/s in batches of 256), eager, random images."""
     model = model.to(device).eval()
-    synchronize = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     x = torch.randn(1, model.config.in_channels, IMAGE_SIZE, IMAGE_SIZE, device=device)
     times = []
     with autocast(device, dtype):
         for _ in range(LATENCY_WARMUP):
             model(x)
-        synchronize()
+        synchronize(device)
         while len(times) < LATENCY_RUNS or sum(times) < LATENCY_SECONDS:
             start = time.perf_counter()
             model(x)
-            synchronize()
+            synchronize(device)
             times.append(time.perf_counter() - start)
     batch = torch.randn(THROUGHPUT_BATCH, *x.shape[1:], device=device)
     return statistics.median(times) * 1000, measure_throughput(model, batch, device, dtype)
@@ -375,7 +374,7 @@ def parse_args(argv):
     parser.add_argument("--reevaluate", action="store_true",
                         help="recompute every run's test figures from its checkpoint and flag those that differ")
     parser.add_argument("--data-dir", help="prepared data for evaluations (default: the one each run trained on)")
-    parser.add_argument("--device", default="auto", help="for evaluations and the inference timings: auto, cpu, cuda")
+    parser.add_argument("--device", default="auto", help="for evaluations and the inference timings: auto, cpu, cuda, mps")
     parser.add_argument("--amp", action=argparse.BooleanOptionalAction, default=False,
                         help="time inference under autocast (bf16; fp16 on GPUs without bf16), as evaluate.py --amp; "
                              "off: fp32")

@@ -35,7 +35,8 @@ from data import BatchLoader, load_packed, make_splits
 from layout import DataError, check_output_path, write_json
 from model import MODELS, add_setting_flags, count_parameters, given_settings
 from predict import TOP_K, class_names_for, load_any_image, own_image_files, test_image_files, write_predictions
-from runtime import amp_dtype, autocast, resolve_device
+from runtime import amp_dtype, autocast, resolve_device, synchronize
+
 
 def pad_batch(x, size):
     """x with zero images appended up to `size`, in x's memory layout (normalize gives
@@ -135,16 +136,15 @@ def measure_throughput(model, x, device, dtype, warmup=2, min_seconds=1.0, min_b
     """Inference images/s on one batch already in memory (the model alone, no data loading),
     timed after warmup batches and over at least min_seconds and min_batches."""
     model.eval()
-    synchronize = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     with autocast(device, dtype):
         for _ in range(warmup):
             model(x)
-        synchronize()
+        synchronize(device)
         batches, start = 0, time.perf_counter()
         while batches < min_batches or time.perf_counter() - start < min_seconds:
             model(x)
             batches += 1
-        synchronize()
+        synchronize(device)
     return batches * len(x) / (time.perf_counter() - start)
 
 
@@ -230,7 +230,7 @@ def parse_args(argv):
     parser.add_argument("--data-dir", help="prepared data (default: the one the checkpoint was trained on, else data)")
     parser.add_argument("--split", default="test", choices=("train", "val", "test"), help="the split to evaluate")
     parser.add_argument("--batch-size", type=int, default=256, help="images per forward pass")
-    parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
+    parser.add_argument("--device", default="auto", help="auto (cuda, else mps, else cpu), cpu, cuda, cuda:N, mps")
     parser.add_argument("--amp", action=argparse.BooleanOptionalAction, default=False,
                         help="bf16 autocast (fp16 on GPUs without bf16), as in train.py; off: fp32")
     parser.add_argument("--no-ema", dest="ema", action="store_false",

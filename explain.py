@@ -427,7 +427,7 @@ def parse_args(argv):
                              "evaluate.py (with the model settings below where they differ from its defaults)")
     parser.add_argument("--data-dir", help="prepared data (default: the one the checkpoint was trained on, else data)")
     parser.add_argument("--batch-size", type=int, default=64, help="images per forward and backward pass (--box-score)")
-    parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
+    parser.add_argument("--device", default="auto", help="auto (cuda, else mps, else cpu), cpu, cuda, cuda:N, mps")
     parser.add_argument("--no-ema", dest="ema", action="store_false", help="the raw trained weights of a run that kept an EMA")
     add_setting_flags(parser)
     args = parser.parse_args(argv)

@@ -163,10 +163,10 @@ def _(like, p):
 
 
 def dropout(x, p, training):
-    """F.dropout, with the fast mask above on CPU (CUDA's fused F.dropout is already fast)."""
+    """F.dropout, with the fast mask above on CPU (CUDA's and MPS's own F.dropout run on the device)."""
     if not training or p == 0:
         return x
-    if x.is_cuda:
+    if x.device.type != "cpu":
         return F.dropout(x, p, training=True)
     return x * dropout_mask(x.detach(), p)  # the mask carries no gradient
 
@@ -224,7 +224,7 @@ class Attention(nn.Module):
         self.weights = None
 
     def forward(self, q, k, v):
-        if self.keep_weights or (self.training and self.p > 0 and not q.is_cuda):
+        if self.keep_weights or (self.training and self.p > 0 and q.device.type == "cpu"):
             weights = attention_weights(q, k)
             if self.keep_weights:
                 self.weights = weights

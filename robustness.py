@@ -233,7 +233,7 @@ def parse_args(argv):
     parser.add_argument("--seed", type=int, default=0, help="the consistency crops' seed")
     parser.add_argument("--data-dir", help="prepared data (default: the one each checkpoint was trained on, else data)")
     parser.add_argument("--batch-size", type=int, default=256, help="images per forward pass")
-    parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
+    parser.add_argument("--device", default="auto", help="auto (cuda, else mps, else cpu), cpu, cuda, cuda:N, mps")
     parser.add_argument("--amp", action=argparse.BooleanOptionalAction, default=False,
                         help="bf16 autocast (fp16 on GPUs without bf16), as in evaluate.py; off: fp32")
     parser.add_argument("--no-ema", dest="ema", action="store_false", help="the raw trained weights of a run that kept an EMA")

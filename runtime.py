@@ -16,18 +16,33 @@ from layout import DataError
 
 
 def resolve_device(name):
-    """'auto' -> cuda when available, else cpu; anything else must exist here."""
+    """'auto' -> cuda when available, else Apple's mps, else cpu; anything else must exist here."""
     if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        return torch.device("cuda" if torch.cuda.is_available() else "mps" if mps_available() else "cpu")
     try:
         device = torch.device(name)
     except RuntimeError:
-        raise DataError(f"unknown device {name!r}: use auto, cpu, cuda or cuda:N") from None
+        raise DataError(f"unknown device {name!r}: use auto, cpu, cuda, cuda:N or mps") from None
     if device.type == "cuda" and not torch.cuda.is_available():
         raise DataError(f"--device {name}: CUDA is not available on this machine (use --device cpu)")
-    if device.type not in ("cpu", "cuda"):
-        raise DataError(f"--device {name}: only cpu and cuda are supported")
+    if device.type == "mps" and not mps_available():
+        raise DataError(f"--device {name}: Apple's MPS is not available on this machine (it needs an Apple-silicon "
+                        "Mac with macOS 12.3 or later; use --device cpu)")
+    if device.type not in ("cpu", "cuda", "mps"):
+        raise DataError(f"--device {name}: only cpu, cuda and mps are supported")
     return device
+
+
+def mps_available():
+    return hasattr(torch.backends, "mps") and torch.backends.mps.is_available()
+
+
+def synchronize(device):
+    """Wait for the device's queued work (for timings): CUDA and MPS run asynchronously."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    elif device.type == "mps":
+        torch.mps.synchronize()
 
 
 def default_amp(device):
@@ -36,6 +51,8 @@ def default_amp(device):
     fp32 within seed noise; see the README). Elsewhere bf16 is emulated and slower: fp32."""
     if device.type == "cuda":
         return True
+    if device.type == "mps":  # not measured here (no Mac): fp32 until someone does; --amp gives bf16
+        return False
     native = ("_is_amx_tile_supported", "_is_avx512_bf16_supported")  # private but stable since torch 2.1
     return any(getattr(torch.cpu, name, lambda: False)() for name in native)
 

@@ -107,7 +107,7 @@ def build_parser(add_help=True):
     optim.add_argument("--seed", type=int, default=0, help="model init, dropout, shuffling and augmentation")
     optim.set_defaults(**PRESETS["seed"])
     system = parser.add_argument_group("system")
-    system.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda, cuda:N")
+    system.add_argument("--device", default="auto", help="auto (cuda, else mps, else cpu), cpu, cuda, cuda:N, mps")
     system.add_argument("--amp", action=argparse.BooleanOptionalAction, default=None,
                         help="bf16 autocast for training (fp16 + GradScaler on GPUs without bf16); "
                              "default: on for CUDA and for CPUs with native bf16 (AMX, AVX512-BF16)")

@@ -28,16 +28,11 @@ from cli import ArgumentParser  # noqa: E402
 from data import BatchLoader, load_packed, make_splits  # noqa: E402
 from layout import DataError, check_output_path, read_meta, write_json  # noqa: E402
 from model import DEFAULT_MODEL, build_model, flops_per_image  # noqa: E402
-from runtime import default_amp, maybe_compile  # noqa: E402
+from runtime import default_amp, maybe_compile, synchronize  # noqa: E402
 from recipe import LRSchedule, Updater, build_optimizer  # noqa: E402
 from train import new_totals, train_one_epoch  # noqa: E402
 
 warnings.filterwarnings("ignore")
-
-
-def synchronize(device):
-    if device.type == "cuda":
-        torch.cuda.synchronize()
 
 
 def timed(fn, device):

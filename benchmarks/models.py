@@ -76,7 +76,7 @@ def main(argv=None):
     parser.add_argument("--models", nargs="+", default=list(MODELS), choices=tuple(MODELS), help="the models to time")
     parser.add_argument("--batch-size", type=int, default=64, help="images per step")
     parser.add_argument("--steps", type=int, default=3, help="timed steps (and inference batches) per measurement")
-    parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
+    parser.add_argument("--device", default="auto", help="auto (cuda, else mps, else cpu), cpu, cuda, cuda:N, mps")
     parser.add_argument("--no-compile", action="store_true", help="eager only (compiling the big models takes minutes)")
     parser.add_argument("--json", help="also write the numbers as JSON")
     args = parser.parse_args(argv)
