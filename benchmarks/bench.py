@@ -32,7 +32,8 @@ from runtime import default_amp, maybe_compile, synchronize  # noqa: E402
 from recipe import LRSchedule, Updater, build_optimizer  # noqa: E402
 from train import new_totals, train_one_epoch  # noqa: E402
 
-warnings.filterwarnings("ignore")
+warnings.filterwarnings("ignore")  # the notebook's libraries are noisy; but --sync-debug's warnings must show:
+warnings.filterwarnings("default", message=".*synchroniz")
 
 
 def timed(fn, device):
@@ -227,6 +228,8 @@ def main(argv=None):
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="where to time")
     parser.add_argument("--no-compile", action="store_true", help="skip the torch.compile modes (quick check)")
     parser.add_argument("--json", help="also write the numbers as JSON")
+    parser.add_argument("--sync-debug", choices=("warn", "error"),
+                        help="CUDA: torch.cuda.set_sync_debug_mode, to find host-device syncs (each is a warning or an error)")
     args = parser.parse_args(argv)
     try:
         if args.json:
@@ -235,6 +238,8 @@ def main(argv=None):
     except DataError as error:
         parser.exit(2, f"error: {error}\n")
     device = torch.device(args.device)
+    if args.sync_debug and device.type == "cuda":
+        torch.cuda.set_sync_debug_mode(args.sync_debug)
     train_split = make_splits(data)["train"]
     num_classes = len(data.classes)
     dataset_root = os.path.join(args.data_dir, "tiny-imagenet-200")
