@@ -1,6 +1,6 @@
 """Device, mixed precision and compilation, decided in one place for train.py and evaluate.py.
 
-The same code runs on CPU and CUDA: autocast is a context (a no-op when AMP is off), the
+The same code runs on CPU, CUDA and Apple's MPS: autocast is a context (a no-op when AMP is off), the
 GradScaler is only enabled for fp16, and the CUDA-only settings are marked below.
 """
 import contextlib

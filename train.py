@@ -31,8 +31,8 @@ import time
 from dataclasses import asdict, dataclass
 
 import torch
-from torch.utils._pytree import tree_map_only  # torch's map over nested containers (what torch.compile uses)
 from torch.nn.parallel import DistributedDataParallel
+from torch.utils._pytree import tree_map_only  # torch's map over nested containers (what torch.compile uses)
 
 from cli import ArgumentParser, progress_bar, resume_command, shell_command
 from curves import draw_curves_or_explain
@@ -338,15 +338,22 @@ def has_batchnorm(model):
     return any(isinstance(module, torch.nn.modules.batchnorm._BatchNorm) for module in model.modules())
 
 
-def check_every_rank_has(path, dist):
-    """Under torchrun every process loads the checkpoint it resumes from: say which lack it,
-    on every rank at once (one rank failing alone would leave the others waiting)."""
-    missing = [(rank, host) for rank, (found, host) in enumerate(dist.all_gather((os.path.isfile(path), socket.gethostname())))
-               if not found]
-    if dist.enabled and missing:
-        where = ", ".join(f"rank {rank} on {host}" for rank, host in missing)
-        raise DataError(f"--resume {path}: no such file for {where}; under torchrun every process reads the "
-                        "checkpoint, so every machine needs it at this path (copy it there, or use a shared filesystem)")
+def load_on_every_rank(path, dist):
+    """The checkpoint to resume from. Under torchrun every process reads it: a rank that cannot
+    (a machine without the file, a damaged copy) stops every rank with one message saying which,
+    instead of leaving the others waiting at the next collective."""
+    if not dist.enabled:
+        return load_checkpoint(path)
+    checkpoint, problem = None, None
+    try:
+        checkpoint = load_checkpoint(path)
+    except DataError as error:
+        problem = f"rank {dist.rank} on {socket.gethostname()}: {error}"
+    problems = [problem for problem in dist.all_gather(problem) if problem]
+    if problems:
+        raise DataError(f"--resume {path}: {'; '.join(problems)}. Under torchrun every process reads the checkpoint, "
+                        "so every machine needs it at this path (copy it there, or use a shared filesystem)")
+    return checkpoint
 
 
 def check_resumable(checkpoint, path):
@@ -364,6 +371,9 @@ def restore(checkpoint, model, updater, classes, path, dist):
         updater.optimizer.load_state_dict(checkpoint["optimizer"])
     except ValueError as error:  # e.g. a checkpoint from before weight decay had its own parameter group
         raise DataError(f"cannot resume {path}: its optimizer state does not fit this version ({error})") from None
+    for group in updater.optimizer.param_groups:  # the kernel choice is this machine's, not the saved run's
+        group.update({key: updater.optimizer.defaults[key] for key in ("fused", "foreach", "capturable")
+                      if key in updater.optimizer.defaults})
     if checkpoint["scaler"] or not updater.scaler.is_enabled():
         updater.scaler.load_state_dict(checkpoint["scaler"])  # (a disabled scaler ignores it)
     # else: fp16 now, and the run was not fp16 before: a fresh GradScaler calibrates its own scale
@@ -375,7 +385,7 @@ def restore(checkpoint, model, updater, classes, path, dist):
     if dist.rank < len(rng["torch"]):  # a run resumed on more ranks than it had: the new ranks keep their seeds
         torch.set_rng_state(rng["torch"][dist.rank])
         if torch.cuda.is_available() and rng["cuda"][dist.rank]:
-            torch.cuda.set_rng_state_all(rng["cuda"][dist.rank])
+            torch.cuda.set_rng_state_all(rng["cuda"][dist.rank][: torch.cuda.device_count()])
     progress = checkpoint["progress"]
     if progress["partial"] and not dist.is_main:
         progress = {**progress, "partial": None}  # partial sums are over all ranks: rank 0 carries them
@@ -469,17 +479,16 @@ class Run:
     val_loader: BatchLoader
     progress: dict
     config: dict
-    best_weights: dict = None  # CPU copy of the evaluated weights of the best epoch, on every rank
-
+    best_weights: dict = None  # a CPU copy of the evaluated weights of the best epoch, on every rank
 
     def log(self, *args, **kwargs):
         if self.dist.is_main:  # only rank 0 talks and writes
             print(*args, **kwargs)
 
     def save(self, name):
-        rng = rng_states(self.device, self.dist)
-        payload = checkpoint_payload(self.model, self.data, self.updater, self.progress, self.config, rng)
-        on_main(self.dist, lambda: save_checkpoint(payload, os.path.join(self.run_dir, name)))
+        rng = rng_states(self.device, self.dist)  # a collective: every rank takes part
+        payload = (self.model, self.data, self.updater, self.progress, self.config, rng)
+        on_main(self.dist, lambda: save_checkpoint(checkpoint_payload(*payload), os.path.join(self.run_dir, name)))
 
 
 def run(args, stop, dist, device):
@@ -540,9 +549,7 @@ def start_run(args, dist, device):
     configure_backends(device)
     if args.sync_bn and device.type != "cuda":
         raise DataError("--sync-bn needs CUDA: SyncBatchNorm runs on GPUs only")
-    if args.resume:
-        check_every_rank_has(args.resume, dist)
-    checkpoint = load_checkpoint(args.resume) if args.resume else None
+    checkpoint = load_on_every_rank(args.resume, dist) if args.resume else None
     if checkpoint is not None:
         check_resumable(checkpoint, args.resume)
         adopt_saved_settings(args, checkpoint, args.resume)
@@ -686,7 +693,7 @@ def run_epoch(r, epoch, stop):
     on_main(r.dist, lambda: write_metrics_csv(os.path.join(r.run_dir, "metrics.csv"), progress["history"]))
     if improved:  # best.pt first: a kill between the two never leaves a best.pt older than last.pt says
         # Every rank keeps them: the final test needs no best.pt, which only rank 0's disk holds.
-        r.best_weights = tree_map_only(torch.Tensor, torch.Tensor.cpu, evaluated_module(r).state_dict())
+        r.best_weights = {key: value.detach().to("cpu", copy=True) for key, value in evaluated_module(r).state_dict().items()}
         r.save("best.pt")
     r.save("last.pt")
     if r.dist.is_main:
@@ -766,10 +773,16 @@ def best_weights(r):
     torchrun on several machines, only rank 0's disk has best.pt)."""
     if r.best_weights is not None:
         return r.best_weights
-    weights = None
+    weights, problem = None, None
     if r.dist.is_main:
-        weights = model_from_checkpoint(load_checkpoint(os.path.join(r.run_dir, "best.pt"))).state_dict()
-    return r.dist.all_gather(weights)[0]
+        try:
+            weights = model_from_checkpoint(load_checkpoint(os.path.join(r.run_dir, "best.pt"))).state_dict()
+        except DataError as error:
+            problem = str(error)
+    weights, problem = r.dist.all_gather((weights, problem))[0]  # rank 0's failure stops every rank
+    if problem:
+        raise DataError(problem)
+    return weights
 
 
 def evaluate_test(r):

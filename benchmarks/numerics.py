@@ -7,8 +7,9 @@ Three modes of the same training step: fp32; bf16 autocast as stock CPU autocast
 (LayerNorm and the residual stream in bf16); bf16 autocast with model.LayerNorm in fp32 (the
 default now; CUDA autocast keeps layer_norm in fp32 the same way). For each bf16 mode:
   - the relative error of the gradient at initialisation against fp32, ||g - g32|| / ||g32||,
-    over all parameters and for the worst parameter tensor, on one batch of N(0, 1) images
-    (dropout off, so only precision differs);
+    over all parameters and for the worst parameter tensor, on one batch of N(0, 1) images:
+    in eval mode (no dropout; attention through SDPA) and in training mode (the same dropout
+    masks in both precisions; on CPU attention then takes the explicit softmax path);
   - images/s of train.py's step (forward, loss, backward, optimizer) on one repeated batch.
 """
 import contextlib
@@ -46,8 +47,9 @@ def layer_norm_in_fp32(enabled):
         models.LayerNorm.forward = saved
 
 
-def gradients(model, x, y, dtype):
-    model.zero_grad()
+def gradients(model, x, y, dtype, training=False):
+    model.train(training).zero_grad()
+    torch.manual_seed(0)  # the same dropout masks for every precision
     with torch.autocast("cpu", dtype=dtype or torch.float32, enabled=dtype is not None):
         loss = F.cross_entropy(model(x), y)
     loss.backward()
@@ -72,21 +74,22 @@ def main(argv=None):
     device = torch.device("cpu")
 
     torch.manual_seed(0)
-    net = build_model(args.model, 200).eval()  # eval: no dropout, so the modes see the same network
+    net = build_model(args.model, 200)
     x = torch.randn(args.batch_size, 3, 64, 64)
     y = torch.randint(0, 200, (args.batch_size,))
-    reference = gradients(net, x, y, None)
+    references = {training: gradients(net, x, y, None, training) for training in (False, True)}
 
     print(f"{args.model}, batch {args.batch_size}, {torch.get_num_threads()} threads, torch {torch.__version__}\n")
-    print("| mode | gradient error vs fp32 (all) | worst tensor | its error | train step img/s |")
-    print("| --- | ---: | --- | ---: | ---: |")
+    print("| mode | gradient error vs fp32: eval (all) | worst tensor | its error | training, same dropout (all) | train step img/s |")
+    print("| --- | ---: | --- | ---: | ---: | ---: |")
     for mode, (dtype, fp32_norm) in MODES.items():
         with layer_norm_in_fp32(fp32_norm):
             if dtype is None:
-                errors = ("-", "-", "-")
+                errors = ("-", "-", "-", "-")
             else:
-                total, worst, worst_error = relative_errors(gradients(net, x, y, dtype), reference)
-                errors = (f"{total:.2%}", f"`{worst}`", f"{worst_error:.2%}")
+                total, worst, worst_error = relative_errors(gradients(net, x, y, dtype), references[False])
+                in_training = relative_errors(gradients(net, x, y, dtype, True), references[True])[0]
+                errors = (f"{total:.2%}", f"`{worst}`", f"{worst_error:.2%}", f"{in_training:.2%}")
             rate = our_step_rate(args.batch_size, 200, device, args.steps, dtype is not None, False, args.model)
         print(f"| {mode} | {' | '.join(errors)} | {rate:,.0f} |")
 

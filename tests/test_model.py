@@ -160,7 +160,7 @@ def test_the_bf16_gradient_at_initialisation_is_within_one_percent_of_fp32():
     from benchmarks.numerics import gradients, layer_norm_in_fp32, relative_errors
 
     torch.manual_seed(0)
-    model = CvTSimplifiedEmbedding(CvTConfig(num_classes=200)).eval()
+    model = CvTSimplifiedEmbedding(CvTConfig(num_classes=200))
     x, y = torch.randn(32, 3, 64, 64), torch.randint(0, 200, (32,))
     reference = gradients(model, x, y, None)
     assert relative_errors(gradients(model, x, y, torch.bfloat16), reference)[0] < 0.01

@@ -125,16 +125,23 @@ def test_compiled_training_on_cpu_saves_the_plain_model_and_matches_eager(prepar
     assert eager["top1"] == recorded["top1"] and eager["loss"] == pytest.approx(recorded["loss"], abs=1e-5)
 
 
+@pytest.mark.slow
 def test_resume_with_other_machine_flags_continues_the_run(prepared_once, tmp_path, monkeypatch):
     """Precision, compilation and device are the machine's, not the run's: each resume may change
     them (bf16 -> fp32 -> fp16, which starts a fresh GradScaler, -> compiled bf16, which drops it;
     on a machine with CUDA, to the GPU and back)."""
     run = tmp_path / "r"
     assert train_run(prepared_once, run, "--epochs", "1", "--device", "cpu", "--amp", "--amp-dtype", "bfloat16") == 0
+    checkpoint = torch.load(run / "last.pt", weights_only=True)
+    for group in checkpoint["optimizer"]["param_groups"]:
+        group["fused"] = True  # as a CUDA run saves them: the kernel choice must not follow the run
+    torch.save(checkpoint, run / "last.pt")
     compiled = []  # --compile through dynamo's capture alone: the plumbing, without the C++ compiler's minutes
     monkeypatch.setattr(train, "maybe_compile",
                         lambda model, enabled, mode: compiled.append(enabled) or (torch.compile(model, backend="eager") if enabled else model))
-    changes = [(["--no-amp"], None), (["--amp", "--amp-dtype", "float16"], "float16"), (["--amp-dtype", "bfloat16", "--compile"], "bfloat16")]
+    cpu = ["--device", "cpu"]
+    changes = [([*cpu, "--no-amp"], None), ([*cpu, "--amp", "--amp-dtype", "float16"], "float16"),
+               ([*cpu, "--amp-dtype", "bfloat16", "--compile"], "bfloat16")]
     if torch.cuda.is_available():
         changes += [(["--device", "cuda"], "bfloat16"), (["--device", "cpu", "--no-amp"], None)]
     for epoch, (flags, dtype) in enumerate(changes, start=2):
@@ -144,6 +151,7 @@ def test_resume_with_other_machine_flags_continues_the_run(prepared_once, tmp_pa
         checkpoint = torch.load(run / "last.pt", weights_only=True)
         assert checkpoint["progress"]["epoch"] == epoch and not any(key.startswith("_orig_mod.") for key in checkpoint["model"])
         assert bool(checkpoint["scaler"]) == (dtype == "float16")
+        assert {group["fused"] for group in checkpoint["optimizer"]["param_groups"]} == {True if "cuda" in flags else None}
         assert all(t.device.type == "cpu" for t in torch.utils._pytree.tree_leaves(checkpoint) if isinstance(t, torch.Tensor))
     assert compiled == [flags.count("--compile") == 1 or "cuda" in flags for flags, _ in changes]
 

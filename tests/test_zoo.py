@@ -7,6 +7,7 @@ import warnings
 import pytest
 import torch
 import torch.nn.functional as F
+from tqdm import tqdm
 
 import evaluate
 import model as model_module
@@ -16,10 +17,9 @@ from checkpoint import model_from_checkpoint
 from conftest import ROOT, assert_same_training_state, signal_during_training
 from data import BatchLoader, load_packed, make_splits, normalize
 from layout import DataError
+from model import MODELS, build_model, count_parameters, flops_per_image, make_config
 from recipe import LRSchedule, Updater, build_optimizer
 from runtime import amp_dtype, default_amp
-from tqdm import tqdm
-from model import MODELS, build_model, count_parameters, flops_per_image, make_config
 from study_reference import STUDY_CLASSES
 
 STUDY_JSON = os.path.join(ROOT, "..", "shared", "reference", "study_models.json")
@@ -159,6 +159,7 @@ def compiled_epoch(model, train_loader, val_loader, updater, device, epoch):
     return sum("synchroniz" in str(warning.message) for warning in caught)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("device", COMPILE_DEVICES)
 @pytest.mark.parametrize("name", MODELS)
 def test_each_model_compiles_whole_and_later_epochs_neither_recompile_nor_sync_per_step(name, device, monkeypatch):
