@@ -12,7 +12,9 @@ import torch
 
 import evaluate
 import prepare_data
+import train
 from conftest import ROOT
+from layout import DataError
 
 pytestmark = pytest.mark.slow
 COMMON = ["--batch-size", "16", "--eval-batch-size", "16", "--log-every", "2", "--device", "cpu", "--no-amp"]
@@ -181,7 +183,7 @@ sys.exit(train.main(sys.argv[1:]))
 def test_ranks_on_machines_without_a_shared_disk_test_the_best_weights_and_resume(odd_data, tmp_path):
     """Each rank runs in its own folder, as on machines with no shared filesystem: rank 1 never
     sees what rank 0 wrote. The final test of the best epoch's weights needs no best.pt there,
-    and --resume says which machine lacks the checkpoint."""
+    neither in the run nor after a resume (rank 1 given only last.pt)."""
     machines = tmp_path / "machines"
     for rank in (0, 1):
         (machines / f"machine{rank}").mkdir(parents=True)
@@ -204,13 +206,25 @@ def test_ranks_on_machines_without_a_shared_disk_test_the_best_weights_and_resum
     measured = json.load(open(out))
     assert measured["top1"] == best["top1"] and abs(measured["loss"] - best["loss"]) < 1e-5  # epoch 1's weights, not the last
 
-    result = launch("--epochs", "3", "--resume", "r/last.pt")
-    assert result.returncode != 0  # each rank exits 2; torchrun reports 1
-    assert "--resume r/last.pt: rank 1 on " in result.stderr and "no checkpoint at r/last.pt" in result.stderr
-    assert "every machine needs it" in result.stderr
     elsewhere.mkdir()
     shutil.copy(run / "last.pt", elsewhere / "last.pt")  # the checkpoint, not best.pt
     result = launch("--epochs", "3", "--resume", "r/last.pt")
     assert result.returncode == 0, result.stderr[-3000:]
     resumed = json.load(open(run / "test_metrics.json"))["best"]
     assert (resumed["top1"], resumed["loss"]) == (best["top1"], best["loss"])  # epoch 1's weights, sent by rank 0
+
+
+def test_a_rank_that_cannot_read_the_resume_checkpoint_stops_every_rank_saying_which(tmp_path):
+    """What every rank raises when one machine lacks the file (rank 1's report comes through the
+    gather), instead of leaving the others waiting at the next collective."""
+    class RankZeroOfTwo(train.Distributed):
+        def all_gather(self, value):
+            return [value, "rank 1 on node-b: no checkpoint at r/last.pt"]
+
+    path = tmp_path / "last.pt"
+    torch.save({"model": {}}, path)  # rank 0 reads its copy
+    with pytest.raises(DataError) as raised:
+        train.load_on_every_rank(str(path), RankZeroOfTwo(rank=0, world_size=2))
+    message = str(raised.value)
+    assert message.startswith(f"--resume {path}: rank 1 on node-b: no checkpoint at r/last.pt.")
+    assert "every machine needs it at this path" in message and "rank 0" not in message
