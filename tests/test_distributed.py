@@ -93,17 +93,6 @@ def test_two_ranks_with_half_batches_equal_one_process_with_the_whole_batch(odd_
             assert torch.allclose(value, two[key], atol=1e-5), key
 
 
-def test_resume_under_torchrun_continues_exactly(odd_data, tmp_path):
-    args = ["--data-dir", odd_data, *COMMON]
-    torchrun(*args, "--epochs", "2", "--run-dir", str(tmp_path / "straight"))
-    torchrun(*args, "--epochs", "1", "--run-dir", str(tmp_path / "resumed"))
-    torchrun(*args, "--epochs", "2", "--resume", str(tmp_path / "resumed" / "last.pt"))
-    straight, resumed = load(tmp_path / "straight" / "last.pt"), load(tmp_path / "resumed" / "last.pt")
-    for key, value in straight["model"].items():
-        assert torch.equal(value, resumed["model"][key]), key
-    assert [r["train_loss"] for r in straight["progress"]["history"]] == [r["train_loss"] for r in resumed["progress"]["history"]]
-
-
 def test_sigterm_stops_every_rank_cleanly(tmp_path):
     data_dir = str(tmp_path / "data")
     argv = ["--synthetic", "--data-dir", data_dir, "--classes", "4", "--train-per-class", "300", "--val-per-class", "5"]
@@ -180,38 +169,42 @@ sys.exit(train.main(sys.argv[1:]))
 """
 
 
-def test_ranks_on_machines_without_a_shared_disk_test_the_best_weights_and_resume(odd_data, tmp_path):
+def test_ranks_on_machines_without_a_shared_disk_test_the_best_weights_and_resume_exactly(odd_data, tmp_path):
     """Each rank runs in its own folder, as on machines with no shared filesystem: rank 1 never
     sees what rank 0 wrote. The final test of the best epoch's weights needs no best.pt there,
-    neither in the run nor after a resume (rank 1 given only last.pt)."""
-    machines = tmp_path / "machines"
-    for rank in (0, 1):
-        (machines / f"machine{rank}").mkdir(parents=True)
-    script = tmp_path / "separate_disks.py"
-    script.write_text(SEPARATE_DISKS.format(root=ROOT, machines=str(machines)))
-
-    def launch(*args):
+    neither in the run nor after a resume (rank 1 given only last.pt), and the resumed run ends
+    bit-identical to the straight one."""
+    def launch(name, *args):
+        machines = tmp_path / name
+        for rank in (0, 1):
+            (machines / f"machine{rank}").mkdir(parents=True, exist_ok=True)
+        script = machines / "separate_disks.py"
+        script.write_text(SEPARATE_DISKS.format(root=ROOT, machines=str(machines)))
         command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(script),
                    "--data-dir", odd_data, "--run-dir", "r", *COMMON, *args]
-        return subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300)
+        result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300)
+        assert result.returncode == 0, result.stderr[-3000:]
+        return machines / "machine0" / "r", machines / "machine1" / "r", result.stdout
 
-    result = launch("--epochs", "2")
-    assert result.returncode == 0, result.stderr[-3000:]
-    run, elsewhere = machines / "machine0" / "r", machines / "machine1" / "r"
+    straight, elsewhere, out = launch("straight", "--epochs", "2")
     assert not elsewhere.exists()  # rank 1 wrote nothing: it had no best.pt to read
-    best = json.load(open(run / "test_metrics.json"))["best"]
-    assert best["epoch"] == 1 and "test (best weights, epoch 1)" in result.stdout
-    out = tmp_path / "best.json"
-    assert evaluate.main([str(run / "best.pt"), "--device", "cpu", "--batch-size", "16", "--json", str(out)]) == 0
-    measured = json.load(open(out))
+    best = json.load(open(straight / "test_metrics.json"))["best"]
+    assert best["epoch"] == 1 and "test (best weights, epoch 1)" in out
+    report = tmp_path / "best.json"
+    assert evaluate.main([str(straight / "best.pt"), "--device", "cpu", "--batch-size", "16", "--json", str(report)]) == 0
+    measured = json.load(open(report))
     assert measured["top1"] == best["top1"] and abs(measured["loss"] - best["loss"]) < 1e-5  # epoch 1's weights, not the last
 
+    resumed, elsewhere, _ = launch("resumed", "--epochs", "1")
     elsewhere.mkdir()
-    shutil.copy(run / "last.pt", elsewhere / "last.pt")  # the checkpoint, not best.pt
-    result = launch("--epochs", "3", "--resume", "r/last.pt")
-    assert result.returncode == 0, result.stderr[-3000:]
-    resumed = json.load(open(run / "test_metrics.json"))["best"]
-    assert (resumed["top1"], resumed["loss"]) == (best["top1"], best["loss"])  # epoch 1's weights, sent by rank 0
+    shutil.copy(resumed / "last.pt", elsewhere / "last.pt")  # the checkpoint, not best.pt
+    launch("resumed", "--epochs", "2", "--resume", "r/last.pt")
+    again = json.load(open(resumed / "test_metrics.json"))["best"]
+    assert (again["epoch"], again["top1"], again["loss"]) == (1, best["top1"], best["loss"])  # sent by rank 0
+    straight, resumed = load(straight / "last.pt"), load(resumed / "last.pt")
+    for key, value in straight["model"].items():
+        assert torch.equal(value, resumed["model"][key]), key
+    assert [r["train_loss"] for r in straight["progress"]["history"]] == [r["train_loss"] for r in resumed["progress"]["history"]]
 
 
 def test_a_rank_that_cannot_read_the_resume_checkpoint_stops_every_rank_saying_which(tmp_path):
