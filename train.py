@@ -413,16 +413,18 @@ def rng_states(device, dist):
 
 
 def on_main(dist, action):
-    """Run action on rank 0 only; a DataError there is raised on every rank (none is left waiting)."""
-    error = None
+    """Run action on rank 0 only and return its result on every rank; a DataError there is
+    raised on every rank (none is left waiting)."""
+    result, error = None, None
     if dist.is_main:
         try:
-            action()
+            result = action()
         except DataError as raised:
             error = str(raised)
-    error = dist.all_gather(error)[0]
+    result, error = dist.all_gather((result, error))[0]
     if error:
         raise DataError(error)
+    return result
 
 
 def print_epoch(epoch, epochs, train, val, row, improved):
@@ -773,16 +775,7 @@ def best_weights(r):
     torchrun on several machines, only rank 0's disk has best.pt)."""
     if r.best_weights is not None:
         return r.best_weights
-    weights, problem = None, None
-    if r.dist.is_main:
-        try:
-            weights = model_from_checkpoint(load_checkpoint(os.path.join(r.run_dir, "best.pt"))).state_dict()
-        except DataError as error:
-            problem = str(error)
-    weights, problem = r.dist.all_gather((weights, problem))[0]  # rank 0's failure stops every rank
-    if problem:
-        raise DataError(problem)
-    return weights
+    return on_main(r.dist, lambda: model_from_checkpoint(load_checkpoint(os.path.join(r.run_dir, "best.pt"))).state_dict())
 
 
 def evaluate_test(r):
