@@ -180,6 +180,22 @@ def adopt_saved_settings(args, checkpoint, path):
     args.model = checkpoint.get("model_name", DEFAULT_MODEL)  # (runs from before the registry: the notebook's)
 
 
+def keep_saved_precision(args, checkpoint, device):
+    """On the same kind of device, a resumed run keeps its precision and compilation unless
+    --amp, --amp-dtype or --compile say otherwise (an fp32 run stays fp32); on another kind of
+    device, what that device defaults to."""
+    saved = checkpoint.get("config", {})
+    if torch.device(saved.get("device", "cpu")).type != device.type:
+        return
+    if "amp" not in args.given and "amp" in saved:
+        args.amp = saved["amp"]
+    if "amp_dtype" not in args.given and saved.get("amp_dtype"):
+        args.amp_dtype = saved["amp_dtype"]
+    for key in ("compile", "compile_mode"):
+        if key not in args.given and key in saved:
+            setattr(args, key, saved[key])
+
+
 def model_conflicts(args, checkpoint):
     """The --model and model settings given on --resume that differ from the checkpoint's model."""
     name = checkpoint.get("model_name", DEFAULT_MODEL)
@@ -545,16 +561,17 @@ class RunStatus:
 
 def start_run(args, dist, device):
     """Data, run directory, model, optimizer and (with --resume) the saved state."""
-    args.amp = default_amp(device) if args.amp is None else args.amp
-    args.compile = device.type == "cuda" if args.compile is None else args.compile
-    dtype = amp_dtype(device, args.amp, args.amp_dtype)
-    configure_backends(device)
     if args.sync_bn and device.type != "cuda":
         raise DataError("--sync-bn needs CUDA: SyncBatchNorm runs on GPUs only")
     checkpoint = load_on_every_rank(args.resume, dist) if args.resume else None
     if checkpoint is not None:
         check_resumable(checkpoint, args.resume)
         adopt_saved_settings(args, checkpoint, args.resume)
+        keep_saved_precision(args, checkpoint, device)
+    args.amp = default_amp(device) if args.amp is None else args.amp
+    args.compile = device.type == "cuda" if args.compile is None else args.compile
+    dtype = amp_dtype(device, args.amp, args.amp_dtype)
+    configure_backends(device)
     data = load_packed(args.data_dir)
     if data.synthetic and dist.is_main:
         print("warning: SYNTHETIC data (prepare_data.py --synthetic): a smoke test, not a result", file=sys.stderr)

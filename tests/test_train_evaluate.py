@@ -129,7 +129,8 @@ def test_compiled_training_on_cpu_saves_the_plain_model_and_matches_eager(prepar
 def test_resume_with_other_machine_flags_continues_the_run(prepared_once, tmp_path, monkeypatch):
     """Precision, compilation and device are the machine's, not the run's: each resume may change
     them (bf16 -> fp32 -> fp16, which starts a fresh GradScaler, -> compiled bf16, which drops it;
-    on a machine with CUDA, to the GPU and back)."""
+    on a machine with CUDA, to the GPU and back). A resume that says nothing keeps the run's own
+    choice on the same kind of device (an fp32 run stays fp32) and takes the defaults on another."""
     run = tmp_path / "r"
     assert train_run(prepared_once, run, "--epochs", "1", "--device", "cpu", "--amp", "--amp-dtype", "bfloat16") == 0
     checkpoint = torch.load(run / "last.pt", weights_only=True)
@@ -140,20 +141,20 @@ def test_resume_with_other_machine_flags_continues_the_run(prepared_once, tmp_pa
     monkeypatch.setattr(train, "maybe_compile",
                         lambda model, enabled, mode: compiled.append(enabled) or (torch.compile(model, backend="eager") if enabled else model))
     cpu = ["--device", "cpu"]
-    changes = [([*cpu, "--no-amp"], None), ([*cpu, "--amp", "--amp-dtype", "float16"], "float16"),
-               ([*cpu, "--amp-dtype", "bfloat16", "--compile"], "bfloat16")]
+    changes = [([*cpu, "--no-amp"], None, False), (cpu, None, False), ([*cpu, "--amp", "--amp-dtype", "float16"], "float16", False),
+               ([*cpu, "--amp-dtype", "bfloat16", "--compile"], "bfloat16", True), (cpu, "bfloat16", True)]
     if torch.cuda.is_available():
-        changes += [(["--device", "cuda"], "bfloat16"), (["--device", "cpu", "--no-amp"], None)]
-    for epoch, (flags, dtype) in enumerate(changes, start=2):
+        changes += [(["--device", "cuda", "--no-compile"], "bfloat16", False), (cpu, "bfloat16" if default_amp(torch.device("cpu")) else None, False)]
+    for epoch, (flags, dtype, is_compiled) in enumerate(changes, start=2):
         assert train.main(["--resume", str(run / "last.pt"), "--epochs", str(epoch), *flags]) == 0, flags
         config = json.load(open(run / "config.json"))
-        assert (config["amp_dtype"], config["compile"]) == (dtype, "--compile" in flags or "cuda" in flags)
+        assert (config["amp_dtype"], config["compile"]) == (dtype, is_compiled), flags
         checkpoint = torch.load(run / "last.pt", weights_only=True)
         assert checkpoint["progress"]["epoch"] == epoch and not any(key.startswith("_orig_mod.") for key in checkpoint["model"])
         assert bool(checkpoint["scaler"]) == (dtype == "float16")
         assert {group["fused"] for group in checkpoint["optimizer"]["param_groups"]} == {True if "cuda" in flags else None}
         assert all(t.device.type == "cpu" for t in torch.utils._pytree.tree_leaves(checkpoint) if isinstance(t, torch.Tensor))
-    assert compiled == [flags.count("--compile") == 1 or "cuda" in flags for flags, _ in changes]
+    assert compiled == [is_compiled for _, _, is_compiled in changes]
 
 
 def test_evaluate_accepts_lightning_compiled_and_ddp_checkpoints_with_prefixes_in_any_mix(finished_run, tmp_path):
