@@ -39,11 +39,15 @@ from runtime import amp_dtype, autocast, resolve_device, synchronize
 
 
 def pad_batch(x, size):
-    """x with zero images appended up to `size`, in x's memory layout (normalize gives
-    channels-last): torch.cat may return another layout, and another layout is another graph
-    for torch.compile (seen on torch 2.11 with CUDA)."""
-    layout = torch.channels_last if x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last) else torch.contiguous_format
-    return torch.cat([x, x.new_zeros((size - len(x), *x.shape[1:]))]).contiguous(memory_format=layout)
+    """x with zero images appended up to `size`, made as normalize makes a batch when x is one
+    of normalize's (a channels-last view of a flat buffer): torch.compile guards on the layout
+    and, on torch 2.11 with CUDA, on an input being a view, so anything else is another graph."""
+    if not (x.dim() == 4 and x._base is not None and x.is_contiguous(memory_format=torch.channels_last)):
+        return torch.cat([x, x.new_zeros((size - len(x), *x.shape[1:]))])
+    batch, channels, height, width = x.shape
+    padded = x.new_zeros(size * height, width * channels).view(size, height, width, channels).permute(0, 3, 1, 2)
+    padded[:batch] = x
+    return padded
 
 
 @torch.no_grad()

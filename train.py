@@ -383,13 +383,14 @@ def restore(checkpoint, model, updater, classes, path, dist):
     if class_difference(checkpoint["classes"], classes):
         raise DataError(f"cannot resume {path}: it was trained on a different class list ({class_difference(checkpoint['classes'], classes)})")
     model.load_state_dict(checkpoint["model"])
+    # The kernel choice is this machine's, not the saved run's. It is set before loading, because
+    # loading puts the step counts beside the parameters only for fused or capturable groups.
+    kernels = {key: updater.optimizer.defaults[key] for key in ("fused", "foreach", "capturable") if key in updater.optimizer.defaults}
+    saved = checkpoint["optimizer"]
     try:
-        updater.optimizer.load_state_dict(checkpoint["optimizer"])
+        updater.optimizer.load_state_dict({**saved, "param_groups": [{**group, **kernels} for group in saved["param_groups"]]})
     except ValueError as error:  # e.g. a checkpoint from before weight decay had its own parameter group
         raise DataError(f"cannot resume {path}: its optimizer state does not fit this version ({error})") from None
-    for group in updater.optimizer.param_groups:  # the kernel choice is this machine's, not the saved run's
-        group.update({key: updater.optimizer.defaults[key] for key in ("fused", "foreach", "capturable")
-                      if key in updater.optimizer.defaults})
     if checkpoint["scaler"] or not updater.scaler.is_enabled():
         updater.scaler.load_state_dict(checkpoint["scaler"])  # (a disabled scaler ignores it)
     # else: fp16 now, and the run was not fp16 before: a fresh GradScaler calibrates its own scale

@@ -226,10 +226,12 @@ def test_reasons_for_unreadable_files_do_not_repeat_or_garble_the_path():
 
 
 def test_a_padded_short_batch_keeps_the_layout_of_full_batches():
-    """Under --compile the last eval batch is padded to the batch size: same shape, and the same
-    channels-last strides as normalize's full batches, or torch.compile builds another graph."""
+    """Under --compile the last eval batch is padded to the batch size: same shape, the same
+    channels-last strides as normalize's full batches, and like them a view of a buffer of the
+    same shape, or torch.compile builds another graph (it guards on x._base on torch 2.11 + CUDA)."""
     images = torch.randint(0, 256, (6, 64, 64, 3), dtype=torch.uint8)
     full, short = normalize(images[:4]), normalize(images[4:])
     padded = evaluate.pad_batch(short, 4)
     assert padded.shape == full.shape and padded.stride() == full.stride()
+    assert padded._base.shape == full._base.shape and padded._base.stride() == full._base.stride()
     assert torch.equal(padded[:2], short) and not padded[2:].any()

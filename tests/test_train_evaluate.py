@@ -120,9 +120,9 @@ def test_compiled_training_on_cpu_saves_the_plain_model_and_matches_eager(prepar
     assert not any(key.startswith("_orig_mod.") for key in checkpoint["model"])
     assert json.load(open(tmp_path / "r" / "config.json"))["compile"] is True
     recorded = json.load(open(tmp_path / "r" / "test_metrics.json"))["final"]
-    assert evaluate.main([str(tmp_path / "r" / "last.pt"), "--batch-size", "16", "--json", str(tmp_path / "e.json")]) == 0
+    assert evaluate.main([str(tmp_path / "r" / "last.pt"), "--device", "cpu", "--batch-size", "16", "--json", str(tmp_path / "e.json")]) == 0
     eager = json.load(open(tmp_path / "e.json"))
-    assert eager["top1"] == recorded["top1"] and eager["loss"] == pytest.approx(recorded["loss"], abs=1e-5)
+    assert eager["top1"] == recorded["top1"] and eager["loss"] == pytest.approx(recorded["loss"], rel=1e-4)  # inductor's own reduction order
 
 
 @pytest.mark.slow

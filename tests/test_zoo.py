@@ -359,7 +359,7 @@ def test_the_studys_lightning_checkpoint_evaluates_to_what_its_own_code_gives(na
     out = tmp_path / "m.json"
     for by_name in ways:
         assert evaluate.main([str(tmp_path / "study.ckpt"), "--data-dir", prepared_once, "--json", str(out),
-                              "--batch-size", "8", *by_name]) == 0  # small batches: the timing of a big model is short
+                              "--device", "cpu", "--batch-size", "8", *by_name]) == 0  # small batches: the timing of a big model is short
         report = json.load(open(out))
         assert report["model"] == name and report["images"] == len(y)
         assert report["top1"] == (logits.argmax(1) == y).float().mean().item()
