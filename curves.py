@@ -19,6 +19,9 @@ MATPLOTLIB_HINT = "matplotlib is not installed: `python -m pip install matplotli
 INSTALL_HINT = f"{MATPLOTLIB_HINT} to draw curves.png"
 
 
+DOMINANT = "_dominant_label"  # the suffix of the training accuracy columns under MixUp/CutMix
+
+
 def read_metrics(run_dir):
     path = os.path.join(run_dir, "metrics.csv")
     no_epoch = (f"{run_dir}/ has no finished epoch yet (metrics.csv gets a row as each epoch ends): "
@@ -36,9 +39,16 @@ def read_metrics(run_dir):
         raise DataError(no_epoch)
     try:
         # (an empty cell: a column added after the row was written, in a run resumed across versions)
-        return {key: [float(row[key]) if row[key] != "" else math.nan for row in rows] for key in rows[0]}
+        columns = {key: [float(row[key]) if row[key] != "" else math.nan for row in rows] for key in rows[0]}
     except (TypeError, ValueError):
         raise DataError(f"{path} is damaged (a value is not a number)") from None
+    # Under MixUp/CutMix the training accuracy is against the dominant label: read as train_top1,
+    # with "dominant_label" set so that plots can say so.
+    for key in ("train_top1", "train_top5"):
+        if key + DOMINANT in columns:
+            columns[key] = columns.pop(key + DOMINANT)
+            columns["dominant_label"] = True
+    return columns
 
 
 def pyplot():
@@ -89,7 +99,8 @@ def build_figure(run_dirs):
         label = f"{name} " if len(runs) > 1 else ""
         for ax, key in ((loss_ax, "loss"), (top1_ax, "top1")):
             scale = 100 if key == "top1" else 1
-            ax.plot(m["epoch"], [v * scale for v in m[f"train_{key}"]], color=color, linestyle="--", marker=".", label=f"{label}train")
+            train_label = "train (dominant label)" if key == "top1" and m.get("dominant_label") else "train"
+            ax.plot(m["epoch"], [v * scale for v in m[f"train_{key}"]], color=color, linestyle="--", marker=".", label=f"{label}{train_label}")
             ax.plot(m["epoch"], [v * scale for v in m[f"val_{key}"]], color=color, marker="o", label=f"{label}val")
         lr_ax.plot(m["epoch"], m["lr"], color=color, marker=".", label=name)
     loss_ax.set(title=f"loss{smoothing_note(smoothed, len(runs))}", xlabel="epoch", ylabel="cross-entropy")

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from augment import Augmentation, apply_policy, erase, erasing_boxes, host_generator, mix
 from layout import PACKED_ARRAYS, VAL_BOXES_FILE, DataError, array_path, inspect_prepared, packed_dir, prepare_advice
 
 # The notebook's normalisation (ImageNet-style statistics of Tiny ImageNet).
@@ -167,7 +168,8 @@ class BatchLoader:
     contiguous shard of the split: every image is counted once, with no padding duplicates.
     """
 
-    def __init__(self, images, labels, batch_size, device, train=False, seed=0, rank=0, world_size=1):
+    def __init__(self, images, labels, batch_size, device, train=False, seed=0, rank=0, world_size=1,
+                 augmentation=Augmentation(), num_classes=None):
         if len(images) == 0:
             raise DataError("the split is empty: is the prepared data complete?")
         if train and batch_size % world_size:
@@ -184,6 +186,8 @@ class BatchLoader:
         self.train = train
         self.seed = seed
         self.epoch = 0
+        self.augmentation = augmentation
+        self.num_classes = num_classes or int(labels.max()) + 1
 
     def __len__(self):
         if self.train:
@@ -197,7 +201,10 @@ class BatchLoader:
         if not self.train:
             return torch.arange(len(self.labels))
         generator = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
-        return torch.randperm(len(self.labels), generator=generator)
+        order = torch.randperm(len(self.labels), generator=generator)
+        # Repeated augmentation (DeiT's RASampler): each image of the order K times in a row, the
+        # epoch kept at the dataset's length, so an epoch sees 1/K of the images, K times each.
+        return order.repeat_interleave(self.augmentation.repeat)[: len(order)]
 
     def _augment_generator(self, step):
         generator = torch.Generator(device=self.device)
@@ -211,12 +218,35 @@ class BatchLoader:
             index = order[step * self.batch_size : (step + 1) * self.batch_size].sort().values
             x = self.images.index_select(0, index).to(self.device, non_blocking=True)
             y = self.labels.index_select(0, index.to(self.device))
-            if self.train:
-                x = random_crop_flip(x, self._augment_generator(step))
-                if self.world_size > 1:
-                    mine = slice(self.rank * len(y) // self.world_size, (self.rank + 1) * len(y) // self.world_size)
-                    x, y = x[mine], y[mine]
-            yield normalize(x), y
+            if not self.train:
+                yield normalize(x), y
+                continue
+            x = random_crop_flip(x, self._augment_generator(step))
+            x, y = self._augment(x, y, step)
+            if self.world_size > 1:
+                mine = slice(self.rank * len(y) // self.world_size, (self.rank + 1) * len(y) // self.world_size)
+                x, y = x[mine], y[mine]
+            yield x, y
+
+    def _augment(self, x, y, step):
+        """The global batch through the --randaugment/--trivialaugment/--autoaugment policy,
+        normalisation, random erasing and MixUp/CutMix (y becomes soft targets); each draw a
+        function of (seed, epoch, step)."""
+        augmentation, streams = self.augmentation, (self.seed, self.epoch, step)
+        if augmentation.shuffles_batches:
+            # Read in index order, trained in a random one: mixing partners are random, and the
+            # copies of a repeated image (read side by side) land on different ranks' shares.
+            shuffle = torch.randperm(len(y), generator=host_generator(*streams, 0)).to(x.device, non_blocking=True)
+            x, y = x.index_select(0, shuffle), y.index_select(0, shuffle)
+        if augmentation.policy:
+            x = apply_policy(x, augmentation.draw_policy(len(y), host_generator(*streams, 1), x.shape[1]))
+        x = normalize(x)
+        if augmentation.erase:
+            x = erase(x, erasing_boxes(len(y), host_generator(*streams, 2), *x.shape[-2:], augmentation.erase))
+        if augmentation.mixing.enabled:
+            x, y = mix(x, y, self.num_classes, augmentation.mixing, host_generator(*streams, 3),
+                       host_generator(*streams, 4).initial_seed())
+        return x, y
 
     def __iter__(self):
         return self.iterate()

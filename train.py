@@ -52,8 +52,11 @@ from model import (
     format_setting,
     given_settings,
     parse_setting,
+    settings_of,
 )
-from recipe import EMA, PRESETS, RECIPE_FLAGS, LRSchedule, Updater, build_optimizer
+from augment import MAGNITUDE_BINS, Augmentation, Mixing
+from curves import DOMINANT
+from recipe import EMA, NO_AUGMENTATION, PRESET_MODEL_SETTINGS, PRESETS, RECIPE_FLAGS, LRSchedule, Updater, build_optimizer
 from runtime import (
     Distributed,
     amp_dtype,
@@ -93,18 +96,38 @@ def build_parser(add_help=True):
     optim.add_argument("--recipe", default="seed", choices=tuple(PRESETS),
                        help="seed: Adam 1e-3 constant; study: AdamW 1e-4, wd 1e-3, smoothing 0.1, 5 warm-up "
                             "epochs, cosine; improved (measured, see README): AdamW 5e-3, wd 0.05, smoothing 0.1, "
-                            "1 warm-up epoch, cosine, grad clip 1")
+                            "1 warm-up epoch, cosine, grad clip 1; vit-small-data: the literature's for small ViTs "
+                            "(DeiT's: AdamW 1e-3, wd 0.05, batch 128, 10%% warm-up, cosine, smoothing 0.1, "
+                            "stochastic depth 0.1, AutoAugment, MixUp/CutMix, random erasing 0.25, repeated aug 3)")
     optim.add_argument("--epochs", type=int, default=10, help="epochs to train (more with --resume extends a run)")
     optim.add_argument("--optimizer", choices=("adam", "adamw"), help="adam: L2 weight decay; adamw: decoupled")
     optim.add_argument("--lr", type=float, help="peak learning rate")
     optim.add_argument("--weight-decay", type=float, help="not applied to biases and LayerNorm weights")
     optim.add_argument("--lr-schedule", choices=("constant", "cosine"), help="set every step")
-    optim.add_argument("--warmup-epochs", type=float, help="linear warm-up from --min-lr (may be fractional)")
+    optim.add_argument("--warmup-epochs", type=epochs_or_percent,
+                       help="linear warm-up from --min-lr (may be fractional, or P%% of --epochs)")
     optim.add_argument("--min-lr", type=float, help="where the warm-up starts and the cosine ends")
     optim.add_argument("--label-smoothing", type=float, help="of the training loss (val and test losses are plain)")
     optim.add_argument("--grad-clip", type=float, help="max gradient norm; 0: off")
     optim.add_argument("--ema-decay", type=float, help="EMA of the weights, evaluated and saved; 0: off")
     optim.add_argument("--seed", type=int, default=0, help="model init, dropout, shuffling and augmentation")
+    augment = parser.add_argument_group(
+        "augmentation after the notebook's crop and flip, on whole batches on the device (defaults: the --recipe's; "
+        "operations and magnitudes of torchvision.transforms.v2)")
+    augment.add_argument("--randaugment", nargs="?", const="2,9", metavar="N,M",
+                         help="RandAugment: N operations per image at magnitude M of 31 (2,9 when no value is given)")
+    augment.add_argument("--trivialaugment", action=argparse.BooleanOptionalAction, help="TrivialAugmentWide")
+    augment.add_argument("--autoaugment", action=argparse.BooleanOptionalAction, help="AutoAugment, ImageNet policy")
+    augment.add_argument("--random-erase", type=float, metavar="P",
+                         help="random erasing with probability P per image (torchvision's scale and ratio, fill 0)")
+    augment.add_argument("--mixup", type=float, metavar="ALPHA", help="MixUp's Beta(alpha, alpha); 0: off")
+    augment.add_argument("--cutmix", type=float, metavar="ALPHA", help="CutMix's Beta(alpha, alpha); 0: off")
+    augment.add_argument("--mix-prob", type=float, metavar="P", help="probability that a batch is mixed")
+    augment.add_argument("--mix-switch-prob", type=float, metavar="P",
+                         help="with both on, probability of CutMix rather than MixUp for a mixed batch")
+    augment.add_argument("--repeat-aug", type=int, metavar="K",
+                         help="repeated augmentation: each image K times per epoch, differently augmented "
+                              "(the epoch keeps the dataset's length)")
     optim.set_defaults(**PRESETS["seed"])
     system = parser.add_argument_group("system")
     system.add_argument("--device", default="auto", help="auto (cuda, else mps, else cpu), cpu, cuda, cuda:N, mps")
@@ -141,6 +164,9 @@ def parse_args(argv):
     parser.set_defaults(**PRESETS[given.get("recipe", "seed")])
     args = parser.parse_args(argv)
     args.given = sorted(given)
+    if isinstance(args.warmup_epochs, str):  # P% of the epochs (a resumed run keeps its own, in epochs)
+        args.warmup_epochs = float(args.warmup_epochs[:-1]) / 100 * args.epochs
+    check_augmentation(parser, args, given)
     for flag in ("epochs", "batch_size", "eval_batch_size", "log_every"):
         if getattr(args, flag) < 1:
             parser.error(f"--{flag.replace('_', '-')} must be at least 1, got {getattr(args, flag)}")
@@ -158,10 +184,64 @@ def parse_args(argv):
     if not args.resume:  # (a resumed run's model is the checkpoint's, checked against it)
         try:
             with torch.device("meta"):  # every check the model makes, at no cost
-                build_model(args.model, 1, **given_settings(args))
+                build_model(args.model, 1, **model_settings(args))
         except ValueError as error:
             parser.error(str(error))
     return args
+
+
+def epochs_or_percent(text):
+    """--warmup-epochs: a number of epochs, or P% of --epochs."""
+    if text.endswith("%"):
+        float(text[:-1])  # ValueError: argparse's one line
+        return text
+    return float(text)
+
+
+POLICY_FLAGS = ("randaugment", "trivialaugment", "autoaugment")
+
+
+def check_augmentation(parser, args, given):
+    """One policy at most: a policy given on the command line replaces the recipe's."""
+    chosen = [flag for flag in POLICY_FLAGS if given.get(flag)]
+    if len(chosen) > 1:
+        parser.error(f"give one augmentation policy, not {' and '.join('--' + flag for flag in chosen)}")
+    if chosen:
+        for flag in POLICY_FLAGS:
+            if flag != chosen[0] and flag not in given:
+                setattr(args, flag, NO_AUGMENTATION[flag])
+    if args.randaugment is not None:
+        try:
+            num_ops, magnitude = (int(part) for part in args.randaugment.split(","))
+        except ValueError:
+            parser.error(f"--randaugment takes N,M (operations per image, magnitude), got {args.randaugment!r}")
+        if num_ops < 1 or not 0 <= magnitude < MAGNITUDE_BINS:
+            parser.error(f"--randaugment N,M needs N >= 1 and M in [0, {MAGNITUDE_BINS - 1}], got {args.randaugment}")
+    for flag in ("random_erase", "mix_prob", "mix_switch_prob"):
+        if not 0 <= getattr(args, flag) <= 1:
+            parser.error(f"--{flag.replace('_', '-')} must be in [0, 1], got {getattr(args, flag)}")
+    for flag in ("mixup", "cutmix"):
+        if getattr(args, flag) < 0:
+            parser.error(f"--{flag} must be non-negative (0: off), got {getattr(args, flag)}")
+    if args.repeat_aug < 1:
+        parser.error(f"--repeat-aug must be at least 1, got {args.repeat_aug}")
+
+
+def augmentation_of(args):
+    """The Augmentation that the run's flags describe."""
+    policy = next((flag for flag in POLICY_FLAGS if getattr(args, flag)), None)
+    return Augmentation(
+        policy=policy,
+        randaugment=tuple(int(part) for part in args.randaugment.split(",")) if args.randaugment else (2, 9),
+        erase=args.random_erase, mixing=Mixing(args.mixup, args.cutmix, args.mix_prob, args.mix_switch_prob),
+        repeat=args.repeat_aug)
+
+
+def model_settings(args):
+    """The model settings of a new run: the recipe's where the model has them (stochastic depth
+    of vit-small-data), then those given on the command line."""
+    preset = {key: value for key, value in PRESET_MODEL_SETTINGS.get(args.recipe, {}).items() if key in settings_of(args.model)}
+    return {**preset, **given_settings(args)}
 
 
 def adopt_saved_settings(args, checkpoint, path):
@@ -248,7 +328,8 @@ def train_one_epoch(model, loader, updater, device, dtype, totals, start_step, l
         if skipped is not None:
             totals["skipped"] += skipped
         totals["loss_sum"] += loss.detach() * len(y)
-        totals["correct"] += topk_correct(logits.detach().float(), y)
+        labels = y.argmax(1) if y.dim() == 2 else y  # MixUp/CutMix: the dominant label
+        totals["correct"] += topk_correct(logits.detach().float(), labels)
         totals["count"] += len(y)
         stop_now = stop is not None and not dist.enabled and stop()
         if (step + 1) % log_every == 0 or step + 1 == len(loader):
@@ -305,9 +386,12 @@ class StopSignal:
         return self.EXIT_CODES.get(self.received, 0)
 
 
-def write_metrics_csv(path, history):
+def write_metrics_csv(path, history, mixed=False):
+    """metrics.csv; under MixUp/CutMix the training accuracy is against each image's dominant
+    label, and its columns say so (train_top1_dominant_label)."""
     # (rows of a run resumed from an older version lack the newer columns: left empty)
-    write_csv(path, METRIC_FIELDS, ([row.get(key, "") for key in METRIC_FIELDS] for row in history))
+    header = [f"{key}{DOMINANT}" if mixed and key in ("train_top1", "train_top5") else key for key in METRIC_FIELDS]
+    write_csv(path, header, ([row.get(key, "") for key in METRIC_FIELDS] for row in history))
 
 
 # ---------------------------------------------------------------- setup
@@ -339,7 +423,7 @@ def new_model(args, checkpoint, num_classes, dist, device):
     """The run's model, initialised from the current seed (on --resume, the checkpoint's model
     and config), with SyncBatchNorm under torchrun when asked."""
     if checkpoint is None:
-        model = build_model(args.model, num_classes, **given_settings(args))
+        model = build_model(args.model, num_classes, **model_settings(args))
     else:
         try:
             model = build_model(args.model, config=MODELS[args.model].config(**checkpoint["model_config"]))
@@ -444,9 +528,9 @@ def on_main(dist, action):
     return result
 
 
-def print_epoch(epoch, epochs, train, val, row, improved):
+def print_epoch(epoch, epochs, train, val, row, improved, mixed=False):
     skipped = f", {train['skipped_steps']} fp16 steps skipped by the GradScaler" if train["skipped_steps"] else ""
-    print(f"epoch {epoch + 1}/{epochs}: train loss {train['loss']:.4f} top-1 {train['top1']:.2%} | "
+    print(f"epoch {epoch + 1}/{epochs}: train loss {train['loss']:.4f} top-1{' (dominant label)' if mixed else ''} {train['top1']:.2%} | "
           f"val loss {val['loss']:.4f} top-1 {val['top1']:.2%} top-5 {val['top5']:.2%} | "
           f"{row['seconds']:.0f} s, {row['images_per_s']:.0f} img/s{skipped}{'  *best*' if improved else ''}")
 
@@ -587,7 +671,8 @@ def start_run(args, dist, device):
     if dist.enabled:
         torch.manual_seed(args.seed * 1_000_003 + dist.rank)  # but different dropout on each rank
     shard = {"rank": dist.rank, "world_size": dist.world_size}
-    train_loader = BatchLoader(*splits["train"], args.batch_size, device, train=True, seed=args.seed, **shard)
+    train_loader = BatchLoader(*splits["train"], args.batch_size, device, train=True, seed=args.seed, **shard,
+                               augmentation=augmentation_of(args), num_classes=len(data.classes))
     val_loader = BatchLoader(*splits["val"], args.eval_batch_size, device, **shard)
     updater = Updater(
         optimizer=build_optimizer(model, args.optimizer, args.lr, args.weight_decay, device),
@@ -670,6 +755,13 @@ def describe_recipe(args):
     parts += [f"label smoothing {args.label_smoothing:g}"] if args.label_smoothing else []
     parts += [f"grad clip {args.grad_clip:g}"] if args.grad_clip else []
     parts += [f"EMA {args.ema_decay:g}"] if args.ema_decay else []
+    augmentation = augmentation_of(args)
+    if augmentation.policy:
+        parts.append(f"RandAugment {args.randaugment}" if augmentation.policy == "randaugment" else augmentation.policy)
+    parts += [f"random erasing {args.random_erase:g}"] if args.random_erase else []
+    if augmentation.mixing.enabled:
+        parts.append(f"MixUp {args.mixup:g} / CutMix {args.cutmix:g} (p {args.mix_prob:g}, switch {args.mix_switch_prob:g})")
+    parts += [f"repeated augmentation {args.repeat_aug}"] if args.repeat_aug > 1 else []
     return ", ".join(parts)
 
 
@@ -710,14 +802,15 @@ def run_epoch(r, epoch, stop):
     improved = (val["top1"], -val["loss"]) > (progress["best_val_top1"], -progress.get("best_val_loss", math.inf))
     if improved:
         progress.update(best_val_top1=val["top1"], best_val_loss=val["loss"], best_epoch=epoch + 1)
-    on_main(r.dist, lambda: write_metrics_csv(os.path.join(r.run_dir, "metrics.csv"), progress["history"]))
+    on_main(r.dist, lambda: write_metrics_csv(os.path.join(r.run_dir, "metrics.csv"), progress["history"],
+                                              r.train_loader.augmentation.mixing.enabled))
     if improved:  # best.pt first: a kill between the two never leaves a best.pt older than last.pt says
         # Every rank keeps them: the final test needs no best.pt, which only rank 0's disk holds.
         r.best_weights = {key: value.detach().to("cpu", copy=True) for key, value in evaluated_module(r).state_dict().items()}
         r.save("best.pt")
     r.save("last.pt")
     if r.dist.is_main:
-        print_epoch(epoch, args.epochs, train, val, row, improved)
+        print_epoch(epoch, args.epochs, train, val, row, improved, r.train_loader.augmentation.mixing.enabled)
     return True
 
 

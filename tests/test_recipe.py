@@ -8,17 +8,21 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+import curves
 import evaluate
+import runs
 import train
 from conftest import assert_same_training_state, signal_during_training
 from model import CvTConfig, CvTSimplifiedEmbedding
 from recipe import EMA, PRESETS, LRSchedule, Updater, build_optimizer
 
 FAST = ["--batch-size", "16", "--eval-batch-size", "16", "--log-every", "2", "--device", "cpu"]
-# Every recipe feature on at once; warm-up and cosine both inside a 2-epoch run of 6 steps each.
+# Every recipe feature on at once, augmentation included; warm-up and cosine both inside a
+# 2-epoch run of 6 steps each.
 FULL_RECIPE = ["--optimizer", "adamw", "--lr", "3e-3", "--weight-decay", "0.05", "--lr-schedule", "cosine",
                "--warmup-epochs", "0.5", "--min-lr", "1e-5", "--label-smoothing", "0.1", "--grad-clip", "0.5",
-               "--ema-decay", "0.9"]
+               "--ema-decay", "0.9", "--randaugment", "2,9", "--random-erase", "0.5", "--mixup", "0.8",
+               "--cutmix", "1.0", "--mix-prob", "0.9", "--mix-switch-prob", "0.5", "--repeat-aug", "3"]
 
 
 def load(path):
@@ -221,3 +225,12 @@ def test_presets_run_end_to_end(prepared_once, tmp_path):
         config = json.load(open(run_dir / "config.json"))
         assert {key: config[key] for key in PRESETS[recipe]} == PRESETS[recipe]
         assert math.isfinite(json.load(open(run_dir / "test_metrics.json"))["final"]["loss"])
+
+
+def test_under_mixup_the_training_accuracy_is_named_for_the_dominant_label(full_recipe_run, capsys):
+    """metrics.csv says what the training top-1 is measured against; curves and runs.py read it."""
+    header = open(full_recipe_run / "metrics.csv").readline().strip().split(",")
+    assert "train_top1_dominant_label" in header and "train_top1" not in header
+    metrics = curves.read_metrics(str(full_recipe_run))
+    assert metrics["dominant_label"] and len(metrics["train_top1"]) == 2
+    assert runs.main([str(full_recipe_run)]) == 0 and "finished" in capsys.readouterr().out

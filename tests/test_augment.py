@@ -1,0 +1,268 @@
+"""The batch augmentations: every operation gives torchvision.transforms.v2.functional's pixels,
+the policies draw what torchvision's draw, random erasing / MixUp / CutMix / repeated
+augmentation do what their papers and torchvision say, and the loader's draws are a function of
+(seed, epoch, step) that N ranks share."""
+import math
+
+import pytest
+import torch
+import torchvision.transforms.v2.functional as TF
+from torchvision.transforms.v2 import InterpolationMode
+
+import augment
+import train
+from augment import OP_INDEX, OPS, Augmentation, Mixing, Round
+from data import BatchLoader
+
+NEAREST = InterpolationMode.NEAREST
+
+
+def images(n=24, seed=0):
+    """(n, 3, 64, 64) uint8 with what real photos have: noise, smooth gradients, low contrast,
+    grey (R = G = B) and flat images (autocontrast's and equalize's special cases)."""
+    g = torch.Generator().manual_seed(seed)
+    noise = torch.randint(0, 256, (n, 3, 64, 64), generator=g, dtype=torch.uint8)
+    ramp = torch.linspace(0, 1, 64)
+    smooth = (ramp[None, None, :, None] * ramp[None, None, None, :] * torch.rand(n, 3, 1, 1, generator=g) * 255)
+    x = torch.where(torch.arange(n).view(-1, 1, 1, 1) % 2 == 0, noise, smooth.to(torch.uint8))
+    x[1] = x[1] // 8 + 100  # low contrast
+    x[3] = x[3, :1].expand(3, -1, -1)  # grey
+    x[5] = 77  # flat
+    return x
+
+
+def torchvision_op(image, name, magnitude):
+    """What torchvision.transforms.v2._AutoAugmentBase._apply_image_or_video_transform does (0.29)."""
+    if name in ("ShearX", "ShearY"):
+        shear = math.degrees(math.atan(magnitude))
+        return TF.affine(image, angle=0.0, translate=[0, 0], scale=1.0, interpolation=NEAREST, center=[0, 0],
+                         shear=[shear, 0.0] if name == "ShearX" else [0.0, shear])
+    if name in ("TranslateX", "TranslateY"):
+        shift = [int(magnitude), 0] if name == "TranslateX" else [0, int(magnitude)]
+        return TF.affine(image, angle=0.0, translate=shift, scale=1.0, interpolation=NEAREST, shear=[0.0, 0.0])
+    return {
+        "Identity": lambda: image,
+        "Rotate": lambda: TF.rotate(image, angle=magnitude, interpolation=NEAREST),
+        "Brightness": lambda: TF.adjust_brightness(image, 1.0 + magnitude),
+        "Color": lambda: TF.adjust_saturation(image, 1.0 + magnitude),
+        "Contrast": lambda: TF.adjust_contrast(image, 1.0 + magnitude),
+        "Sharpness": lambda: TF.adjust_sharpness(image, 1.0 + magnitude),
+        "Posterize": lambda: TF.posterize(image, int(magnitude)),
+        "Solarize": lambda: TF.solarize(image, 255.0 * magnitude),
+        "AutoContrast": lambda: TF.autocontrast(image),
+        "Equalize": lambda: TF.equalize(image),
+        "Invert": lambda: TF.invert(image),
+    }[name]()
+
+
+def signed_magnitudes(name, n, seed):
+    """n magnitudes over the op's whole TrivialAugmentWide range (the widest), either sign."""
+    values, signed = augment._wide_space(31, 64).get(name, (None, False))
+    if values is None:
+        return torch.zeros(n, dtype=torch.float64)
+    g = torch.Generator().manual_seed(seed)
+    magnitudes = values.double()[torch.randint(len(values), (n,), generator=g)]
+    return torch.where(signed & (torch.rand(n, generator=g) < 0.5), -magnitudes, magnitudes)
+
+
+@pytest.mark.parametrize("name", OPS)
+def test_each_operation_gives_torchvisions_pixels(name):
+    x = images()
+    magnitude = signed_magnitudes(name, len(x), seed=OP_INDEX[name])
+    if name == "Rotate":  # torchvision's fast paths: 0, 90, 180 and 270 degrees, either sign
+        magnitude[:6] = torch.tensor([90.0, -90.0, 180.0, 0.0, 270.0, -180.0], dtype=torch.float64)
+    ours = augment.apply_round(x, Round(torch.full((len(x),), OP_INDEX[name]), magnitude))
+    for image, result, m in zip(x, ours, magnitude.tolist()):
+        assert torch.equal(result, torchvision_op(image, name, m)), (name, m)
+
+
+def test_a_round_of_mixed_operations_gives_each_image_its_own():
+    x = images(n=60, seed=1)
+    op = torch.arange(60) % len(OPS)
+    magnitude = torch.stack([signed_magnitudes(OPS[k], 1, seed=i)[0] for i, k in enumerate(op.tolist())])
+    ours = augment.apply_round(x, Round(op, magnitude))
+    for image, result, k, m in zip(x, ours, op.tolist(), magnitude.tolist()):
+        assert torch.equal(result, torchvision_op(image, OPS[k], m)), (OPS[k], m)
+
+
+def test_a_policy_keeps_the_loaders_layout_and_the_identity_draw_changes_nothing():
+    x = images(8).permute(0, 2, 3, 1).contiguous()  # the loader's (B, H, W, 3)
+    identity = Round(torch.zeros(8, dtype=torch.long), torch.zeros(8, dtype=torch.float64))
+    assert torch.equal(augment.apply_policy(x, [identity, identity]), x)
+    rounds = augment.rand_augment(8, torch.Generator().manual_seed(0), 64)
+    assert augment.apply_policy(x, rounds).shape == x.shape
+
+
+# ---------------------------------------------------------------- the policies' distributions
+
+def frequencies(values, size):
+    return torch.bincount(values, minlength=size).double() / len(values)
+
+
+def test_randaugment_draws_its_14_operations_uniformly_at_magnitude_m_with_random_signs():
+    n = 28_000
+    rounds = augment.rand_augment(n, torch.Generator().manual_seed(0), 64, num_ops=2, magnitude=9)
+    space = augment._standard_space(31, 64)
+    allowed = torch.tensor([OP_INDEX[name] for name in space])
+    for round_ in rounds:
+        seen = frequencies(round_.op, len(OPS))
+        assert seen[allowed].sub(1 / 14).abs().max() < 0.01 and seen.sum() == pytest.approx(1.0)
+        assert seen[OP_INDEX["Invert"]] == 0  # not in RandAugment's space
+        for name, (values, signed) in space.items():
+            picked = round_.magnitude[round_.op == OP_INDEX[name]]
+            if values is None:
+                assert (picked == 0).all()
+                continue
+            assert set(picked.abs().tolist()) == {float(values[9])}
+            negative = (picked < 0).double().mean().item()
+            assert (0.45 < negative < 0.55) if signed and values[9] != 0 else negative == 0
+    assert not torch.equal(rounds[0].op, rounds[1].op)  # two independent operations per image
+
+
+def test_trivialaugment_draws_one_operation_and_a_uniform_magnitude_bin():
+    n = 31_000
+    (round_,) = augment.trivial_augment_wide(n, torch.Generator().manual_seed(1), 64)
+    assert frequencies(round_.op, len(OPS))[:14].sub(1 / 14).abs().max() < 0.01
+    values, _ = augment._wide_space(31, 64)["Rotate"]
+    rotations = round_.magnitude[round_.op == OP_INDEX["Rotate"]].abs()
+    bins = torch.bucketize(rotations, values.double(), right=False)
+    assert frequencies(bins, 31).sub(1 / 31).abs().max() < 0.015
+    assert rotations.max() == pytest.approx(135.0)
+
+
+def test_autoaugment_follows_the_imagenet_policys_table():
+    """Expected frequency of each operation: sum over the 25 sub-policies of P(sub-policy) x
+    P(its step applies), for each of the two steps."""
+    n = 50_000
+    rounds = augment.auto_augment(n, torch.Generator().manual_seed(2), 64)
+    for position, round_ in enumerate(rounds):
+        expected = torch.zeros(len(OPS), dtype=torch.float64)
+        for sub_policy in augment.IMAGENET_POLICY:
+            name, probability, _ = sub_policy[position]
+            expected[OP_INDEX[name]] += probability / 25
+            expected[OP_INDEX["Identity"]] += (1 - probability) / 25
+        assert frequencies(round_.op, len(OPS)).sub(expected).abs().max() < 0.01
+    # Magnitudes come from the policy's bins of 10: Rotate at bins 3, 8 and 9 of 0..30 degrees.
+    rotations = set(rounds[1].magnitude[rounds[1].op == OP_INDEX["Rotate"]].abs().tolist()) | \
+        set(rounds[0].magnitude[rounds[0].op == OP_INDEX["Rotate"]].abs().tolist())
+    assert rotations == {float(torch.linspace(0.0, 30.0, 10)[k]) for k in (3, 8, 9)}
+
+
+# ---------------------------------------------------------------- random erasing, MixUp, CutMix
+
+def test_random_erasing_zeroes_torchvisions_box_with_its_defaults():
+    n, p = 4000, 0.25
+    boxes = augment.erasing_boxes(n, torch.Generator().manual_seed(3), 64, 64, p)
+    top, left, h, w = boxes.unbind(1)
+    erased = h > 0
+    assert abs(erased.double().mean().item() - p) < 0.02
+    area = (h * w)[erased].double() / (64 * 64)
+    assert area.min() >= 0.015 and area.max() <= 0.34  # scale (0.02, 0.33), rounded to whole pixels
+    assert ((top + h) <= 64).all() and ((left + w) <= 64).all() and (h[erased] < 64).all() and (w[erased] < 64).all()
+    aspect = (h[erased].double() / w[erased].double()).log()
+    assert aspect.min() > math.log(0.3) - 0.3 and aspect.max() < math.log(3.3) + 0.3
+    x = torch.randn(8, 3, 64, 64)
+    ours = augment.erase(x, boxes[:8])
+    for image, result, (i, j, bh, bw) in zip(x, ours, boxes[:8].tolist()):
+        assert torch.equal(result, TF.erase(image, i, j, bh, bw, torch.tensor(0.0)) if bh else image)
+
+
+@pytest.mark.parametrize("kind", ["mixup", "cutmix"])
+def test_mixed_targets_sum_to_one_and_cutmix_targets_match_the_pasted_area(kind):
+    x = torch.rand(16, 3, 64, 64)
+    y = torch.arange(16) % 10
+    mixing = Mixing(mixup=0.8 if kind == "mixup" else 0.0, cutmix=1.0 if kind == "cutmix" else 0.0, prob=1.0)
+    mixed, targets = augment.mix(x, y, 10, mixing, torch.Generator().manual_seed(4), seed=5)
+    assert targets.shape == (16, 10) and torch.allclose(targets.sum(1), torch.ones(16))
+    own = targets[torch.arange(16), y]
+    partner = targets[torch.arange(16), y.roll(1)]
+    assert torch.allclose(own + partner, torch.ones(16)) and (own >= 0).all()
+    if kind == "cutmix":  # lambda as torchvision adjusts it: 1 - the pasted box's share of the image
+        from_partner = (mixed == x.roll(1, 0)).all(dim=1).double().mean(dim=(1, 2))
+        assert torch.allclose(partner.double(), from_partner)
+    else:
+        lam = own[0].item()
+        assert torch.allclose(mixed, x * lam + x.roll(1, 0) * (1 - lam), atol=1e-6)
+    again = augment.mix(x, y, 10, mixing, torch.Generator().manual_seed(4), seed=5)
+    assert torch.equal(again[0], mixed) and torch.equal(again[1], targets)  # a function of the seeds
+
+
+def test_a_batch_left_unmixed_gets_one_hot_targets():
+    y = torch.arange(4)
+    x, targets = augment.mix(torch.rand(4, 3, 8, 8), y, 5, Mixing(mixup=0.8, prob=0.0), torch.Generator(), seed=0)
+    assert torch.equal(targets, torch.nn.functional.one_hot(y, 5).float())
+
+
+def test_soft_targets_with_label_smoothing_are_mixed_with_the_uniform_distribution():
+    logits, targets = torch.randn(4, 5), torch.softmax(torch.randn(4, 5), 1)
+    updater = train.Updater(None, None, None, label_smoothing=0.1)
+    expected = -(((1 - 0.1) * targets + 0.1 / 5) * torch.log_softmax(logits, 1)).sum(1).mean()
+    assert updater.loss(logits, targets).item() == pytest.approx(expected.item(), rel=1e-6)
+
+
+# ---------------------------------------------------------------- in the loader
+
+EVERYTHING = Augmentation(policy="autoaugment", erase=0.5, mixing=Mixing(0.8, 1.0, 0.9, 0.5), repeat=3)
+
+
+def split(n=48):
+    g = torch.Generator().manual_seed(6)
+    return torch.randint(0, 256, (n, 64, 64, 3), generator=g, dtype=torch.uint8), torch.arange(n) % 12
+
+
+def test_repeated_augmentation_shows_each_image_k_times_in_an_epoch_of_the_same_length():
+    x, y = split()
+    loader = BatchLoader(x, torch.arange(48), 8, "cpu", train=True, seed=0, augmentation=Augmentation(repeat=3))
+    loader.set_epoch(2)
+    order = loader._order()
+    assert len(order) == 48 and len(loader) == 6
+    assert set(torch.bincount(order).tolist()) == {0, 3}  # 16 images, 3 times each
+    seen = torch.cat([labels for _, labels in loader])  # (labels are the image indices here)
+    assert torch.equal(seen.sort().values, order.sort().values)
+
+
+def test_every_draw_is_a_function_of_seed_epoch_and_step_and_two_ranks_split_one_batch():
+    x, y = split()
+    make = lambda **shard: BatchLoader(x, y, 8, "cpu", train=True, seed=3, augmentation=EVERYTHING,  # noqa: E731
+                                       num_classes=12, **shard)
+    whole, again, ranks = make(), make(), [make(rank=r, world_size=2) for r in range(2)]
+    for loader in (whole, again, *ranks):
+        loader.set_epoch(1)
+    batches = list(whole)
+    tail = list(again.iterate(start_step=3))
+    for (xa, ya), (xb, yb) in zip(batches[3:], tail):
+        assert torch.equal(xa, xb) and torch.equal(ya, yb)
+    for (xa, ya), *shares in zip(batches, *ranks):
+        assert torch.equal(torch.cat([xs for xs, _ in shares]), xa) and torch.equal(torch.cat([ys for _, ys in shares]), ya)
+    assert batches[0][1].shape == (8, 12) and torch.allclose(batches[0][1].sum(1), torch.ones(8))
+    whole.set_epoch(2)
+    assert not torch.equal(next(iter(whole))[0], batches[0][0])
+
+
+# ---------------------------------------------------------------- train.py's flags
+
+def test_the_vit_recipe_sets_its_augmentation_and_an_explicit_policy_replaces_its_autoaugment():
+    args = train.parse_args(["--recipe", "vit-small-data", "--epochs", "20"])
+    assert train.augmentation_of(args) == Augmentation(policy="autoaugment", erase=0.25,
+                                                       mixing=Mixing(0.8, 1.0, 1.0, 0.5), repeat=3)
+    assert (args.batch_size, args.warmup_epochs, args.lr, args.weight_decay) == (128, 2.0, 1e-3, 0.05)
+    assert train.model_settings(train.parse_args(["--recipe", "vit-small-data", "--model", "vit"])) == {"drop_path": "0.1"}
+    assert train.model_settings(train.parse_args(["--recipe", "vit-small-data", "--model", "cnn"])) == {}
+    mine = train.parse_args(["--recipe", "vit-small-data", "--randaugment", "1,5", "--repeat-aug", "1"])
+    assert train.augmentation_of(mine).policy == "randaugment" and train.augmentation_of(mine).randaugment == (1, 5)
+    assert train.augmentation_of(mine).repeat == 1
+    assert train.augmentation_of(train.parse_args([])) == Augmentation()  # the notebook's: crop and flip only
+
+
+@pytest.mark.parametrize("flags,message", [
+    (["--autoaugment", "--trivialaugment"], "give one augmentation policy"),
+    (["--randaugment", "2"], "--randaugment takes N,M"),
+    (["--randaugment", "2,31"], "M in [0, 30]"),
+    (["--random-erase", "1.5"], "--random-erase must be in [0, 1]"),
+    (["--mixup", "-1"], "--mixup must be non-negative"),
+    (["--repeat-aug", "0"], "--repeat-aug must be at least 1"),
+])
+def test_bad_augmentation_flags_are_one_line_and_exit_2(flags, message, capsys):
+    with pytest.raises(SystemExit) as stop:
+        train.parse_args(flags)
+    assert stop.value.code == 2 and message in capsys.readouterr().err
