@@ -25,7 +25,8 @@ sys.path.insert(0, ROOT)
 
 from benchmarks import notebook  # noqa: E402
 from cli import ArgumentParser  # noqa: E402
-from data import BatchLoader, load_packed, make_splits  # noqa: E402
+from augment import Augmentation, Mixing  # noqa: E402
+from data import MEAN, STD, BatchLoader, load_packed, make_splits  # noqa: E402
 from layout import DataError, check_output_path, read_meta, write_json  # noqa: E402
 from model import DEFAULT_MODEL, build_model, flops_per_image  # noqa: E402
 from runtime import default_amp, maybe_compile, synchronize  # noqa: E402
@@ -89,6 +90,85 @@ def our_loader_rate(train_split, batch_size, device, batches):
         return x
 
     return batches * batch_size / timed(run, device)
+
+
+# ---------------------------------------------------------------- augmentation
+
+
+TORCHVISION_POLICIES = {"randaugment": lambda: torchvision.transforms.v2.RandAugment(2, 9),
+                        "trivialaugment": torchvision.transforms.v2.TrivialAugmentWide,
+                        "autoaugment": torchvision.transforms.v2.AutoAugment}
+
+
+class PerImageDataset(torch.utils.data.Dataset):
+    """The same uint8 training arrays, augmented image by image with torchvision.transforms.v2,
+    as a DataLoader pipeline would be written: crop, flip, the policy, float, normalise, erase."""
+
+    def __init__(self, images, labels, policy, erase):
+        v2 = torchvision.transforms.v2
+        steps = [v2.RandomCrop(64, padding=4), v2.RandomHorizontalFlip(), *([TORCHVISION_POLICIES[policy]()] if policy else []),
+                 v2.ToDtype(torch.float32, scale=True), v2.Normalize(MEAN, STD)]
+        self.transform = v2.Compose(steps + ([v2.RandomErasing(erase)] if erase else []))
+        self.images, self.labels = images, labels
+
+    def __len__(self):
+        return len(self.labels)
+
+    def __getitem__(self, index):
+        return self.transform(torch.from_numpy(self.images[index]).permute(2, 0, 1)), int(self.labels[index])
+
+
+def torchvision_augmented_rate(train_split, batch_size, workers, batches, policy, erase=0.0, mix=False):
+    """Images/s of torchvision's per-image pipeline in a DataLoader with `workers` processes
+    (MixUp/CutMix, when on, on each collated batch in the main process, as torchvision documents)."""
+    v2 = torchvision.transforms.v2
+    dataset = PerImageDataset(train_split[0].numpy() if torch.is_tensor(train_split[0]) else train_split[0],
+                              train_split[1], policy, erase)
+    loader = torch.utils.data.DataLoader(dataset, batch_size, shuffle=True, num_workers=workers, drop_last=True,
+                                         persistent_workers=workers > 0)
+    mixing = v2.RandomChoice([v2.MixUp(alpha=0.8, num_classes=200), v2.CutMix(alpha=1.0, num_classes=200)])
+    iterator = endless(lambda: iter(loader))
+    for _ in range(3):
+        next(iterator)
+    start = time.perf_counter()
+    for _ in range(batches):
+        x, y = next(iterator)
+        if mix:
+            mixing(x, y)
+    return batches * batch_size / (time.perf_counter() - start)
+
+
+def our_augmented_rate(train_split, batch_size, device, batches, augmentation):
+    loader = BatchLoader(*train_split, batch_size, device, train=True, seed=0, augmentation=augmentation, num_classes=200)
+    iterator = endless(loader.iterate)
+    for _ in range(3):
+        next(iterator)
+
+    def run():
+        for _ in range(batches):
+            x, _ = next(iterator)
+        return x
+
+    return batches * batch_size / timed(run, device)
+
+
+def augmentation_rows(row, train_split, device, workers, batches, step_rate):
+    """Each policy (and the vit-small-data set) through our loader and through torchvision's
+    per-image pipeline; the note gives what it adds to a training step of the default model."""
+    plain = our_loader_rate(train_split, 64, device, batches)
+    row("augmented loading, batch 64, crop + flip only (the notebook's)",
+        torchvision_augmented_rate(train_split, 64, workers, batches, None), plain, "img/s",
+        f"torchvision per image, {workers} workers")
+    sets = [(policy, Augmentation(policy=policy), dict(policy=policy)) for policy in TORCHVISION_POLICIES]
+    sets.append(("vit-small-data set (AutoAugment, erasing 0.25, MixUp/CutMix)",
+                 Augmentation(policy="autoaugment", erase=0.25, mixing=Mixing(0.8, 1.0, 1.0, 0.5)),
+                 dict(policy="autoaugment", erase=0.25, mix=True)))
+    for name, augmentation, baseline_settings in sets:
+        baseline = torchvision_augmented_rate(train_split, 64, workers, batches, **baseline_settings)
+        ours = our_augmented_rate(train_split, 64, device, batches, augmentation)
+        share = (1 / ours - 1 / plain) * step_rate  # extra seconds per image, in steps' seconds per image
+        row(f"augmented loading, batch 64, {name}", baseline, ours, "img/s",
+            f"torchvision per image, {workers} workers; adds {share:.1%} to a default train step")
 
 
 # ---------------------------------------------------------------- the train step
@@ -228,6 +308,8 @@ def main(argv=None):
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="where to time")
     parser.add_argument("--no-compile", action="store_true", help="skip the torch.compile modes (quick check)")
     parser.add_argument("--json", help="also write the numbers as JSON")
+    parser.add_argument("--augmentation-only", action="store_true",
+                        help="only the augmentation rows (each policy against torchvision's per-image pipeline)")
     parser.add_argument("--sync-debug", choices=("warn", "error"),
                         help="CUDA: torch.cuda.set_sync_debug_mode, to find host-device syncs (each is a warning or an error)")
     args = parser.parse_args(argv)
@@ -256,6 +338,14 @@ def main(argv=None):
 
     print("measuring (a few minutes on 2 CPU cores)...", flush=True)
     batches = max(args.steps, 20)
+    default = (default_amp(device), device.type == "cuda")  # what train.py does without flags here
+    if args.augmentation_only:
+        step_rate = our_step_rate(64, num_classes, device, args.steps, *default)
+        augmentation_rows(row, train_split, device, args.workers, batches, step_rate)
+        print_table(rows, results, None, None)
+        if args.json:
+            write_json(args.json, results, default=str)
+        return 0
     row("loading, batch 64", notebook_loader_rate(dataset_root, 64, args.workers, batches),
         our_loader_rate(train_split, 64, device, batches * 5), "img/s", f"notebook: {args.workers} workers")
 
@@ -263,7 +353,6 @@ def main(argv=None):
     peaks = {"fp32": matmul_peak(torch.float32, device), "bf16": matmul_peak(torch.bfloat16, device)}
     results["flops_per_image_train"] = flops
     results["matmul_peak"] = peaks
-    default = (default_amp(device), device.type == "cuda")  # what train.py does without flags here
     modes = [
         (f"{'compiled' if compile_model else 'eager'} {'bf16' if amp else 'fp32'}"
          f"{' (train.py default here)' if (amp, compile_model) == default else ''}", amp, compile_model)
@@ -284,6 +373,9 @@ def main(argv=None):
     for name, amp, compile_model in modes:
         rate = our_end_to_end(train_split, 64, num_classes, device, args.steps, amp, compile_model)
         row(f"end to end, batch 64, {name}", baseline, rate, "img/s")
+
+    default_name = next(name for name, amp, compile_model in modes if (amp, compile_model) == default)
+    augmentation_rows(row, train_split, device, args.workers, batches, step_rates[(default_name, 64)])
 
     args.zip = args.zip or next((z for z in default_zips(args.data_dir) if os.path.isfile(z)), None)
     if not args.zip:
@@ -315,8 +407,10 @@ def machine_description(device):
 
 def print_table(rows, results, flops, peaks):
     print(f"\n{results['machine']}")
-    print(f"model: {flops / 1e6:.1f} MFLOP per image (forward + backward); matmul peak: "
-          f"fp32 {peaks['fp32'] / 1e9:.0f} GFLOP/s, bf16 {peaks['bf16'] / 1e9:.0f} GFLOP/s\n")
+    if flops:
+        print(f"model: {flops / 1e6:.1f} MFLOP per image (forward + backward); matmul peak: "
+              f"fp32 {peaks['fp32'] / 1e9:.0f} GFLOP/s, bf16 {peaks['bf16'] / 1e9:.0f} GFLOP/s")
+    print("(augmented loading: the 'notebook' column is torchvision.transforms.v2 per image)\n")
     print("| measurement | notebook | ours | unit | ours vs notebook | note |")
     print("| --- | ---: | ---: | --- | ---: | --- |")
     for what, notebook_value, our_value, unit, ratio, note in rows:
