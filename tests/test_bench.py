@@ -18,6 +18,9 @@ def test_bench_prints_the_side_by_side_table(prepared_once, tiny_zip, tmp_path):
     assert names[0] == "loading, batch 64"
     assert sum(name.startswith("train step") for name in names) == 4
     assert sum(name.startswith("end to end") for name in names) == 2
+    augmented = [name for name in names if name.startswith("augmented loading")]
+    assert [name.split(", ")[2] for name in augmented] == ["crop + flip only (the notebook's)", "randaugment", "trivialaugment",
+                                                           "autoaugment", "vit-small-data set (AutoAugment"]
     assert names[-1].startswith("prepare")
     results = json.load(open(out))
     assert results["flops_per_image_train"] > 0 and results["matmul_peak"]["fp32"] > 0
