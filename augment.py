@@ -10,6 +10,7 @@ draws its operation and magnitude on the host (a CPU generator seeded by seed, e
 step, so nothing waits for the device); the batch is sorted by operation, each operation runs
 once on its contiguous block of images with per-image magnitudes, and the block order is undone.
 """
+import functools
 from dataclasses import dataclass
 
 import torch
@@ -18,7 +19,7 @@ from torchvision.transforms.v2 import CutMix, MixUp
 from torchvision.transforms.v2.functional import equalize
 
 # The operations, in the order the batch is sorted by (the geometric ones adjacent, so that one
-# grid_sample call does them all).
+# gather does them all).
 OPS = ("Identity", "ShearX", "ShearY", "TranslateX", "TranslateY", "Rotate", "Brightness", "Color", "Contrast",
        "Sharpness", "Posterize", "Solarize", "AutoContrast", "Equalize", "Invert")
 OP_INDEX = {name: index for index, name in enumerate(OPS)}
@@ -87,63 +88,113 @@ IMAGENET_POLICY = (
 
 # ---------------------------------------------------------------- drawing the operations
 
+class Space:
+    """A policy's magnitudes: table[op, bin] (float64, torchvision's float(magnitudes[bin])),
+    which operations are signed and which ones the policy draws from; and, built once per
+    device, where each output pixel of each geometric operation, bin and sign comes from."""
+
+    def __init__(self, magnitudes, size):
+        self.size = size
+        self.ops = torch.tensor([OP_INDEX[name] for name in magnitudes])
+        self.num_bins = max(len(values) for values, _ in magnitudes.values() if values is not None)
+        self.table = torch.zeros(len(OPS), self.num_bins, dtype=torch.float64)
+        self.signed = torch.zeros(len(OPS), dtype=torch.bool)
+        for name, (values, signed) in magnitudes.items():
+            if values is not None:
+                self.table[OP_INDEX[name]] = values.double()
+                self.signed[OP_INDEX[name]] = signed
+        self._source_maps = {}
+
+    def magnitude(self, op, bin, negative):
+        value = self.table[op, bin]
+        return torch.where(negative, -value, value)
+
+    def source_maps(self, device):
+        """(geometric op, bin, sign, H * W): 1 + the flat index of the pixel that each output
+        pixel takes, 0 where it falls outside (filled with 0). Made by torchvision's own
+        arithmetic, the inverse affine matrix, the sampling grid, then grid_sample in nearest
+        mode, run once on an image whose pixels are their own numbers: the map is exactly the
+        one grid_sample would use, and applying it is one gather per image."""
+        if device not in self._source_maps:
+            shape = (len(GEOMETRIC), self.num_bins, 2)
+            op = (OP_INDEX[GEOMETRIC[0]] + torch.arange(shape[0])).view(-1, 1, 1).expand(shape).flatten()
+            bin = torch.arange(shape[1]).view(1, -1, 1).expand(shape).flatten()
+            negative = torch.tensor([False, True]).view(1, 1, 2).expand(shape).flatten()
+            theta = _inverse_matrices(op, self.magnitude(op, bin, negative), self.size).float().to(device)
+            pixels = self.size * self.size
+            numbers = torch.arange(1, pixels + 1, dtype=torch.float32, device=device).view(1, 1, self.size, self.size)
+            source = F.grid_sample(numbers.expand(len(theta), -1, -1, -1), _sampling_grids(theta, self.size),
+                                   mode="nearest", padding_mode="zeros", align_corners=False)
+            self._source_maps[device] = source.view(*shape, pixels).long()
+        return self._source_maps[device]
+
+
+@functools.cache
+def magnitude_space(kind, num_bins, size):
+    """The Space of "standard" (RandAugment), "wide" (TrivialAugmentWide) or "autoaugment"
+    (the standard magnitudes in 10 bins, and Invert) for images of `size`."""
+    magnitudes = _wide_space(num_bins, size) if kind == "wide" else _standard_space(num_bins, size)
+    if kind == "autoaugment":
+        magnitudes["Invert"] = (None, False)
+    return Space(magnitudes, size)
+
+
 @dataclass
 class Round:
-    """One operation per image: its index in OPS and its signed magnitude (float64, as
-    torchvision's float(magnitudes[bin]); 0 where the operation has none)."""
+    """One operation per image: its index in OPS, its magnitude bin and sign in `space`."""
 
     op: torch.Tensor
-    magnitude: torch.Tensor
+    bin: torch.Tensor
+    negative: torch.Tensor
+    space: Space
+
+    @property
+    def magnitude(self):
+        """float64, as torchvision's float(magnitudes[bin]), negated; 0 where the op has none."""
+        return self.space.magnitude(self.op, self.bin, self.negative)
 
 
-def _magnitudes(space, op, bins, num_bins, generator):
-    """The magnitude of each image's op at its bin, negated with probability 1/2 where signed."""
-    table = torch.zeros(len(OPS), num_bins, dtype=torch.float64)
-    signed = torch.zeros(len(OPS), dtype=torch.bool)
-    for name, (values, is_signed) in space.items():
-        if values is not None:
-            table[OP_INDEX[name]] = values.double()
-            signed[OP_INDEX[name]] = is_signed
-    magnitude = table[op, bins]
-    negative = signed[op] & (torch.rand(len(op), generator=generator) <= 0.5)
-    return torch.where(negative, -magnitude, magnitude)
+def _round(op, bin, space, generator):
+    """The round, each signed magnitude negated with probability 1/2 (torchvision's
+    `torch.rand(()) <= 0.5`)."""
+    negative = space.signed[op] & (torch.rand(len(op), generator=generator) <= 0.5)
+    return Round(op, bin, negative, space)
 
 
 def rand_augment(batch, generator, size, num_ops=2, magnitude=9, num_bins=MAGNITUDE_BINS):
     """RandAugment(num_ops, magnitude): num_ops rounds, each image drawing one of the 14
     operations uniformly, all at magnitude bin `magnitude` of `num_bins`."""
-    space = _standard_space(num_bins, size)
-    ops = torch.tensor([OP_INDEX[name] for name in space])
+    space = magnitude_space("standard", num_bins, size)
     rounds = []
     for _ in range(num_ops):
-        op = ops[torch.randint(len(ops), (batch,), generator=generator)]
-        rounds.append(Round(op, _magnitudes(space, op, torch.full((batch,), magnitude), num_bins, generator)))
+        op = space.ops[torch.randint(len(space.ops), (batch,), generator=generator)]
+        rounds.append(_round(op, torch.full((batch,), magnitude), space, generator))
     return rounds
 
 
 def trivial_augment_wide(batch, generator, size, num_bins=MAGNITUDE_BINS):
     """TrivialAugmentWide: one operation of 14 per image, at a uniform magnitude bin."""
-    space = _wide_space(num_bins, size)
-    ops = torch.tensor([OP_INDEX[name] for name in space])
-    op = ops[torch.randint(len(ops), (batch,), generator=generator)]
-    bins = torch.randint(num_bins, (batch,), generator=generator)
-    return [Round(op, _magnitudes(space, op, bins, num_bins, generator))]
+    space = magnitude_space("wide", num_bins, size)
+    op = space.ops[torch.randint(len(space.ops), (batch,), generator=generator)]
+    return [_round(op, torch.randint(num_bins, (batch,), generator=generator), space, generator)]
+
+
+# IMAGENET_POLICY as tensors, [position in the sub-policy, sub-policy]: op, probability, bin.
+_POLICY_OPS = torch.tensor([[OP_INDEX[sub[k][0]] for sub in IMAGENET_POLICY] for k in range(2)])
+_POLICY_PROBABILITIES = torch.tensor([[sub[k][1] for sub in IMAGENET_POLICY] for k in range(2)], dtype=torch.float64)
+_POLICY_BINS = torch.tensor([[sub[k][2] or 0 for sub in IMAGENET_POLICY] for k in range(2)])
 
 
 def auto_augment(batch, generator, size):
     """AutoAugment, ImageNet policy: a sub-policy of 25 per image, each of its two operations
-    applied with its probability at its magnitude bin (of 10)."""
-    space = {**_standard_space(10, size), "Invert": (None, False)}
+    applied with its probability (torchvision: `torch.rand(()) <= p`) at its bin of 10."""
+    space = magnitude_space("autoaugment", 10, size)
     policy = torch.randint(len(IMAGENET_POLICY), (batch,), generator=generator)
     rounds = []
     for position in range(2):
-        steps = [sub_policy[position] for sub_policy in IMAGENET_POLICY]
-        op = torch.tensor([OP_INDEX[name] for name, _, _ in steps])[policy]
-        probability = torch.tensor([p for _, p, _ in steps], dtype=torch.float64)[policy]
-        bins = torch.tensor([b or 0 for _, _, b in steps])[policy]
-        applied = torch.rand(batch, generator=generator, dtype=torch.float64) <= probability
-        magnitude = _magnitudes(space, op, bins, 10, generator)
-        rounds.append(Round(torch.where(applied, op, 0), torch.where(applied, magnitude, 0.0)))
+        applied = torch.rand(batch, generator=generator, dtype=torch.float64) <= _POLICY_PROBABILITIES[position][policy]
+        op = torch.where(applied, _POLICY_OPS[position][policy], OP_INDEX["Identity"])
+        rounds.append(_round(op, torch.where(applied, _POLICY_BINS[position][policy], 0), space, generator))
     return rounds
 
 
@@ -225,21 +276,26 @@ def invert(image, magnitude):
     return image.bitwise_not()
 
 
-def geometric(image, op, magnitude):
-    """ShearX/Y, TranslateX/Y and Rotate as torchvision's affine and rotate run them (inverse
-    matrix, then the sampling grid, then nearest grid_sample with zeros outside), one matrix
-    per image."""
-    size = image.shape[-1]
-    theta = _inverse_matrices(op, magnitude, size).float().to(image.device, non_blocking=True)
-    base = torch.empty(1, size, size, 3, device=image.device)
-    line = torch.linspace((1.0 - size) * 0.5, (size - 1.0) * 0.5, steps=size, device=image.device)
+def geometric(image, round_):
+    """ShearX/Y, TranslateX/Y and Rotate, as torchvision's affine and rotate run them (nearest,
+    zeros outside), each image through its own operation's pixel map (Space.source_maps)."""
+    maps = round_.space.source_maps(image.device)
+    index = torch.stack([round_.op - OP_INDEX[GEOMETRIC[0]], round_.bin, round_.negative.long()])
+    source = maps[tuple(index.to(image.device, non_blocking=True))]  # (n, H * W)
+    batch, channels, height, width = image.shape
+    taken = image.reshape(batch, channels, -1).gather(2, (source - 1).clamp_(min=0).unsqueeze(1).expand(-1, channels, -1))
+    return torch.where(source.unsqueeze(1) > 0, taken, 0).view(batch, channels, height, width)
+
+
+def _sampling_grids(theta, size):
+    """torchvision's _affine_grid for (n, 2, 3) inverse matrices, output size = input size."""
+    base = torch.empty(1, size, size, 3, device=theta.device)
+    line = torch.linspace((1.0 - size) * 0.5, (size - 1.0) * 0.5, steps=size, device=theta.device)
     base[..., 0].copy_(line)
     base[..., 1].copy_(line.unsqueeze(-1))
     base[..., 2].fill_(1)
-    rescaled = theta.transpose(1, 2).div_(torch.tensor([0.5 * size, 0.5 * size], device=image.device))
-    grid = base.view(1, size * size, 3).expand(len(theta), -1, -1).bmm(rescaled).view(-1, size, size, 2)
-    sampled = F.grid_sample(image.float(), grid, mode="nearest", padding_mode="zeros", align_corners=False)
-    return sampled.round_().to(torch.uint8)
+    rescaled = theta.transpose(1, 2).div_(torch.tensor([0.5 * size, 0.5 * size], device=theta.device))
+    return base.view(1, size * size, 3).expand(len(theta), -1, -1).bmm(rescaled).view(-1, size, size, 2)
 
 
 def _inverse_matrices(op, magnitude, size):
@@ -273,14 +329,16 @@ COLOUR_OPS = {"Brightness": brightness, "Color": color, "Contrast": contrast, "S
 def apply_round(images, round_):
     """Each image of a (B, 3, H, W) uint8 batch through its own operation of the round."""
     order = torch.argsort(round_.op, stable=True)
-    op, magnitude = round_.op[order], round_.magnitude[order]
-    starts = torch.bincount(op, minlength=len(OPS)).cumsum(0).tolist()  # block ends, on the host: no sync
-    starts = [0, *starts]
+    ordered = Round(round_.op[order], round_.bin[order], round_.negative[order], round_.space)
+    magnitude = ordered.magnitude
+    ends = torch.bincount(ordered.op, minlength=len(OPS)).cumsum(0).tolist()  # on the host: no sync
+    starts = [0, *ends]
     sorted_images = images.index_select(0, order.to(images.device, non_blocking=True))
     blocks = [sorted_images[: starts[1]]]  # Identity
     geometric_block = slice(starts[OP_INDEX[GEOMETRIC[0]]], starts[OP_INDEX[GEOMETRIC[-1]] + 1])
     if geometric_block.stop > geometric_block.start:
-        blocks.append(geometric(sorted_images[geometric_block], op[geometric_block], magnitude[geometric_block]))
+        part = Round(ordered.op[geometric_block], ordered.bin[geometric_block], ordered.negative[geometric_block], round_.space)
+        blocks.append(geometric(sorted_images[geometric_block], part))
     for name, operation in COLOUR_OPS.items():
         block = slice(starts[OP_INDEX[name]], starts[OP_INDEX[name] + 1])
         if block.stop > block.start:

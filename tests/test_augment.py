@@ -55,39 +55,41 @@ def torchvision_op(image, name, magnitude):
     }[name]()
 
 
-def signed_magnitudes(name, n, seed):
-    """n magnitudes over the op's whole TrivialAugmentWide range (the widest), either sign."""
-    values, signed = augment._wide_space(31, 64).get(name, (None, False))
-    if values is None:
-        return torch.zeros(n, dtype=torch.float64)
+WIDE = augment.magnitude_space("wide", 31, 64)  # the widest magnitudes: TrivialAugmentWide's
+
+
+def draws(name, n, seed):
+    """A round of `name` for n images over its whole TrivialAugmentWide range, either sign."""
     g = torch.Generator().manual_seed(seed)
-    magnitudes = values.double()[torch.randint(len(values), (n,), generator=g)]
-    return torch.where(signed & (torch.rand(n, generator=g) < 0.5), -magnitudes, magnitudes)
+    op = torch.full((n,), OP_INDEX[name])
+    return augment._round(op, torch.randint(31, (n,), generator=g), WIDE, g)
 
 
 @pytest.mark.parametrize("name", OPS)
 def test_each_operation_gives_torchvisions_pixels(name):
     x = images()
-    magnitude = signed_magnitudes(name, len(x), seed=OP_INDEX[name])
-    if name == "Rotate":  # torchvision's fast paths: 0, 90, 180 and 270 degrees, either sign
-        magnitude[:6] = torch.tensor([90.0, -90.0, 180.0, 0.0, 270.0, -180.0], dtype=torch.float64)
-    ours = augment.apply_round(x, Round(torch.full((len(x),), OP_INDEX[name]), magnitude))
-    for image, result, m in zip(x, ours, magnitude.tolist()):
+    round_ = draws(name, len(x), seed=OP_INDEX[name])
+    if name == "Rotate":  # torchvision's fast paths: bin 20 is 90 degrees (and -90 is 270), bin 0 is 0
+        round_.bin[:4], round_.negative[:4] = torch.tensor([20, 20, 0, 0]), torch.tensor([False, True, False, True])
+    ours = augment.apply_round(x, round_)
+    for image, result, m in zip(x, ours, round_.magnitude.tolist()):
         assert torch.equal(result, torchvision_op(image, name, m)), (name, m)
 
 
 def test_a_round_of_mixed_operations_gives_each_image_its_own():
     x = images(n=60, seed=1)
+    g = torch.Generator().manual_seed(7)
     op = torch.arange(60) % len(OPS)
-    magnitude = torch.stack([signed_magnitudes(OPS[k], 1, seed=i)[0] for i, k in enumerate(op.tolist())])
-    ours = augment.apply_round(x, Round(op, magnitude))
-    for image, result, k, m in zip(x, ours, op.tolist(), magnitude.tolist()):
+    round_ = augment._round(op, torch.randint(31, (60,), generator=g), WIDE, g)
+    ours = augment.apply_round(x, round_)
+    for image, result, k, m in zip(x, ours, op.tolist(), round_.magnitude.tolist()):
         assert torch.equal(result, torchvision_op(image, OPS[k], m)), (OPS[k], m)
 
 
 def test_a_policy_keeps_the_loaders_layout_and_the_identity_draw_changes_nothing():
     x = images(8).permute(0, 2, 3, 1).contiguous()  # the loader's (B, H, W, 3)
-    identity = Round(torch.zeros(8, dtype=torch.long), torch.zeros(8, dtype=torch.float64))
+    zeros = torch.zeros(8, dtype=torch.long)
+    identity = Round(zeros, zeros, zeros.bool(), WIDE)
     assert torch.equal(augment.apply_policy(x, [identity, identity]), x)
     rounds = augment.rand_augment(8, torch.Generator().manual_seed(0), 64)
     assert augment.apply_policy(x, rounds).shape == x.shape
