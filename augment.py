@@ -2,6 +2,12 @@
 and no per-image Python: RandAugment, TrivialAugmentWide and AutoAugment (ImageNet policy) on
 uint8 images, random erasing on normalised ones, MixUp / CutMix with soft targets.
 
+    python train.py --randaugment 2,9 --random-erase 0.25 --mixup 0.8 --cutmix 1.0
+    python train.py --recipe vit-small-data --model vit     # AutoAugment, erasing, MixUp/CutMix, repeats
+
+    rounds = rand_augment(len(x), torch.Generator().manual_seed(0), 64)   # (B, H, W, 3) uint8 x
+    x = apply_policy(x, rounds)
+
 The policies use the operations, magnitude ranges and sampling of torchvision.transforms.v2
 (torchvision 0.29, `_auto_augment.py`), with its default nearest interpolation and fill 0, and
 every operation gives the pixels that `torchvision.transforms.v2.functional` gives for the same
@@ -105,8 +111,8 @@ class Space:
                 self.signed[OP_INDEX[name]] = signed
         self._source_maps = {}
 
-    def magnitude(self, op, bin, negative):
-        value = self.table[op, bin]
+    def magnitude(self, op, magnitude_bin, negative):
+        value = self.table[op, magnitude_bin]
         return torch.where(negative, -value, value)
 
     def source_maps(self, device):
@@ -118,14 +124,16 @@ class Space:
         if device not in self._source_maps:
             shape = (len(GEOMETRIC), self.num_bins, 2)
             op = (OP_INDEX[GEOMETRIC[0]] + torch.arange(shape[0])).view(-1, 1, 1).expand(shape).flatten()
-            bin = torch.arange(shape[1]).view(1, -1, 1).expand(shape).flatten()
+            magnitude_bin = torch.arange(shape[1]).view(1, -1, 1).expand(shape).flatten()
             negative = torch.tensor([False, True]).view(1, 1, 2).expand(shape).flatten()
-            theta = _inverse_matrices(op, self.magnitude(op, bin, negative), self.size).float().to(device)
+            theta = _inverse_matrices(op, self.magnitude(op, magnitude_bin, negative), self.size).float()
             pixels = self.size * self.size
-            numbers = torch.arange(1, pixels + 1, dtype=torch.float32, device=device).view(1, 1, self.size, self.size)
+            numbers = torch.arange(1, pixels + 1, dtype=torch.float32).view(1, 1, self.size, self.size)
             source = F.grid_sample(numbers.expand(len(theta), -1, -1, -1), _sampling_grids(theta, self.size),
                                    mode="nearest", padding_mode="zeros", align_corners=False)
-            self._source_maps[device] = source.view(*shape, pixels).long()
+            # Made on the CPU for every device: a GPU's TF32 matmul would move the grid by more
+            # than a rounding, and the pixels would no longer be torchvision's.
+            self._source_maps[device] = source.view(*shape, pixels).long().to(device)
         return self._source_maps[device]
 
 
@@ -134,8 +142,8 @@ def magnitude_space(kind, num_bins, size):
     """The Space of "standard" (RandAugment), "wide" (TrivialAugmentWide) or "autoaugment"
     (the standard magnitudes in 10 bins, and Invert) for images of `size`."""
     magnitudes = _wide_space(num_bins, size) if kind == "wide" else _standard_space(num_bins, size)
-    if kind == "autoaugment":
-        magnitudes["Invert"] = (None, False)
+    if kind == "autoaugment":  # (its sub-policies name their operations: Invert, never Identity)
+        magnitudes = {**{k: v for k, v in magnitudes.items() if k != "Identity"}, "Invert": (None, False)}
     return Space(magnitudes, size)
 
 
@@ -144,21 +152,21 @@ class Round:
     """One operation per image: its index in OPS, its magnitude bin and sign in `space`."""
 
     op: torch.Tensor
-    bin: torch.Tensor
+    magnitude_bin: torch.Tensor
     negative: torch.Tensor
     space: Space
 
     @property
     def magnitude(self):
         """float64, as torchvision's float(magnitudes[bin]), negated; 0 where the op has none."""
-        return self.space.magnitude(self.op, self.bin, self.negative)
+        return self.space.magnitude(self.op, self.magnitude_bin, self.negative)
 
 
-def _round(op, bin, space, generator):
+def _round(op, magnitude_bin, space, generator):
     """The round, each signed magnitude negated with probability 1/2 (torchvision's
     `torch.rand(()) <= 0.5`)."""
     negative = space.signed[op] & (torch.rand(len(op), generator=generator) <= 0.5)
-    return Round(op, bin, negative, space)
+    return Round(op, magnitude_bin, negative, space)
 
 
 def rand_augment(batch, generator, size, num_ops=2, magnitude=9, num_bins=MAGNITUDE_BINS):
@@ -280,10 +288,10 @@ def geometric(image, round_):
     """ShearX/Y, TranslateX/Y and Rotate, as torchvision's affine and rotate run them (nearest,
     zeros outside), each image through its own operation's pixel map (Space.source_maps)."""
     maps = round_.space.source_maps(image.device)
-    index = torch.stack([round_.op - OP_INDEX[GEOMETRIC[0]], round_.bin, round_.negative.long()])
+    index = torch.stack([round_.op - OP_INDEX[GEOMETRIC[0]], round_.magnitude_bin, round_.negative.long()])
     source = maps[tuple(index.to(image.device, non_blocking=True))]  # (n, H * W)
     batch, channels, height, width = image.shape
-    taken = image.reshape(batch, channels, -1).gather(2, (source - 1).clamp_(min=0).unsqueeze(1).expand(-1, channels, -1))
+    taken = image.reshape(batch, channels, height * width).gather(2, (source - 1).clamp_(min=0).unsqueeze(1).expand(-1, channels, -1))
     return torch.where(source.unsqueeze(1) > 0, taken, 0).view(batch, channels, height, width)
 
 
@@ -327,22 +335,20 @@ COLOUR_OPS = {"Brightness": brightness, "Color": color, "Contrast": contrast, "S
 
 
 def apply_round(images, round_):
-    """Each image of a (B, 3, H, W) uint8 batch through its own operation of the round."""
+    """Each image of a (B, 3, H, W) uint8 batch through its own operation of the round: the
+    batch sorted by operation, each operation once on its block, the blocks put back in order."""
     order = torch.argsort(round_.op, stable=True)
-    ordered = Round(round_.op[order], round_.bin[order], round_.negative[order], round_.space)
-    magnitude = ordered.magnitude
+    ordered = Round(round_.op[order], round_.magnitude_bin[order], round_.negative[order], round_.space)
     ends = torch.bincount(ordered.op, minlength=len(OPS)).cumsum(0).tolist()  # on the host: no sync
-    starts = [0, *ends]
+    block = {name: slice(start, end) for name, start, end in zip(OPS, [0, *ends], ends)}
     sorted_images = images.index_select(0, order.to(images.device, non_blocking=True))
-    blocks = [sorted_images[: starts[1]]]  # Identity
-    geometric_block = slice(starts[OP_INDEX[GEOMETRIC[0]]], starts[OP_INDEX[GEOMETRIC[-1]] + 1])
-    if geometric_block.stop > geometric_block.start:
-        part = Round(ordered.op[geometric_block], ordered.bin[geometric_block], ordered.negative[geometric_block], round_.space)
-        blocks.append(geometric(sorted_images[geometric_block], part))
-    for name, operation in COLOUR_OPS.items():
-        block = slice(starts[OP_INDEX[name]], starts[OP_INDEX[name] + 1])
-        if block.stop > block.start:
-            blocks.append(operation(sorted_images[block], magnitude[block]))
+    geometric_block = slice(block[GEOMETRIC[0]].start, block[GEOMETRIC[-1]].stop)
+    blocks = [sorted_images[block["Identity"]],
+              geometric(sorted_images[geometric_block], Round(*(t[geometric_block] for t in (
+                  ordered.op, ordered.magnitude_bin, ordered.negative)), round_.space))]
+    magnitude = ordered.magnitude
+    blocks += [COLOUR_OPS[name](sorted_images[block[name]], magnitude[block[name]])
+               for name in OPS[OP_INDEX[GEOMETRIC[-1]] + 1:] if block[name].stop > block[name].start]
     unsort = torch.argsort(order).to(images.device, non_blocking=True)
     return torch.cat(blocks).index_select(0, unsort)  # (index_select: several times faster than index_copy_)
 
@@ -405,8 +411,8 @@ class Mixing:
 
 def mix(images, labels, num_classes, mixing, generator, seed):
     """Soft targets (B, num_classes) for a normalised (B, C, H, W) batch, mixed with the batch
-    rolled by one (torchvision's MixUp / CutMix, which draw from the global RNG: run here with it
-    seeded from `seed` and restored after)."""
+    rolled by one (torchvision's MixUp / CutMix, which draw from the global CPU generator: run
+    here with it seeded from `seed`, and its state restored after)."""
     use_mix = torch.rand((), generator=generator).item() < mixing.prob
     use_cutmix = mixing.cutmix > 0 and (mixing.mixup == 0 or torch.rand((), generator=generator).item() < mixing.switch_prob)
     if not use_mix:
@@ -414,7 +420,7 @@ def mix(images, labels, num_classes, mixing, generator, seed):
     transform = (CutMix(alpha=mixing.cutmix, num_classes=num_classes) if use_cutmix
                  else MixUp(alpha=mixing.mixup, num_classes=num_classes))
     with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
+        torch.default_generator.manual_seed(seed)  # the CPU generator only: torch.manual_seed would reseed the GPUs
         return transform(images, labels)
 
 
@@ -445,7 +451,16 @@ class Augmentation:
         return POLICIES[self.policy](batch, generator, size)
 
 
+# The random streams of a training batch: each use draws from its own generator.
+SHUFFLE, POLICY, ERASING, MIXING, MIXING_TORCHVISION = range(5)
+
+
+def stream_seed(seed, epoch, step, stream):
+    """The seed of one use (stream) at one (seed, epoch, step): every draw is a function of them."""
+    return (((seed * 1_000_003 + epoch) * 1_000_003 + step) * 8 + stream) % 2**63
+
+
 def host_generator(seed, epoch, step, stream):
-    """A CPU generator for one (seed, epoch, step) and one use of it (stream), so every draw is
-    a function of them, and the same on every device (the draws are made on the host)."""
-    return torch.Generator().manual_seed((((seed * 1_000_003 + epoch) * 1_000_003 + step) * 8 + stream) % 2**63)
+    """A CPU generator for one stream of one step: the draws are made on the host, so they are
+    the same on every device and nothing waits for the device."""
+    return torch.Generator().manual_seed(stream_seed(seed, epoch, step, stream))

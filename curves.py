@@ -99,7 +99,8 @@ def build_figure(run_dirs):
         label = f"{name} " if len(runs) > 1 else ""
         for ax, key in ((loss_ax, "loss"), (top1_ax, "top1")):
             scale = 100 if key == "top1" else 1
-            train_label = "train (dominant label)" if key == "top1" and m.get("dominant_label") else "train"
+            mixed = m.get("dominant_label")  # MixUp/CutMix: loss against the mixed targets, top-1 against the dominant label
+            train_label = f"train ({'dominant label' if key == 'top1' else 'mixed targets'})" if mixed else "train"
             ax.plot(m["epoch"], [v * scale for v in m[f"train_{key}"]], color=color, linestyle="--", marker=".", label=f"{label}{train_label}")
             ax.plot(m["epoch"], [v * scale for v in m[f"val_{key}"]], color=color, marker="o", label=f"{label}val")
         lr_ax.plot(m["epoch"], m["lr"], color=color, marker=".", label=name)

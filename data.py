@@ -15,7 +15,20 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from augment import Augmentation, apply_policy, erase, erasing_boxes, host_generator, mix
+from augment import (
+    ERASING,
+    MIXING,
+    MIXING_TORCHVISION,
+    POLICY,
+    SHUFFLE,
+    Augmentation,
+    apply_policy,
+    erase,
+    erasing_boxes,
+    host_generator,
+    mix,
+    stream_seed,
+)
 from layout import PACKED_ARRAYS, VAL_BOXES_FILE, DataError, array_path, inspect_prepared, packed_dir, prepare_advice
 
 # The notebook's normalisation (ImageNet-style statistics of Tiny ImageNet).
@@ -232,20 +245,20 @@ class BatchLoader:
         """The global batch through the --randaugment/--trivialaugment/--autoaugment policy,
         normalisation, random erasing and MixUp/CutMix (y becomes soft targets); each draw a
         function of (seed, epoch, step)."""
-        augmentation, streams = self.augmentation, (self.seed, self.epoch, step)
+        augmentation, at = self.augmentation, (self.seed, self.epoch, step)
         if augmentation.shuffles_batches:
             # Read in index order, trained in a random one: mixing partners are random, and the
-            # copies of a repeated image (read side by side) land on different ranks' shares.
-            shuffle = torch.randperm(len(y), generator=host_generator(*streams, 0)).to(x.device, non_blocking=True)
+            # copies of a repeated image (read side by side) spread over the ranks' shares.
+            shuffle = torch.randperm(len(y), generator=host_generator(*at, SHUFFLE)).to(x.device, non_blocking=True)
             x, y = x.index_select(0, shuffle), y.index_select(0, shuffle)
         if augmentation.policy:
-            x = apply_policy(x, augmentation.draw_policy(len(y), host_generator(*streams, 1), x.shape[1]))
+            x = apply_policy(x, augmentation.draw_policy(len(y), host_generator(*at, POLICY), x.shape[1]))
         x = normalize(x)
         if augmentation.erase:
-            x = erase(x, erasing_boxes(len(y), host_generator(*streams, 2), *x.shape[-2:], augmentation.erase))
+            x = erase(x, erasing_boxes(len(y), host_generator(*at, ERASING), *x.shape[-2:], augmentation.erase))
         if augmentation.mixing.enabled:
-            x, y = mix(x, y, self.num_classes, augmentation.mixing, host_generator(*streams, 3),
-                       host_generator(*streams, 4).initial_seed())
+            x, y = mix(x, y, self.num_classes, augmentation.mixing, host_generator(*at, MIXING),
+                       stream_seed(*at, MIXING_TORCHVISION))
         return x, y
 
     def __iter__(self):

@@ -164,8 +164,8 @@ def parse_args(argv):
     parser.set_defaults(**PRESETS[given.get("recipe", "seed")])
     args = parser.parse_args(argv)
     args.given = sorted(given)
-    if isinstance(args.warmup_epochs, str):  # P% of the epochs (a resumed run keeps its own, in epochs)
-        args.warmup_epochs = float(args.warmup_epochs[:-1]) / 100 * args.epochs
+    if not args.resume:  # (on --resume, once the run's own epochs are known)
+        resolve_warmup(args, args.epochs)
     check_augmentation(parser, args, given)
     for flag in ("epochs", "batch_size", "eval_batch_size", "log_every"):
         if getattr(args, flag) < 1:
@@ -173,8 +173,8 @@ def parse_args(argv):
     for flag in ("lr",):
         if not getattr(args, flag) > 0:
             parser.error(f"--{flag.replace('_', '-')} must be positive, got {getattr(args, flag)}")
-    for flag in ("weight_decay", "warmup_epochs", "grad_clip"):
-        if getattr(args, flag) < 0:
+    for flag in ("weight_decay", "grad_clip") + (() if args.resume else ("warmup_epochs",)):
+        if not 0 <= getattr(args, flag) < math.inf:
             parser.error(f"--{flag.replace('_', '-')} must be non-negative, got {getattr(args, flag)}")
     for flag in ("label_smoothing", "ema_decay"):
         if not 0 <= getattr(args, flag) < 1:
@@ -191,11 +191,28 @@ def parse_args(argv):
 
 
 def epochs_or_percent(text):
-    """--warmup-epochs: a number of epochs, or P% of --epochs."""
-    if text.endswith("%"):
-        float(text[:-1])  # ValueError: argparse's one line
-        return text
-    return float(text)
+    """--warmup-epochs: a number of epochs, or P% of --epochs (kept as text until the run's
+    epochs are known: on --resume, the checkpoint's)."""
+    try:
+        value = float(text[:-1] if text.endswith("%") else text)
+    except ValueError:
+        value = math.nan
+    if not 0 <= value < math.inf:
+        raise argparse.ArgumentTypeError(f"takes a number of epochs >= 0 or a percentage of --epochs such as 10%, not {text!r}")
+    return text if text.endswith("%") else value
+
+
+def resolve_warmup(args, epochs):
+    if isinstance(args.warmup_epochs, str):
+        args.warmup_epochs = float(args.warmup_epochs[:-1]) / 100 * epochs
+
+
+def randaugment_setting(text):
+    """--randaugment N,M as (N, M), or ValueError."""
+    num_ops, magnitude = (int(part) for part in text.split(","))
+    if num_ops < 1 or not 0 <= magnitude < MAGNITUDE_BINS:
+        raise ValueError
+    return num_ops, magnitude
 
 
 POLICY_FLAGS = ("randaugment", "trivialaugment", "autoaugment")
@@ -212,17 +229,16 @@ def check_augmentation(parser, args, given):
                 setattr(args, flag, NO_AUGMENTATION[flag])
     if args.randaugment is not None:
         try:
-            num_ops, magnitude = (int(part) for part in args.randaugment.split(","))
+            randaugment_setting(args.randaugment)
         except ValueError:
-            parser.error(f"--randaugment takes N,M (operations per image, magnitude), got {args.randaugment!r}")
-        if num_ops < 1 or not 0 <= magnitude < MAGNITUDE_BINS:
-            parser.error(f"--randaugment N,M needs N >= 1 and M in [0, {MAGNITUDE_BINS - 1}], got {args.randaugment}")
+            parser.error(f"--randaugment takes N,M: N >= 1 operations per image at magnitude M in "
+                         f"[0, {MAGNITUDE_BINS - 1}], got {args.randaugment!r}")
     for flag in ("random_erase", "mix_prob", "mix_switch_prob"):
         if not 0 <= getattr(args, flag) <= 1:
             parser.error(f"--{flag.replace('_', '-')} must be in [0, 1], got {getattr(args, flag)}")
     for flag in ("mixup", "cutmix"):
-        if getattr(args, flag) < 0:
-            parser.error(f"--{flag} must be non-negative (0: off), got {getattr(args, flag)}")
+        if not 0 <= getattr(args, flag) < math.inf:
+            parser.error(f"--{flag} must be a finite number >= 0 (0: off), got {getattr(args, flag)}")
     if args.repeat_aug < 1:
         parser.error(f"--repeat-aug must be at least 1, got {args.repeat_aug}")
 
@@ -232,7 +248,7 @@ def augmentation_of(args):
     policy = next((flag for flag in POLICY_FLAGS if getattr(args, flag)), None)
     return Augmentation(
         policy=policy,
-        randaugment=tuple(int(part) for part in args.randaugment.split(",")) if args.randaugment else (2, 9),
+        randaugment=randaugment_setting(args.randaugment) if args.randaugment else (2, 9),
         erase=args.random_erase, mixing=Mixing(args.mixup, args.cutmix, args.mix_prob, args.mix_switch_prob),
         repeat=args.repeat_aug)
 
@@ -248,7 +264,10 @@ def adopt_saved_settings(args, checkpoint, path):
     """On --resume the run's own settings apply: flags not given take the saved values, and a
     given flag that would change what the run is (model, recipe, seed, batch size) is refused."""
     saved = checkpoint.get("config", {})
-    conflicts = [f"--{key.replace('_', '-')} {getattr(args, key)} (the run has {saved[key]})"
+    given_warmup = args.warmup_epochs
+    resolve_warmup(args, args.epochs if "epochs" in args.given else saved.get("epochs", args.epochs))
+    conflicts = [f"--{key.replace('_', '-')} {given_warmup if key == 'warmup_epochs' else getattr(args, key)} "
+                 f"(the run has {saved[key]})"
                  for key in RUN_DEFINING if key in args.given and key in saved and getattr(args, key) != saved[key]]
     conflicts += model_conflicts(args, checkpoint)
     if conflicts:

@@ -11,7 +11,7 @@ from torchvision.transforms.v2 import InterpolationMode
 
 import augment
 import train
-from augment import OP_INDEX, OPS, Augmentation, Mixing, Round
+from augment import OP_INDEX, OPS, Augmentation, Mixing
 from data import BatchLoader
 
 NEAREST = InterpolationMode.NEAREST
@@ -56,24 +56,40 @@ def torchvision_op(image, name, magnitude):
 
 
 WIDE = augment.magnitude_space("wide", 31, 64)  # the widest magnitudes: TrivialAugmentWide's
+SPACES = {"wide": WIDE, "standard": augment.magnitude_space("standard", 31, 64),
+          "autoaugment": augment.magnitude_space("autoaugment", 10, 64)}
 
 
-def draws(name, n, seed):
-    """A round of `name` for n images over its whole TrivialAugmentWide range, either sign."""
+def draws(name, n, seed, space=WIDE):
+    """A round of `name` for n images over the space's whole range of bins, either sign."""
     g = torch.Generator().manual_seed(seed)
     op = torch.full((n,), OP_INDEX[name])
-    return augment._round(op, torch.randint(31, (n,), generator=g), WIDE, g)
+    return augment._round(op, torch.randint(space.num_bins, (n,), generator=g), space, g)
 
 
+@pytest.mark.parametrize("space", SPACES)
 @pytest.mark.parametrize("name", OPS)
-def test_each_operation_gives_torchvisions_pixels(name):
+def test_each_operation_gives_torchvisions_pixels(name, space):
     x = images()
-    round_ = draws(name, len(x), seed=OP_INDEX[name])
-    if name == "Rotate":  # torchvision's fast paths: bin 20 is 90 degrees (and -90 is 270), bin 0 is 0
-        round_.bin[:4], round_.negative[:4] = torch.tensor([20, 20, 0, 0]), torch.tensor([False, True, False, True])
+    round_ = draws(name, len(x), seed=OP_INDEX[name], space=SPACES[space])
+    if name == "Rotate" and space == "wide":  # torchvision's fast paths: bin 20 is 90 degrees (-90: 270), bin 0 is 0
+        round_.magnitude_bin[:4], round_.negative[:4] = torch.tensor([20, 20, 0, 0]), torch.tensor([False, True, False, True])
     ours = augment.apply_round(x, round_)
     for image, result, m in zip(x, ours, round_.magnitude.tolist()):
         assert torch.equal(result, torchvision_op(image, name, m)), (name, m)
+
+
+def test_the_policies_tables_are_torchvisions():
+    """The magnitude spaces and the ImageNet sub-policies, read off torchvision's own classes."""
+    from torchvision.transforms import v2
+    for ours, theirs in ((SPACES["standard"], v2.RandAugment._AUGMENTATION_SPACE), (WIDE, v2.TrivialAugmentWide._AUGMENTATION_SPACE),
+                         (SPACES["autoaugment"], v2.AutoAugment._AUGMENTATION_SPACE)):
+        assert {OPS[k] for k in ours.ops.tolist()} == set(theirs)
+        for name, (magnitudes, signed) in theirs.items():
+            values = magnitudes(ours.num_bins, 64, 64)
+            expected = torch.zeros(ours.num_bins, dtype=torch.float64) if values is None else values.double()
+            assert torch.equal(ours.table[OP_INDEX[name]], expected) and bool(ours.signed[OP_INDEX[name]]) == signed, name
+    assert list(augment.IMAGENET_POLICY) == v2.AutoAugment()._policies
 
 
 def test_a_round_of_mixed_operations_gives_each_image_its_own():
@@ -86,13 +102,16 @@ def test_a_round_of_mixed_operations_gives_each_image_its_own():
         assert torch.equal(result, torchvision_op(image, OPS[k], m)), (OPS[k], m)
 
 
-def test_a_policy_keeps_the_loaders_layout_and_the_identity_draw_changes_nothing():
-    x = images(8).permute(0, 2, 3, 1).contiguous()  # the loader's (B, H, W, 3)
-    zeros = torch.zeros(8, dtype=torch.long)
-    identity = Round(zeros, zeros, zeros.bool(), WIDE)
-    assert torch.equal(augment.apply_policy(x, [identity, identity]), x)
-    rounds = augment.rand_augment(8, torch.Generator().manual_seed(0), 64)
-    assert augment.apply_policy(x, rounds).shape == x.shape
+def test_a_policys_rounds_run_one_after_the_other_in_the_loaders_layout():
+    x = images(24, seed=2)
+    rounds = augment.rand_augment(24, torch.Generator().manual_seed(0), 64, num_ops=2, magnitude=17)
+    ours = augment.apply_policy(x.permute(0, 2, 3, 1).contiguous(), rounds)  # the loader's (B, H, W, 3)
+    assert ours.shape == (24, 64, 64, 3)
+    for i, (image, result) in enumerate(zip(x, ours.permute(0, 3, 1, 2))):
+        expected = image
+        for round_ in rounds:
+            expected = torchvision_op(expected, OPS[round_.op[i]], round_.magnitude[i].item())
+        assert torch.equal(result, expected)
 
 
 # ---------------------------------------------------------------- the policies' distributions
@@ -124,7 +143,8 @@ def test_randaugment_draws_its_14_operations_uniformly_at_magnitude_m_with_rando
 def test_trivialaugment_draws_one_operation_and_a_uniform_magnitude_bin():
     n = 31_000
     (round_,) = augment.trivial_augment_wide(n, torch.Generator().manual_seed(1), 64)
-    assert frequencies(round_.op, len(OPS))[:14].sub(1 / 14).abs().max() < 0.01
+    seen = frequencies(round_.op, len(OPS))
+    assert seen[OP_INDEX["Invert"]] == 0 and seen[:14].sub(1 / 14).abs().max() < 0.01  # Invert: not in its space
     values, _ = augment._wide_space(31, 64)["Rotate"]
     rotations = round_.magnitude[round_.op == OP_INDEX["Rotate"]].abs()
     bins = torch.bucketize(rotations, values.double(), right=False)
@@ -137,13 +157,15 @@ def test_autoaugment_follows_the_imagenet_policys_table():
     P(its step applies), for each of the two steps."""
     n = 50_000
     rounds = augment.auto_augment(n, torch.Generator().manual_seed(2), 64)
-    for position, round_ in enumerate(rounds):
-        expected = torch.zeros(len(OPS), dtype=torch.float64)
-        for sub_policy in augment.IMAGENET_POLICY:
-            name, probability, _ = sub_policy[position]
-            expected[OP_INDEX[name]] += probability / 25
-            expected[OP_INDEX["Identity"]] += (1 - probability) / 25
-        assert frequencies(round_.op, len(OPS)).sub(expected).abs().max() < 0.01
+    # The two operations of an image come from one sub-policy: their joint frequencies, each
+    # within 5 binomial standard deviations.
+    expected = torch.zeros(len(OPS), len(OPS), dtype=torch.float64)
+    for (first, p, _), (second, q, _) in augment.IMAGENET_POLICY:
+        for a, pa in ((OP_INDEX[first], p), (0, 1 - p)):
+            for b, pb in ((OP_INDEX[second], q), (0, 1 - q)):
+                expected[a, b] += pa * pb / 25
+    seen = frequencies(rounds[0].op * len(OPS) + rounds[1].op, len(OPS) ** 2).view(len(OPS), len(OPS))
+    assert ((seen - expected).abs() <= 5 * (expected * (1 - expected) / n).sqrt() + 1e-9).all()
     # Magnitudes come from the policy's bins of 10: Rotate at bins 3, 8 and 9 of 0..30 degrees.
     rotations = set(rounds[1].magnitude[rounds[1].op == OP_INDEX["Rotate"]].abs().tolist()) | \
         set(rounds[0].magnitude[rounds[0].op == OP_INDEX["Rotate"]].abs().tolist())
@@ -189,6 +211,16 @@ def test_mixed_targets_sum_to_one_and_cutmix_targets_match_the_pasted_area(kind)
     assert torch.equal(again[0], mixed) and torch.equal(again[1], targets)  # a function of the seeds
 
 
+def test_mixing_leaves_the_global_random_state_alone(monkeypatch):
+    """torchvision's MixUp/CutMix draw from the global CPU generator: seeded for the step and
+    restored after, and no GPU generator is touched (dropout on each rank draws from those)."""
+    monkeypatch.setattr(torch.cuda, "manual_seed_all", lambda seed: pytest.fail("reseeded the GPUs"))
+    x = torch.rand(4, 3, 8, 8)
+    before = torch.get_rng_state()
+    augment.mix(x, torch.arange(4), 5, Mixing(cutmix=1.0), torch.Generator(), seed=1)
+    assert torch.equal(torch.get_rng_state(), before)
+
+
 def test_a_batch_left_unmixed_gets_one_hot_targets():
     y = torch.arange(4)
     x, targets = augment.mix(torch.rand(4, 3, 8, 8), y, 5, Mixing(mixup=0.8, prob=0.0), torch.Generator(), seed=0)
@@ -221,6 +253,8 @@ def test_repeated_augmentation_shows_each_image_k_times_in_an_epoch_of_the_same_
     assert set(torch.bincount(order).tolist()) == {0, 3}  # 16 images, 3 times each
     seen = torch.cat([labels for _, labels in loader])  # (labels are the image indices here)
     assert torch.equal(seen.sort().values, order.sort().values)
+    uneven = BatchLoader(x[:47], torch.arange(47), 8, "cpu", train=True, augmentation=Augmentation(repeat=3))
+    assert sorted(torch.bincount(uneven._order()).tolist())[-16:] == [2] + [3] * 15  # 47 = 15 x 3 + 2: the cut
 
 
 def test_every_draw_is_a_function_of_seed_epoch_and_step_and_two_ranks_split_one_batch():
@@ -254,6 +288,8 @@ def test_the_vit_recipe_sets_its_augmentation_and_an_explicit_policy_replaces_it
     assert train.augmentation_of(mine).policy == "randaugment" and train.augmentation_of(mine).randaugment == (1, 5)
     assert train.augmentation_of(mine).repeat == 1
     assert train.augmentation_of(train.parse_args([])) == Augmentation()  # the notebook's: crop and flip only
+    assert train.augmentation_of(train.parse_args(["--recipe", "vit-small-data", "--no-autoaugment"])).policy is None
+    assert train.parse_args(["--warmup-epochs", "25%", "--epochs", "8"]).warmup_epochs == 2.0
 
 
 @pytest.mark.parametrize("flags,message", [
@@ -261,8 +297,10 @@ def test_the_vit_recipe_sets_its_augmentation_and_an_explicit_policy_replaces_it
     (["--randaugment", "2"], "--randaugment takes N,M"),
     (["--randaugment", "2,31"], "M in [0, 30]"),
     (["--random-erase", "1.5"], "--random-erase must be in [0, 1]"),
-    (["--mixup", "-1"], "--mixup must be non-negative"),
+    (["--mixup", "-1"], "--mixup must be a finite number >= 0"),
     (["--repeat-aug", "0"], "--repeat-aug must be at least 1"),
+    (["--mixup", "nan"], "--mixup must be a finite number"),
+    (["--warmup-epochs", "ten%"], "a percentage of --epochs such as 10%"),
 ])
 def test_bad_augmentation_flags_are_one_line_and_exit_2(flags, message, capsys):
     with pytest.raises(SystemExit) as stop:

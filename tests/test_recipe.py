@@ -234,3 +234,22 @@ def test_under_mixup_the_training_accuracy_is_named_for_the_dominant_label(full_
     metrics = curves.read_metrics(str(full_recipe_run))
     assert metrics["dominant_label"] and len(metrics["train_top1"]) == 2
     assert runs.main([str(full_recipe_run)]) == 0 and "finished" in capsys.readouterr().out
+
+
+def test_the_vit_recipe_trains_and_a_resume_keeps_its_warm_up_in_epochs(prepared_once, tmp_path, capsys):
+    """--recipe vit-small-data end to end on a tiny ViT: its augmentation, stochastic depth and a
+    warm-up of 10% of the epochs; extending the run keeps the warm-up it had, and a percentage
+    given on --resume is read against the run's epochs."""
+    run = tmp_path / "r"
+    tiny_vit = ["--model", "vit", "--embed-dim", "16", "--depth", "1", "--num-heads", "2"]
+    assert train.main(["--data-dir", prepared_once, "--run-dir", str(run), *FAST, *tiny_vit, "--recipe", "vit-small-data",
+                       "--epochs", "1"]) == 0
+    config = json.load(open(run / "config.json"))
+    assert (config["warmup_epochs"], config["autoaugment"], config["repeat_aug"]) == (0.1, True, 3)
+    assert config["model_config"]["drop_path"] == 0.1
+    assert train.main(["--resume", str(run / "last.pt"), "--warmup-epochs", "10%", "--device", "cpu"]) == 0
+    assert train.main(["--resume", str(run / "last.pt"), "--epochs", "2", "--device", "cpu"]) == 0
+    assert json.load(open(run / "config.json"))["warmup_epochs"] == 0.1
+    capsys.readouterr()
+    assert train.main(["--resume", str(run / "last.pt"), "--epochs", "3", "--warmup-epochs", "10%", "--device", "cpu"]) == 2
+    assert "--warmup-epochs 10% (the run has 0.1)" in capsys.readouterr().err
