@@ -78,8 +78,8 @@ def notebook_loader_rate(dataset_root, batch_size, workers, batches):
     return batches * batch_size / (time.perf_counter() - start)
 
 
-def our_loader_rate(train_split, batch_size, device, batches):
-    loader = BatchLoader(*train_split, batch_size, device, train=True, seed=0)
+def our_loader_rate(train_split, batch_size, device, batches, augmentation=Augmentation()):
+    loader = BatchLoader(*train_split, batch_size, device, train=True, seed=0, augmentation=augmentation, num_classes=200)
     iterator = endless(loader.iterate)
     for _ in range(3):
         next(iterator)
@@ -138,20 +138,6 @@ def torchvision_augmented_rate(train_split, batch_size, workers, batches, policy
     return batches * batch_size / (time.perf_counter() - start)
 
 
-def our_augmented_rate(train_split, batch_size, device, batches, augmentation):
-    loader = BatchLoader(*train_split, batch_size, device, train=True, seed=0, augmentation=augmentation, num_classes=200)
-    iterator = endless(loader.iterate)
-    for _ in range(3):
-        next(iterator)
-
-    def run():
-        for _ in range(batches):
-            x, _ = next(iterator)
-        return x
-
-    return batches * batch_size / timed(run, device)
-
-
 def augmentation_rows(row, train_split, device, workers, batches, step_rate):
     """Each policy (and the vit-small-data set) through our loader and through torchvision's
     per-image pipeline; the note gives what it adds to a training step of the default model."""
@@ -165,7 +151,7 @@ def augmentation_rows(row, train_split, device, workers, batches, step_rate):
                  dict(policy="autoaugment", erase=0.25, mix=True)))
     for name, augmentation, baseline_settings in sets:
         baseline = torchvision_augmented_rate(train_split, 64, workers, batches, **baseline_settings)
-        ours = our_augmented_rate(train_split, 64, device, batches, augmentation)
+        ours = our_loader_rate(train_split, 64, device, batches, augmentation)
         share = (1 / ours - 1 / plain) * step_rate  # extra seconds per image, in steps' seconds per image
         row(f"augmented loading, batch 64, {name}", baseline, ours, "img/s",
             f"torchvision per image, {workers} workers; adds {share:.1%} to a default train step")
