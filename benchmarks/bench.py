@@ -124,8 +124,7 @@ def torchvision_augmented_rate(train_split, batch_size, workers, batches, policy
     v2 = torchvision.transforms.v2
     dataset = PerImageDataset(train_split[0].numpy() if torch.is_tensor(train_split[0]) else train_split[0],
                               train_split[1], policy, erase)
-    loader = torch.utils.data.DataLoader(dataset, batch_size, shuffle=True, num_workers=workers, drop_last=True,
-                                         persistent_workers=workers > 0)
+    loader = torch.utils.data.DataLoader(dataset, batch_size, shuffle=True, num_workers=workers, drop_last=True)
     mixing = v2.RandomChoice([v2.MixUp(alpha=0.8, num_classes=200), v2.CutMix(alpha=1.0, num_classes=200)])
     iterator = endless(lambda: iter(loader))
     for _ in range(3):
@@ -135,7 +134,9 @@ def torchvision_augmented_rate(train_split, batch_size, workers, batches, policy
         x, y = next(iterator)
         if mix:
             mixing(x, y)
-    return batches * batch_size / (time.perf_counter() - start)
+    rate = batches * batch_size / (time.perf_counter() - start)
+    iterator.close()  # the workers stop here, not during the next measurement
+    return rate
 
 
 def augmentation_rows(row, train_split, device, workers, batches, step_rate):
@@ -150,8 +151,8 @@ def augmentation_rows(row, train_split, device, workers, batches, step_rate):
                  Augmentation(policy="autoaugment", erase=0.25, mixing=Mixing(0.8, 1.0, 1.0, 0.5)),
                  dict(policy="autoaugment", erase=0.25, mix=True)))
     for name, augmentation, baseline_settings in sets:
+        ours = our_loader_rate(train_split, 64, device, batches, augmentation)  # first: no worker processes about
         baseline = torchvision_augmented_rate(train_split, 64, workers, batches, **baseline_settings)
-        ours = our_loader_rate(train_split, 64, device, batches, augmentation)
         share = (1 / ours - 1 / plain) * step_rate  # extra seconds per image, in steps' seconds per image
         row(f"augmented loading, batch 64, {name}", baseline, ours, "img/s",
             f"torchvision per image, {workers} workers; adds {share:.1%} to a default train step")

@@ -253,3 +253,16 @@ def test_the_vit_recipe_trains_and_a_resume_keeps_its_warm_up_in_epochs(prepared
     capsys.readouterr()
     assert train.main(["--resume", str(run / "last.pt"), "--epochs", "3", "--warmup-epochs", "10%", "--device", "cpu"]) == 2
     assert "--warmup-epochs 10% (the run has 0.1)" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("policy", [["--trivialaugment"], ["--autoaugment"]])
+def test_resume_is_exact_with_the_other_policies_and_every_augmentation_on(policy, prepared_once, tmp_path, monkeypatch, capsys):
+    """As the full-recipe resume test (RandAugment), with TrivialAugmentWide and AutoAugment."""
+    flags = [*FAST, "--epochs", "2", *policy, "--random-erase", "0.5", "--mixup", "0.8", "--cutmix", "1.0",
+             "--repeat-aug", "2", "--label-smoothing", "0.1"]
+    assert train.main(["--data-dir", prepared_once, "--run-dir", str(tmp_path / "straight"), *flags]) == 0
+    with monkeypatch.context() as patch:
+        signal_during_training(patch, epoch=1, step=2)
+        assert train.main(["--data-dir", prepared_once, "--run-dir", str(tmp_path / "r"), *flags]) == 130
+    assert train.main(["--resume", str(tmp_path / "r" / "last.pt"), "--device", "cpu"]) == 0
+    assert_same_training_state(load(tmp_path / "straight" / "last.pt"), load(tmp_path / "r" / "last.pt"))
