@@ -328,7 +328,7 @@ def main(argv=None):
     default = (default_amp(device), device.type == "cuda")  # what train.py does without flags here
     if args.augmentation_only:
         step_rate = our_step_rate(64, num_classes, device, args.steps, *default)
-        augmentation_rows(row, train_split, device, args.workers, batches, step_rate)
+        augmentation_rows(row, train_split, device, args.workers, 2 * args.steps, step_rate)
         print_table(rows, results, None, None)
         if args.json:
             write_json(args.json, results, default=str)
@@ -362,7 +362,7 @@ def main(argv=None):
         row(f"end to end, batch 64, {name}", baseline, rate, "img/s")
 
     default_name = next(name for name, amp, compile_model in modes if (amp, compile_model) == default)
-    augmentation_rows(row, train_split, device, args.workers, batches, step_rates[(default_name, 64)])
+    augmentation_rows(row, train_split, device, args.workers, 2 * args.steps, step_rates[(default_name, 64)])
 
     args.zip = args.zip or next((z for z in default_zips(args.data_dir) if os.path.isfile(z)), None)
     if not args.zip:
