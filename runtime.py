@@ -47,7 +47,7 @@ def synchronize(device):
 
 def default_amp(device):
     """Mixed precision by default where the hardware does bf16 natively: CUDA, and CPUs with
-    AMX or AVX512-BF16 (there bf16 autocast trains ~1.5x faster and its loss curve matches
+    AMX or AVX512-BF16 (there bf16 autocast trains ~1.6x faster and its loss curve matches
     fp32 within seed noise; see the README). Elsewhere bf16 is emulated and slower: fp32."""
     if device.type == "cuda":
         return True

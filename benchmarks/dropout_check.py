@@ -1,5 +1,6 @@
 """Train with the fast CPU dropout mask (model.dropout_mask) or with stock F.dropout, all else
-equal, to check that the mask does not change training (fp32, prepared data in --data-dir).
+equal, to check that the mask does not change training (fp32; the last argument is a
+prepared data dir).
 
     python benchmarks/dropout_check.py fast 0 /tmp/d1
     python benchmarks/dropout_check.py reference 0 /tmp/d1

@@ -7,12 +7,12 @@ the study's table (compare.py) over them.
     python benchmarks/study.py --models cvt-simplified cnn --print --nproc-per-node 4   # the torchrun commands
 
 An entry of --models is a model name (`python model.py --list`) or LABEL=FLAGS (train.py flags:
---model and its settings); an entry of --recipes is a preset (seed, study, improved) or
-LABEL=FLAGS. Any other flag goes to every train.py run (an entry's own flags win over it). Each
-run trains into OUT/<model>-<recipe>-s<seed>, one after the other, with one line of progress
-each. Run it again to continue a grid: finished runs are skipped, interrupted ones resumed from
-their last.pt (finished ones extended when --epochs grew); a run that fails is reported and the
-others go on.
+--model and its settings); an entry of --recipes is a preset (seed, study, improved,
+vit-small-data) or LABEL=FLAGS. Any other flag goes to every train.py run (an entry's own
+flags win over it). Each run trains into OUT/<model>-<recipe>-s<seed>, one after the other,
+with one line of progress each. Run it again to continue a grid: finished runs are skipped,
+interrupted ones resumed from their last.pt (finished ones extended when --epochs grew); a run
+that fails is reported and the others go on.
 """
 import os
 import sys
@@ -37,6 +37,7 @@ import train  # noqa: E402
 from cli import ArgumentParser, command_text, duration  # noqa: E402
 from checkpoint import load_checkpoint  # noqa: E402
 from layout import DataError, data_identity, read_json, read_meta  # noqa: E402
+from recipe import PRESETS  # noqa: E402
 from model import DEFAULT_MODEL, MODELS, format_setting, given_settings, make_config  # noqa: E402
 from runs import run_state  # noqa: E402
 
@@ -250,7 +251,7 @@ def parse_args(argv):
     parser.add_argument("--models", nargs="+", default=[DEFAULT_MODEL], metavar="MODEL",
                         help="model names, or LABEL=FLAGS for a model with settings")
     parser.add_argument("--recipes", "--recipe", nargs="+", default=["seed"], metavar="RECIPE",
-                        help="presets (seed, study, improved), or LABEL=FLAGS")
+                        help=f"presets ({', '.join(PRESETS)}), or LABEL=FLAGS")
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2], help="one run per seed")
     parser.add_argument("--epochs", type=int, default=10, help="epochs per run")
     parser.add_argument("--data-dir", default="data", help="prepared by prepare_data.py")
