@@ -18,6 +18,7 @@ import warnings
 import torch
 import torch.nn.functional as F
 import torchvision
+from torchvision.transforms import v2
 from tqdm import tqdm
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -95,9 +96,9 @@ def our_loader_rate(train_split, batch_size, device, batches, augmentation=Augme
 # ---------------------------------------------------------------- augmentation
 
 
-TORCHVISION_POLICIES = {"randaugment": lambda: torchvision.transforms.v2.RandAugment(2, 9),
-                        "trivialaugment": torchvision.transforms.v2.TrivialAugmentWide,
-                        "autoaugment": torchvision.transforms.v2.AutoAugment}
+TORCHVISION_POLICIES = {"randaugment": lambda: v2.RandAugment(2, 9),
+                        "trivialaugment": v2.TrivialAugmentWide,
+                        "autoaugment": v2.AutoAugment}
 
 
 class PerImageDataset(torch.utils.data.Dataset):
@@ -105,7 +106,6 @@ class PerImageDataset(torch.utils.data.Dataset):
     as a DataLoader pipeline would be written: crop, flip, the policy, float, normalise, erase."""
 
     def __init__(self, images, labels, policy, erase):
-        v2 = torchvision.transforms.v2
         steps = [v2.RandomCrop(64, padding=4), v2.RandomHorizontalFlip(), *([TORCHVISION_POLICIES[policy]()] if policy else []),
                  v2.ToDtype(torch.float32, scale=True), v2.Normalize(MEAN, STD)]
         self.transform = v2.Compose(steps + ([v2.RandomErasing(erase)] if erase else []))
@@ -121,7 +121,6 @@ class PerImageDataset(torch.utils.data.Dataset):
 def torchvision_augmented_rate(train_split, batch_size, workers, batches, policy, erase=0.0, mix=False):
     """Images/s of torchvision's per-image pipeline in a DataLoader with `workers` processes
     (MixUp/CutMix, when on, on each collated batch in the main process, as torchvision documents)."""
-    v2 = torchvision.transforms.v2
     dataset = PerImageDataset(train_split[0].numpy() if torch.is_tensor(train_split[0]) else train_split[0],
                               train_split[1], policy, erase)
     loader = torch.utils.data.DataLoader(dataset, batch_size, shuffle=True, num_workers=workers, drop_last=True)
