@@ -330,8 +330,8 @@ def _inverse_matrices(op, magnitude, size):
     return torch.stack([m0, m1, m2, m3, m4, m5], dim=1).view(-1, 2, 3)
 
 
-def equalize(image):
-    """torchvision's own batched histogram equalisation."""
+def equalize(image, magnitude):
+    """torchvision's own batched histogram equalisation (it has no magnitude)."""
     from torchvision.transforms.v2.functional import equalize as torchvision_equalize
 
     return torchvision_equalize(image)
@@ -339,8 +339,7 @@ def equalize(image):
 
 COLOUR_OPS = {"Brightness": brightness, "Color": color, "Contrast": contrast, "Sharpness": sharpness,
               "Posterize": posterize, "Solarize": solarize, "AutoContrast": autocontrast,
-              "Equalize": lambda image, magnitude: equalize(image), "Invert": invert}
-
+              "Equalize": equalize, "Invert": invert}
 
 
 def apply_round(images, round_):
