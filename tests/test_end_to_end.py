@@ -62,3 +62,15 @@ def test_synthetic_smoke_line_runs_offline_and_learns(tmp_path):
     assert "SYNTHETIC" in result.stderr
     test = json.load(open(os.path.join(run_dir, "test_metrics.json")))["final"]
     assert test["top1"] > 0.5 and test["loss"] < math.log(10)  # 10 classes: chance is 10%
+
+
+def test_ci_runs_the_readmes_test_command_in_a_fresh_virtual_environment():
+    """CI does what a new user does: a new venv, then the README's test command in it (a machine's
+    preinstalled pytest once hid a suite that failed in every fresh environment)."""
+    readme = open(os.path.join(ROOT, "README.md"), encoding="utf-8").read()
+    test_command = readme.split("**Test it**", 1)[1].split("```bash\n", 1)[1].split("\n", 1)[0]
+    ci = open(os.path.join(ROOT, ".ci", "run"), encoding="utf-8").read().splitlines()
+    steps = [line for line in ci if line.strip() and not line.lstrip().startswith("#")]
+    venv = next(i for i, line in enumerate(steps) if "-m venv" in line)
+    activate = next(i for i, line in enumerate(steps) if "bin/activate" in line)
+    assert venv < activate < steps.index(test_command)

@@ -164,7 +164,7 @@ def compiled_epoch(model, train_loader, val_loader, updater, device, epoch):
 @pytest.mark.slow
 @pytest.mark.parametrize("device", COMPILE_DEVICES)
 @pytest.mark.parametrize("name", MODELS)
-def test_each_model_compiles_whole_and_later_epochs_neither_recompile_nor_sync_per_step(name, device, monkeypatch):
+def test_each_model_compiles_whole_and_later_epochs_neither_recompile_nor_sync_per_step(name, device):
     """torch.compile(fullgraph=True): the train and eval steps are one graph each (no graph
     break), built in the first epoch, the short last eval batch padded as train.py pads it;
     later epochs compile nothing (error_on_recompile), and on CUDA make the same few syncs (the
@@ -187,10 +187,10 @@ def test_each_model_compiles_whole_and_later_epochs_neither_recompile_nor_sync_p
     torch._dynamo.utils.counters.clear()
     epoch(0, 8, 10)
     assert torch._dynamo.utils.counters["stats"]["unique_graphs"] == 2  # train and eval; the short batch is padded
-    monkeypatch.setattr(torch._dynamo.config, "error_on_recompile", True)
-    syncs = epoch(1, 8, 10)
-    if device.type == "cuda":  # 2 vs 4 train steps, 3 vs 5 eval batches: nothing syncs per step
-        assert epoch(2, 16, 18) == syncs
+    with torch._dynamo.config.patch(error_on_recompile=True):  # torch's own way: pytest's undo breaks its config
+        syncs = epoch(1, 8, 10)
+        if device.type == "cuda":  # 2 vs 4 train steps, 3 vs 5 eval batches: nothing syncs per step
+            assert epoch(2, 16, 18) == syncs
 
 
 # ---------------------------------------------------------------- settings
