@@ -58,8 +58,9 @@ def evaluate(model, loader, device, dtype=None, pad_to=None, dist=None, num_clas
     holds a shard of the split and the sums are added over ranks: the result is the single
     process's, with every image counted once."""
     model.eval()
-    sums = torch.zeros(4, device=device, dtype=torch.float64)  # loss, top-1 hits, top-5 hits, images
-    confusion = torch.zeros((num_classes or 0) ** 2, device=device, dtype=torch.float64)
+    # float32, not float64: Apple's MPS has none; counts stay exact up to 2**24 images
+    sums = torch.zeros(4, device=device)  # loss, top-1 hits, top-5 hits, images
+    confusion = torch.zeros((num_classes or 0) ** 2, device=device)
     for x, y in loader:
         n = len(y)
         if pad_to and n < pad_to:

@@ -279,7 +279,7 @@ def box_score(model, x, y, boxes, device, methods, layers, batch_size, target):
                 for name, maps in by_name.items():
                     maps = maps.float().mean(dim=1) if maps.dim() == 4 else maps.float()  # heads averaged
                     share, uniform, usable = box_shares(maps, boxes[start : start + batch_size].to(device))
-                    total = sums.setdefault((method, name), torch.zeros(4, device=device, dtype=torch.float64))
+                    total = sums.setdefault((method, name), torch.zeros(4, device=device))  # float32: MPS has no float64
                     total += torch.stack([(share * usable).sum(), (uniform * usable).sum(), usable.sum(), (~usable).sum()])
             bar.update(len(labels))
     rows = []

@@ -103,8 +103,9 @@ def sweep(model, x, y, device, dtype, shifts, fills, batch_size, k=4, seed=0, ba
     and are read once at the end."""
     model.eval()
     moves = [move for move in shift_list(shifts) if move != (0, 0)]
-    sums = torch.zeros(len(fills), len(moves) + 1, 3, device=device, dtype=torch.float64)  # hits, agreements, KL
-    consistent = torch.zeros(len(fills), device=device, dtype=torch.float64)
+    # float32, not float64: Apple's MPS has none; counts stay exact up to 2**24 images
+    sums = torch.zeros(len(fills), len(moves) + 1, 3, device=device)  # hits, agreements, KL
+    consistent = torch.zeros(len(fills), device=device)
     offsets = crop_offsets(len(y), k, seed).to(device)
     x, y = x.to(device), y.to(device)  # once: the split on the device, as evaluate.py's loader has it on CUDA
 

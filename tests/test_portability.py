@@ -14,11 +14,18 @@ import pytest
 import torch
 
 import cli
+import data
+import evaluate
+import explain
 import model
 import prepare_data
+import robustness
 import runtime
 import train
 from conftest import ROOT
+from test_zoo import tiny
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_leaves
 from layout import PACKED_ARRAYS, VAL_BOXES_FILE, DataError, packed_dir
 
 SCRIPTS = sorted(os.path.basename(path)[:-3] for path in glob.glob(os.path.join(ROOT, "*.py")))
@@ -80,3 +87,40 @@ def test_dropout_off_the_cpu_is_torchs_own(monkeypatch):
     monkeypatch.setattr(model, "dropout_mask", None)  # calling it would fail
     x = torch.ones(4, 8, device="meta")
     assert model.dropout(x, 0.5, True).device.type == "meta"
+
+
+class RefuseFloat64On(TorchDispatchMode):
+    """Fails the first operation that makes a float64 tensor on the device: Apple's MPS has no
+    float64, so such a tensor is a crash there."""
+
+    def __init__(self, device):
+        super().__init__()
+        self.device = torch.device(device)
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        for t in tree_leaves(out):
+            if isinstance(t, torch.Tensor) and t.dtype == torch.float64 and t.device.type == self.device.type:
+                raise AssertionError(f"{func} made a float64 tensor on {t.device} (MPS has none)")
+        return out
+
+
+DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_evaluation_robustness_and_box_scores_make_no_float64_on_the_device(device):
+    """What runs at every validation (evaluate), robustness.py's sweep and explain.py's box score
+    stay in float32 on the compute device (tested here as if that device were MPS)."""
+    torch.manual_seed(0)
+    device = torch.device(device)
+    model = tiny("cvt-simplified", 5).to(device)
+    x, y = torch.randint(0, 256, (6, 64, 64, 3), dtype=torch.uint8), torch.randint(0, 5, (6,))
+    loader = [(images.to(device), labels.to(device))
+              for images, labels in ((data.normalize(x[:4]), y[:4]), (data.normalize(x[4:]), y[4:]))]
+    boxes = torch.tensor([[0, 0, 31, 63]]).repeat(6, 1)
+    with RefuseFloat64On(device):
+        metrics = evaluate.evaluate(model, loader, device, num_classes=5)
+        robustness.sweep(model, x, y, device, None, [1], ["zero"], 4)
+        explain.box_score(model, x, y, boxes, device, ["gradcam", "attention"], ["embedding.proj"], 4, "true")
+    assert metrics["images"] == 6 and int(metrics["confusion"].sum()) == 6
