@@ -11,6 +11,7 @@ from PIL import Image
 import evaluate
 import robustness
 import train
+from data import BatchLoader
 from model import MODELS
 from robustness import FILLS, crop_offsets, shift_list, sweep, translate
 from test_zoo import tiny
@@ -127,11 +128,33 @@ def test_consistency_compares_the_two_seeded_crops_of_each_image():
 
 @pytest.mark.parametrize("name", MODELS)
 def test_every_model_of_the_registry_sweeps(name):
+    """Every model's sweep has a row per fill and shift; unshifted, evaluate.py's top-1 with full
+    agreement and no divergence; shifted, the top-1, agreement and KL(unshifted || shifted) of
+    the model's own outputs on the moved images (computed here in the sweep's batches of 3)."""
     torch.manual_seed(0)
-    x, y = torch.randint(0, 256, (6, 64, 64, 3), dtype=torch.uint8), torch.randint(0, 5, (6,))
-    results, consistency = sweep(tiny(name), x, y, torch.device("cpu"), None, [2], FILLS, 4)
-    assert len(results) == 3 * 7 and set(consistency) == set(FILLS)
-    assert all(0 <= f["top1"] <= 1 and 0 <= f["agreement"] <= 1 and f["kl"] >= -1e-6 for f in results.values())
+    model, cpu = tiny(name).eval(), torch.device("cpu")
+    x = torch.randint(0, 256, (4, 64, 64, 3), dtype=torch.uint8)
+
+    def log_p(images):
+        with torch.no_grad():
+            return torch.cat([model(robustness.normalize(images[i : i + 3])).log_softmax(1) for i in (0, 3)])
+
+    unshifted = log_p(x)
+    y = torch.where(torch.arange(4) == 0, unshifted.argmax(1), (unshifted.argmax(1) + 1) % 5)  # 1 of 4 right: top-1 1/4
+    results, consistency = sweep(model, x, y, cpu, None, [2], FILLS, 3)
+    assert list(results) == [(fill, dx, dy) for fill in FILLS for dx, dy in shift_list([2])]
+    evaluated = evaluate.evaluate(model, BatchLoader(x, y, 3, cpu), cpu)["top1"]
+    assert evaluated == 0.25
+    for fill in FILLS:
+        assert results[fill, 0, 0] == {"top1": evaluated, "agreement": 1.0, "kl": 0.0}, fill
+        for dx, dy in ((2, 0), (-2, -2)):  # one horizontal and one diagonal shift per fill: quick enough
+            moved = log_p(translate(x, dx, dy, fill))
+            kl = F.kl_div(moved, unshifted, log_target=True, reduction="batchmean").item()
+            assert results[fill, dx, dy] == pytest.approx({"top1": (moved.argmax(1) == y).float().mean().item(),
+                                                          "agreement": (moved.argmax(1) == unshifted.argmax(1)).float().mean().item(),
+                                                          "kl": kl}, rel=1e-4, abs=1e-9), (fill, dx, dy)
+            assert kl > 0, (fill, dx, dy)  # the moved image gives other outputs
+    assert list(consistency) == list(FILLS) and all(0 <= value <= 1 for value in consistency.values())
 
 
 @pytest.fixture(scope="module")

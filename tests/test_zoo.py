@@ -7,6 +7,7 @@ import warnings
 import pytest
 import torch
 import torch.nn.functional as F
+import torchvision
 from torchvision.ops import StochasticDepth
 from tqdm import tqdm
 
@@ -14,6 +15,7 @@ import evaluate
 import model as model_module
 import runs
 import train
+from benchmarks.notebook import CvTSimplifiedEmbedding as NotebookModel
 from checkpoint import model_from_checkpoint
 from conftest import ROOT, assert_same_training_state, signal_during_training
 from data import BatchLoader, load_packed, make_splits, normalize
@@ -51,14 +53,56 @@ def unregularised(name):
     return {key: 0.0 for key in ("dropout", "drop_path") if key in model_module.settings_of(name)}
 
 
+def study_models():
+    """{name: what was measured from the study's own code}, from ../shared/reference."""
+    if not os.path.exists(STUDY_JSON):
+        pytest.skip("../shared/reference/study_models.json is absent")
+    return json.load(open(STUDY_JSON))
+
+
 def test_the_registry_has_every_model_of_the_study_and_both_baselines():
-    assert set(MODELS) == set(TINY) == set(PARAMETERS)
+    """The study's models (as its code names them), the seed notebook's, and the two baselines."""
+    study = study_models()
+    assert set(MODELS) == {*study, "cvt-simplified", "vit", "resnet18"}
+    assert {name: entry["study_class"] for name, entry in study.items()} == {name: cls.__name__ for name, cls in STUDY_CLASSES.items()}
+
+
+def test_these_tests_cover_every_model_of_the_registry():
+    assert set(TINY) == set(PARAMETERS) == set(MODELS)
+
+
+def vit_parameters(classes=200, patch=8, dim=192, depth=9, mlp=384, image=64):
+    """The ViT of Lee et al. (2021) counted by hand from its layout: a patch-embedding conv, a
+    class token, position embeddings, pre-norm blocks (the study's block: q, k, v without bias),
+    a final LayerNorm and a linear head."""
+    block = 2 * 2 * dim + 3 * dim * dim + (dim * dim + dim) + (dim * mlp + mlp) + (mlp * dim + dim)
+    tokens = (image // patch) ** 2 + 1
+    return (3 * patch * patch * dim + dim) + dim + tokens * dim + depth * block + 2 * dim + (dim * classes + classes)
+
+
+def resnet18_parameters(classes=200):
+    """torchvision's ResNet-18 with its 7x7 stem conv replaced by a 3x3 one (no bias either way)."""
+    with torch.device("meta"):
+        return count_parameters(torchvision.models.resnet18(num_classes=classes)) - 7 * 7 * 3 * 64 + 3 * 3 * 3 * 64
+
+
+def parameters_elsewhere(name):
+    """The parameter count at the default size (200 classes) from a source other than model.py:
+    what was measured from the study's code, the notebook's own class, torchvision, the ViT's layout."""
+    if name in STUDY_CLASSES:
+        return study_models()[name]["parameters"]
+    if name == "cvt-simplified":
+        with torch.device("meta"):
+            return count_parameters(NotebookModel(num_classes=200))
+    return {"vit": vit_parameters, "resnet18": resnet18_parameters}[name]()
 
 
 @pytest.mark.parametrize("name", MODELS)
 def test_parameter_count_at_the_default_size(name):
+    expected = parameters_elsewhere(name)
     with torch.device("meta"):
-        assert count_parameters(build_model(name, 200)) == PARAMETERS[name]
+        assert count_parameters(build_model(name, 200)) == expected
+    assert PARAMETERS[name] == expected  # (the table that the --list test reads)
 
 
 @needs_study_json
