@@ -138,6 +138,27 @@ def normalize(x_uint8):
     return x.view(batch, height, width, channels).permute(0, 3, 1, 2)
 
 
+def batch_buffer(batch, channels, height, width, like):
+    """An uninitialised (B, C, H, W) batch laid out as normalize lays one out: a channels-last view
+    of a flat buffer."""
+    return like.new_empty(batch * height, width * channels).view(batch, height, width, channels).permute(0, 3, 1, 2)
+
+
+def is_laid_out_as_normalize(x):
+    return x.dim() == 4 and x._base is not None and x.is_contiguous(memory_format=torch.channels_last)
+
+
+def laid_out_as_normalize(x):
+    """x, or a copy of it in normalize's layout: every batch a step sees has the same strides and
+    is a view, as torch.compile guards on both (another layout, or a fresh tensor where a view was
+    seen, is another graph: a recompile on CUDA)."""
+    if is_laid_out_as_normalize(x):
+        return x
+    out = batch_buffer(*x.shape, like=x)
+    out.copy_(x)
+    return out
+
+
 def random_crop_flip(x_uint8, generator, padding=CROP_PADDING):
     """The notebook's RandomHorizontalFlip + RandomCrop(64, padding=4) on a whole (B, H, W, C)
     uint8 batch: zero padding in pixel space (black borders, as PIL pads), then a crop at a
@@ -187,6 +208,7 @@ class BatchLoader:
             raise DataError("the split is empty: is the prepared data complete?")
         if train and batch_size % world_size:
             raise DataError(f"--batch-size {batch_size} (the global batch) is not divisible by the {world_size} processes")
+        self.num_classes = num_classes or int(labels.max()) + 1  # (of the whole split: a rank's shard may be empty)
         if not train and world_size > 1:
             shard = torch.tensor_split(torch.arange(len(labels)), world_size)[rank]
             images, labels = images[shard], labels[shard]
@@ -200,7 +222,6 @@ class BatchLoader:
         self.seed = seed
         self.epoch = 0
         self.augmentation = augmentation
-        self.num_classes = num_classes or int(labels.max()) + 1
 
     def __len__(self):
         if self.train:
@@ -259,7 +280,7 @@ class BatchLoader:
         if augmentation.mixing.enabled:
             x, y = mix(x, y, self.num_classes, augmentation.mixing, host_generator(*at, MIXING),
                        stream_seed(*at, MIXING_TORCHVISION))
-        return x, y
+        return laid_out_as_normalize(x), y  # erased and mixed batches are new tensors, NCHW or not
 
     def __iter__(self):
         return self.iterate()

@@ -31,7 +31,7 @@ import torch.nn.functional as F
 
 from checkpoint import check_classes, load_checkpoint, model_from_checkpoint
 from cli import ArgumentParser, exit_code_of
-from data import BatchLoader, load_packed, make_splits
+from data import BatchLoader, batch_buffer, is_laid_out_as_normalize, load_packed, make_splits
 from layout import DataError, check_output_path, write_json
 from model import MODELS, add_setting_flags, count_parameters, given_settings
 from predict import TOP_K, class_names_for, load_any_image, own_image_files, test_image_files, write_predictions
@@ -42,11 +42,11 @@ def pad_batch(x, size):
     """x with zero images appended up to `size`, made as normalize makes a batch when x is one
     of normalize's (a channels-last view of a flat buffer): torch.compile guards on the layout
     and, on torch 2.11 with CUDA, on an input being a view, so anything else is another graph."""
-    if not (x.dim() == 4 and x._base is not None and x.is_contiguous(memory_format=torch.channels_last)):
+    if not is_laid_out_as_normalize(x):
         return torch.cat([x, x.new_zeros((size - len(x), *x.shape[1:]))])
-    batch, channels, height, width = x.shape
-    padded = x.new_zeros(size * height, width * channels).view(size, height, width, channels).permute(0, 3, 1, 2)
-    padded[:batch] = x
+    padded = batch_buffer(size, *x.shape[1:], like=x)
+    padded[: len(x)] = x
+    padded[len(x) :] = 0
     return padded
 
 

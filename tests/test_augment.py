@@ -275,6 +275,22 @@ def test_every_draw_is_a_function_of_seed_epoch_and_step_and_two_ranks_split_one
     assert not torch.equal(next(iter(whole))[0], batches[0][0])
 
 
+@pytest.mark.parametrize("augmentation", [Augmentation(erase=1.0), Augmentation(mixing=Mixing(0.8, 1.0, 0.5, 0.5)),
+                                          Augmentation(erase=0.5, mixing=Mixing(0.8, 0.0, 0.5))])
+def test_every_training_batch_has_the_evaluation_batches_layout_mixed_erased_or_not(augmentation):
+    """torch.compile guards on an input's strides and on its being a view: every batch a step
+    sees, erased or not, mixed or not, is laid out as normalize lays out an evaluation batch."""
+    x, y = split()
+    eval_x, _ = next(iter(BatchLoader(x, y, 8, "cpu")))
+    loader = BatchLoader(x, y, 8, "cpu", train=True, seed=1, augmentation=augmentation, num_classes=12)
+    batches = [batch for epoch in range(2) for batch in (loader.set_epoch(epoch), list(loader))[1]]
+    layouts = {(xb.stride(), xb._base is not None, yb.stride(), yb.dtype) for xb, yb in batches}
+    targets = ((12, 1), torch.float32) if augmentation.mixing.enabled else ((1,), torch.int64)
+    assert layouts == {(eval_x.stride(), True, *targets)}
+    if augmentation.mixing.enabled:  # both kinds were seen: one-hot targets (unmixed) and soft ones
+        assert {bool((yb.max(dim=1).values == 1).all()) for _, yb in batches} == {True, False}
+
+
 # ---------------------------------------------------------------- train.py's flags
 
 def test_the_vit_recipe_sets_its_augmentation_and_an_explicit_policy_replaces_its_autoaugment():

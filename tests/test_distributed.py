@@ -74,6 +74,17 @@ def test_distributed_evaluation_equals_single_process_on_odd_splits(odd_data, tm
     assert reported["images"] == 29 and 0 < reported["top1"] < 1  # not a trivially perfect model
 
 
+def test_more_ranks_than_evaluation_images_leave_a_rank_an_empty_shard_and_still_count_every_image(tmp_path):
+    """5 val images: a val split of 1 image, so rank 1's shard of it is empty."""
+    data_dir = str(tmp_path / "data")
+    assert prepare_data.main(["--synthetic", "--data-dir", data_dir, "--classes", "5", "--train-per-class", "8",
+                              "--val-per-class", "1"]) == 0
+    run_dir = tmp_path / "r"
+    torchrun("--data-dir", data_dir, "--run-dir", str(run_dir), "--epochs", "1", *COMMON)
+    assert load(run_dir / "last.pt")["progress"]["history"][-1]["val_top1"] in (0.0, 1.0)  # one image
+    assert json.load(open(run_dir / "test_metrics.json"))["final"]["images"] == 4
+
+
 def test_two_ranks_with_half_batches_equal_one_process_with_the_whole_batch(odd_data, tmp_path):
     """Dropout off. Augmentation stays on: every rank augments the same global batch."""
     args = ["--data-dir", odd_data, "--epochs", "1", "--dropout", "0", *COMMON]
