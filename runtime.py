@@ -30,6 +30,10 @@ def resolve_device(name):
                         "Mac with macOS 12.3 or later; use --device cpu)")
     if device.type not in ("cpu", "cuda", "mps"):
         raise DataError(f"--device {name}: only cpu, cuda and mps are supported")
+    count = torch.cuda.device_count() if device.type == "cuda" else 1  # (one mps device; cpu:N is the same CPU)
+    if device.type != "cpu" and device.index is not None and device.index >= count:
+        raise DataError(f"--device {name}: this machine has {count} {device.type} device{'s' if count != 1 else ''} "
+                        f"({', '.join(f'{device.type}:{i}' for i in range(count))})")
     return device
 
 

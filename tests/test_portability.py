@@ -124,3 +124,17 @@ def test_evaluation_robustness_and_box_scores_make_no_float64_on_the_device(devi
         robustness.sweep(model, x, y, device, None, [1], ["zero"], 4)
         explain.box_score(model, x, y, boxes, device, ["gradcam", "attention"], ["embedding.proj"], 4, "true")
     assert metrics["images"] == 6 and int(metrics["confusion"].sum()) == 6
+
+
+def test_a_device_index_that_does_not_exist_is_one_line(monkeypatch, capsys):
+    """On a machine with CUDA, the index after its last GPU; elsewhere a one-GPU machine as torch
+    reports it (is_available, device_count). Every script resolves --device here."""
+    if not torch.cuda.is_available():
+        monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+        monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    missing = f"cuda:{torch.cuda.device_count()}"
+    with pytest.raises(DataError, match=rf"--device {missing}: this machine has {torch.cuda.device_count()} cuda device"):
+        runtime.resolve_device(missing)
+    assert train.main(["--device", missing, "--data-dir", "nowhere"]) == 2
+    assert capsys.readouterr().err.count("\n") == 1
+    assert runtime.resolve_device("cuda:0") == torch.device("cuda", 0)
