@@ -26,6 +26,7 @@ if __name__ == "__main__":  # before the imports below, which take a moment
     exit_quietly_on_ctrl_c()
 
 import argparse
+import os
 
 import torch
 import torch.nn.functional as F
@@ -33,7 +34,7 @@ import torch.nn.functional as F
 from checkpoint import load_checkpoint, model_from_checkpoint
 from cli import ArgumentParser, exit_code_of, progress_bar, short_label
 from curves import plot_or_note, pyplot, save_figure
-from data import IMAGE_SIZE, make_splits, normalize
+from data import IMAGE_SIZE, load_packed, make_splits, normalize
 from model import MODELS, add_setting_flags, given_settings
 from evaluate import checked_data, data_dir_of, top_predictions
 from layout import check_output_path, write_rows
@@ -258,28 +259,39 @@ def parse_args(argv):
     return args
 
 
+def load_model(checkpoint, path, args):
+    return model_from_checkpoint(checkpoint, path, use_ema=args.ema, model_name=args.model, settings=given_settings(args))
+
+
+def checked_data_dir(path, args):
+    """The data folder of a checkpoint, checked to fit its model (nothing of either kept)."""
+    checkpoint = load_checkpoint(path)
+    data_dir = data_dir_of(checkpoint, args.data_dir)
+    checked_data(checkpoint, load_model(checkpoint, path, args), path, data_dir)
+    return data_dir
+
+
 def run(args):
     for path, flag in ((args.json, "--json"), (args.csv, "--csv"), (args.plot, "--plot")):
         if path:  # before any work: an unwritable output must not waste the sweep
             check_output_path(path, flag)
     device = resolve_device(args.device)
     dtype = amp_dtype(device, args.amp)
-    loaded = []  # every checkpoint and its data checked before the first sweep
-    for path in args.checkpoints:
-        checkpoint = load_checkpoint(path)
-        model = model_from_checkpoint(checkpoint, path, use_ema=args.ema, model_name=args.model,
-                                 settings=given_settings(args))
-        data = checked_data(checkpoint, model, path, data_dir_of(checkpoint, args.data_dir))
-        x, y = make_splits(data)[args.split]
-        loaded.append((path, model, x[: args.limit], y[: args.limit]))
+    data_dirs = [checked_data_dir(path, args) for path in args.checkpoints]  # all checked before the first sweep
+    splits = {}  # one copy of each data set's split, shared by the checkpoints that trained on it
     rows = []
-    for path, model, x, y in loaded:
+    for path, data_dir in zip(args.checkpoints, data_dirs):
+        model = load_model(load_checkpoint(path), path, args)  # one model in memory at a time
+        if os.path.realpath(data_dir) not in splits:
+            x, y = make_splits(load_packed(data_dir))[args.split]
+            splits[os.path.realpath(data_dir)] = x[: args.limit], y[: args.limit]
+        x, y = splits[os.path.realpath(data_dir)]
         total = len(y) * forwards_per_image(args.shifts, args.fill)
         with progress_bar(total, f"shift {short_label(path)}", "img") as bar:
             results, consistency = sweep(model.to(device), x, y, device, dtype, args.shifts, args.fill,
                                          args.batch_size, args.consistency_k, args.seed, bar)
-        model.cpu()  # (the next checkpoint's model gets the device's memory)
         mine = rows_of(path, model.model_name, args.split, len(y), results, consistency, args.consistency_k)
+        del model  # (before the next checkpoint's is built)
         print_report(mine, args.fill, args.consistency_k)
         rows += mine
     write_outputs(rows, args)

@@ -162,6 +162,13 @@ def test_evaluation_keeps_the_last_partial_batch_in_order():
     assert torch.equal(first_x, normalize(x[:8]))  # no augmentation
 
 
+def test_more_ranks_than_images_give_empty_evaluation_shards_and_every_image_once():
+    x, y = tiny_split()
+    shards = [BatchLoader(x[:3], y[:3], 8, "cpu", rank=rank, world_size=4) for rank in range(4)]
+    assert [len(shard) for shard in shards] == [1, 1, 1, 0] and list(shards[3]) == []
+    assert torch.cat([labels for shard in shards for _, labels in shard]).tolist() == y[:3].tolist()
+
+
 def test_load_packed_without_prepared_data_names_the_command(tmp_path):
     with pytest.raises(DataError, match="python prepare_data.py --data-dir"):
         load_packed(str(tmp_path))

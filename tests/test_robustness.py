@@ -1,6 +1,8 @@
 """robustness.py: the shift as the README defines it, the figures it reports, and its outputs."""
 import csv
+import gc
 import json
+import weakref
 
 import pytest
 import torch
@@ -200,3 +202,27 @@ def test_limit_takes_the_first_images_and_bad_inputs_are_one_line(tiny_run, tmp_
         with pytest.raises(SystemExit) as exit:
             robustness.parse_args([checkpoint, *argv])
         assert exit.value.code == 2
+
+
+def test_checkpoints_are_swept_one_model_at_a_time_over_one_shared_copy_of_the_split(tiny_run, monkeypatch):
+    """Memory does not grow with the number of checkpoints: when a sweep starts, the models of
+    the checkpoints before it are gone, and every sweep gets the same images."""
+    built, swept = [], []
+    real_build, real_sweep = robustness.model_from_checkpoint, robustness.sweep
+
+    def build(*args, **kwargs):
+        model = real_build(*args, **kwargs)
+        built.append(weakref.ref(model))
+        return model
+
+    def sweep(model, x, y, *args, **kwargs):
+        gc.collect()
+        swept.append((sum(ref() is not None for ref in built), x))
+        return real_sweep(model, x, y, *args, **kwargs)
+
+    monkeypatch.setattr(robustness, "model_from_checkpoint", build)
+    monkeypatch.setattr(robustness, "sweep", sweep)
+    checkpoints = [str(tiny_run / name) for name in ("best.pt", "last.pt", "best.pt")]
+    assert robustness.main([*checkpoints, "--shifts", "1", "--fill", "zero", "--limit", "4"]) == 0
+    assert [alive for alive, _ in swept] == [1, 1, 1]
+    assert all(x is swept[0][1] for _, x in swept)
