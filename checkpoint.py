@@ -9,6 +9,7 @@ cvt-simplified. Foreign checkpoints (the study's Lightning runs: "state_dict" wi
 prefixed `model.`; compiled or DDP models) are recognised by their keys.
 """
 import functools
+import io
 import os
 import pickle
 import re
@@ -34,8 +35,18 @@ def model_entries(model):
 
 
 def save_checkpoint(payload, path):
-    """torch.save through a temporary file and a rename: a crash leaves the previous file intact."""
-    write_atomically(path, lambda tmp: torch.save(payload, tmp))
+    """torch.save through a temporary file and a rename: a crash or a full disk leaves the
+    previous file intact. The bytes are made in memory and written by Python: torch.save writing
+    a file itself reports a failed write (a full disk, ENOSPC) as a RuntimeError that names no
+    cause ("unexpected pos"), where Python's write raises the OSError that says why."""
+    buffer = io.BytesIO()
+    torch.save(payload, buffer)
+
+    def write(tmp):
+        with open(tmp, "wb") as f:
+            f.write(buffer.getbuffer())
+
+    write_atomically(path, write)
 
 
 def load_checkpoint(path):
@@ -105,14 +116,19 @@ def model_name_from_keys(state_dict):
     return next((name for name, (known, _) in default_models().items() if known == pattern), None)
 
 
-def config_for_foreign(name, state_dict, settings):
-    """A config for a checkpoint that carries none: for cvt-simplified, what the shapes tell
-    (the notebook's runs: all but the heads), otherwise the model's defaults with the
-    checkpoint's class count; settings (as on the command line) change either."""
+def config_for_foreign(name, state_dict, settings, checkpoint, path):
+    """A config for a checkpoint that carries none: for cvt-simplified, what the shapes tell (the
+    notebook's runs) with the heads, which no shape tells, from Lightning's saved hyperparameters
+    or the settings, else a DataError asking for them; otherwise the model's defaults (the study's
+    architectures) with the checkpoint's class count. Settings (as on the command line) change either."""
     if name == DEFAULT_MODEL:
         inferred = asdict(config_from_state_dict(state_dict))
         num_classes, _ = inferred.pop("num_classes"), inferred.pop("in_channels")
-        return make_config(name, num_classes, **{**inferred, **settings})
+        heads = (checkpoint.get("hyper_parameters") or {}).get("num_heads")
+        if heads is None and "num_heads" not in settings:
+            raise DataError(f"{path} does not record how many attention heads its model has (the weights cannot tell): "
+                            "give --num-heads N as its run had it (the notebook's default is 1)")
+        return make_config(name, num_classes, **{**inferred, "num_heads": heads, **settings})
     return make_config(name, state_dict[default_models()[name][1]].shape[0], **settings)
 
 
@@ -143,7 +159,7 @@ def model_from_checkpoint(checkpoint, path="checkpoint", use_ema=True, model_nam
     except ValueError as error:
         raise DataError(str(error)) from None
     try:
-        config = MODELS[name].config(**saved) if saved else config_for_foreign(name, state_dict, settings or {})
+        config = MODELS[name].config(**saved) if saved else config_for_foreign(name, state_dict, settings or {}, checkpoint, path)
         model = build_model(name, config=config)
     except (KeyError, TypeError, ValueError):  # the keys are another model's
         raise DataError(f"{path} does not hold a {name} model: its parameter names are not {name}'s") from None

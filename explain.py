@@ -527,9 +527,8 @@ def run(args):
         print(f"note: {MATPLOTLIB_HINT} to draw the pictures", file=sys.stderr)
         pictures = ["none"]
     saved = os.path.join(args.out, "maps.pt")
-    write_atomically(saved, lambda tmp: torch.save({"checkpoint": args.checkpoint, "model": model.model_name,
-                                                    "split": None if args.files else args.split, "target": args.target,
-                                                    "classes": classes, "images": entries}, tmp))
+    save_checkpoint({"checkpoint": args.checkpoint, "model": model.model_name, "split": None if args.files else args.split,
+                     "target": args.target, "classes": classes, "images": entries}, saved)
     print(f"pictures: {', '.join(pictures)}; maps: {saved}")
     if scores is not None:
         print_box_scores(scores, args.split, args.target)

@@ -170,13 +170,25 @@ def check_output_path(path, flag):
     ensure_dir(folder, f"the folder {folder} of {flag} {path}")
 
 
+def flush_to_disk(path):
+    """Wait until the file's bytes are on the disk, not only in the page cache: renamed onto an
+    older file without this, a power loss can leave an empty file (ext4's delayed allocation)."""
+    fd = os.open(path, os.O_RDWR)  # (Windows flushes only a handle open for writing)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 def write_atomically(path, write):
-    """write(temporary_path) writes the file, which is then renamed onto path: a reader never sees
-    half a file. A failure is a DataError that leaves the previous file intact and no temporary
-    file behind. The one way every output of the kit is written (JSON, CSV, checkpoints, PNG)."""
+    """write(temporary_path) writes the file, which is flushed to the disk and then renamed onto
+    path: a reader never sees half a file, nor a power loss an empty one. A failure is a DataError
+    that leaves the previous file intact and no temporary file behind. The one way every output of
+    the kit is written (JSON, CSV, checkpoints, PNG)."""
     tmp = path + ".tmp"
     try:
         write(tmp)
+        flush_to_disk(tmp)
         os.replace(tmp, path)
     except OSError as error:
         raise DataError(f"cannot write {path} ({error.strerror or error}); the previous file is intact") from None

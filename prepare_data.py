@@ -48,6 +48,7 @@ from layout import (
     ZIP_NAME,
     DataError,
     ensure_dir,
+    flush_to_disk,
     is_synthetic,
     marker_source,
     packed_dir,
@@ -613,6 +614,8 @@ def pack(data_dir, root, val_dir, source):
         "source": source,
         "extracted_id": read_json(os.path.join(root, EXTRACTED_MARKER))["id"],
     }
+    for name in os.listdir(tmp):  # the arrays on the disk before meta.json, which says they are complete
+        flush_to_disk(os.path.join(tmp, name))
     write_json(os.path.join(tmp, META_FILE), meta)
     return meta
 

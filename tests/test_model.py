@@ -166,3 +166,20 @@ def test_the_bf16_gradient_at_initialisation_is_within_one_percent_of_fp32():
     assert relative_errors(gradients(model, x, y, torch.bfloat16), reference)[0] < 0.01
     with layer_norm_in_fp32(False):
         assert relative_errors(gradients(model, x, y, torch.bfloat16), reference)[0] > 0.05
+
+
+def test_a_notebook_checkpoint_gets_its_heads_from_lightning_or_the_flag_and_is_refused_without():
+    """No shape tells the attention heads: a Lightning checkpoint of a 2-head run loads as 2 heads
+    from its saved hyperparameters or --num-heads 2, and without either is one line, never 1 head."""
+    from checkpoint import model_from_checkpoint
+    from layout import DataError
+
+    torch.manual_seed(0)
+    two_heads = CvTSimplifiedEmbedding(CvTConfig(num_classes=10, embed_dim=32, num_heads=2)).eval()
+    lightning = {"state_dict": {f"model.{k}": v for k, v in two_heads.state_dict().items()}, "epoch": 9}
+    with pytest.raises(DataError, match="does not record how many attention heads .* give --num-heads N"):
+        model_from_checkpoint(lightning, "run.ckpt")
+    x = torch.randn(2, 3, 64, 64)
+    for loaded in (model_from_checkpoint(lightning, "run.ckpt", settings={"num_heads": "2"}),
+                   model_from_checkpoint({**lightning, "hyper_parameters": {"num_heads": 2}}, "run.ckpt")):
+        assert loaded.config.num_heads == 2 and torch.allclose(loaded.eval()(x), two_heads(x), atol=1e-6)

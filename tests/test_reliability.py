@@ -1,8 +1,9 @@
 """Stops, crashes and resumes lose nothing: interrupts, mid-epoch resume, failed writes, NaNs."""
-import errno
+import contextlib
 import functools
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -11,6 +12,8 @@ import time
 import pytest
 import torch
 
+import checkpoint
+import layout
 import prepare_data
 import train
 from conftest import ROOT, assert_same_training_state, signal_during_training
@@ -75,25 +78,66 @@ def test_sigterm_to_a_real_process_writes_a_checkpoint_and_exits_143(tmp_path):
     assert checkpoint["progress"]["step"] > 0
 
 
-def test_a_checkpoint_write_that_fails_half_way_keeps_the_previous_one(prepared_once, straight_run, tmp_path, monkeypatch, capsys):
-    before = load(straight_run / "last.pt")
-    real_save = torch.save
+@contextlib.contextmanager
+def full_disk(kind, folder, free_bytes):
+    """A place where writes fail as on a full disk, for real: a tmpfs of `free_bytes` more than
+    folder's files, mounted over folder (root only), or every checkpoint's temporary file a link
+    to /dev/full (Linux), whose writes fail with ENOSPC."""
+    if kind == "tmpfs":
+        held = {path: path.read_bytes() for path in folder.iterdir()}
+        size = sum(map(len, held.values())) + len(held) * 4096 + free_bytes
+        if os.geteuid() != 0 or subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(folder)],
+                                               capture_output=True).returncode:
+            pytest.skip("no tmpfs can be mounted here (root only)")
+        try:
+            for path, content in held.items():
+                path.write_bytes(content)
+            yield
+        finally:
+            held = {path: path.read_bytes() for path in folder.iterdir()}
+            subprocess.run(["umount", "-l", str(folder)], check=True)
+            for path, content in held.items():  # what the tmpfs holds now, back on the real disk
+                path.write_bytes(content)
+    else:
+        if not os.path.exists("/dev/full"):
+            pytest.skip("no /dev/full on this system")
+        for name in ("last.pt", "best.pt"):
+            os.symlink("/dev/full", folder / f"{name}.tmp")
+        yield
 
-    def save_half_then_fail(payload, path):
-        real_save(payload, path)
-        with open(path, "r+b") as f:
-            f.truncate(os.path.getsize(path) // 2)
-        raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(torch, "save", save_half_then_fail)
-    resume = ["--resume", str(straight_run / "last.pt"), "--data-dir", prepared_once, *FAST, "--epochs", "3"]
-    assert train.main(resume) == 2
-    err = capsys.readouterr().err.strip().splitlines()[-1]
-    assert "No space left on device" in err and "previous file is intact" in err
-    after = load(straight_run / "last.pt")
-    assert after["progress"]["epoch"] == 2
-    assert_same_training_state(before, after)
-    assert not (straight_run / "last.pt.tmp").exists()
+@pytest.mark.parametrize("kind", ["/dev/full", "tmpfs"])
+def test_a_full_disk_while_checkpointing_is_one_line_and_keeps_the_previous_checkpoint(kind, prepared_once, straight_run, tmp_path, capsys):
+    """torch.save writing a file itself reports ENOSPC as a RuntimeError ("unexpected pos"): the
+    kit writes the bytes with Python, whose OSError says why, and the previous checkpoint stays."""
+    run_dir = tmp_path / "r"
+    shutil.copytree(straight_run, run_dir)
+    before = {name: load(run_dir / name) for name in ("last.pt", "best.pt")}
+    with full_disk(kind, run_dir, free_bytes=os.path.getsize(run_dir / "last.pt") // 2):
+        assert train.main(["--resume", str(run_dir / "last.pt"), "--data-dir", prepared_once, *FAST, "--epochs", "3"]) == 2
+    err = [line for line in capsys.readouterr().err.splitlines() if not line.startswith("warning: SYNTHETIC")]
+    assert len(err) == 1 and "No space left on device" in err[0] and "previous file is intact" in err[0], err
+    for name in ("last.pt", "best.pt"):
+        assert_same_training_state(before[name], load(run_dir / name))
+    assert not [path for path in run_dir.iterdir() if path.suffix == ".tmp" and not path.is_symlink()]  # no half file
+    assert json.load(open(run_dir / "status.json"))["state"] == "crashed"
+
+
+def test_files_reach_the_disk_before_they_replace_the_previous_ones(tiny_zip, tmp_path, monkeypatch):
+    """fsync before os.replace (checkpoints, JSON), and the packed arrays fsynced before the
+    meta.json that says they are complete: else a power loss after the rename can leave an empty
+    file (ext4). Files are followed by inode, which a rename keeps."""
+    synced, real_fsync = [], os.fsync
+    monkeypatch.setattr(os, "fsync", lambda fd: (synced.append(os.fstat(fd).st_ino), real_fsync(fd))[1])
+    checkpoint.save_checkpoint({"w": torch.ones(3)}, str(tmp_path / "a.pt"))
+    layout.write_json(str(tmp_path / "a.json"), {"a": 1})
+    assert {os.stat(tmp_path / name).st_ino for name in ("a.pt", "a.json")} <= set(synced)
+    synced.clear()
+    assert prepare_data.main(["--zip", tiny_zip, "--data-dir", str(tmp_path / "data")]) == 0
+    packed = tmp_path / "data" / layout.PACKED_DIR
+    arrays = [os.stat(path).st_ino for path in packed.iterdir() if path.name != layout.META_FILE]
+    meta = os.stat(packed / layout.META_FILE).st_ino
+    assert arrays and set(arrays) <= set(synced[: synced.index(meta)])
 
 
 def test_a_diverging_loss_stops_with_a_clear_message_and_keeps_the_last_good_checkpoint(prepared_once, tmp_path, monkeypatch, capsys):
