@@ -38,10 +38,9 @@ from data import IMAGE_SIZE, BatchLoader, load_packed, make_splits
 from evaluate import evaluate_with_report, measure_throughput
 from layout import DataError, check_output_path, data_identity, read_json, write_rows
 from model import MODELS, build_model, count_parameters, flops_per_image
-from recipe import PRESETS, RECIPE_FLAGS
+from recipe import RECIPE_FLAGS
 from runs import describe_model, expand_globs, find_runs, not_a_run, run_state
 from runtime import amp_dtype, autocast, configure_backends, resolve_device, synchronize
-from train import build_parser as train_parser
 
 KEYS = ("model", "recipe", "epochs", "seeds", "top1_mean", "top1_std", "top5_mean", "top5_std", "f1_mean", "f1_std",
         "loss_mean", "loss_std", "params", "gflops", "train_images_per_s", "seconds_per_epoch", "latency_ms_batch1",
@@ -51,7 +50,6 @@ FIGURES = {"top1": "top1", "top5": "top5", "f1": "macro_f1", "loss": "loss"}  # 
 # settings that change no figure (how often to log, the evaluation batch) or are derived.
 NOT_DEFINING = ("seed", "run_dir", "resume", "data_dir", "log_every", "eval_batch_size", "model_description",
                 "peak_memory_what")
-DEFAULT_BATCH_SIZE = train_parser().get_default("batch_size")
 LATENCY_WARMUP, LATENCY_RUNS, LATENCY_SECONDS = 10, 50, 1.0
 THROUGHPUT_BATCH = 256
 NOT_CHECKPOINTS = (".json", ".csv", ".png", ".md", ".txt", ".log")  # files beside runs that need no mention
@@ -61,15 +59,16 @@ NOT_CHECKPOINTS = (".json", ".csv", ".png", ".md", ".txt", ".log")  # files besi
 
 
 def recipe_label(config):
-    """'improved', or 'improved (lr 0.003, batch 128)' when flags changed the preset."""
-    preset = PRESETS.get(config.get("recipe"), {})
-    changed = [f"{key.replace('_', '-')} {config[key]:g}" if isinstance(config[key], float) else
-               f"{key.replace('_', '-')} {config[key]}"
-               for key in RECIPE_FLAGS if key in config and key in preset and config[key] != preset[key]]
-    if config.get("batch_size", DEFAULT_BATCH_SIZE) != DEFAULT_BATCH_SIZE:
-        changed.append(f"batch {config['batch_size']}")
+    """'improved', or 'improved (lr 0.003, batch 128)': the recipe, and each setting in which the
+    run differs from what its recipe set, both as the run's config.json recorded them (runs from
+    before that record: the recipe's name alone)."""
+    recipe_set = config.get("recipe_defaults", {})
+    changed = [key for key in (*RECIPE_FLAGS, "batch_size") if key in recipe_set and key in config and config[key] != recipe_set[key]]
+    shown = [f"batch {config[key]}" if key == "batch_size" else
+             f"{key.replace('_', '-')} {config[key]:g}" if isinstance(config[key], float) else
+             f"{key.replace('_', '-')} {config[key]}" for key in changed]
     name = config.get("recipe", "?")
-    return f"{name} ({', '.join(changed)})" if changed else name
+    return f"{name} ({', '.join(shown)})" if shown else name
 
 
 def data_label(identity):

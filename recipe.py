@@ -45,6 +45,18 @@ PRESETS = {
 PRESET_MODEL_SETTINGS = {"vit-small-data": {"drop_path": "0.1"}}
 
 
+def warmup_epochs(spec, epochs):
+    """(warm-up epochs, note) of a run of `epochs`: spec is a number of epochs or 'P%' of the run.
+    A warm-up ends before the run does: a longer one (study's 5 epochs in a 2-epoch run) is cut to
+    10% of the run, and the note says so (None when nothing was cut)."""
+    value = float(spec[:-1]) / 100 * epochs if isinstance(spec, str) else float(spec)
+    if value < epochs or value == 0:
+        return value, None
+    cut = 0.1 * epochs
+    return cut, (f"the warm-up of {value:g} epochs would not end before the run does: "
+                 f"{cut:g} epochs (10% of the run's {epochs}) instead")
+
+
 def parameter_groups(model, weight_decay):
     """Weight decay on the weight matrices and convolution kernels only: biases and norm
     weights (every 1-D parameter) and what the model names in `no_weight_decay` (the ViT's

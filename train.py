@@ -49,14 +49,13 @@ from model import (
     changed_settings,
     count_parameters,
     describe_settings,
-    format_setting,
     given_settings,
-    parse_setting,
     settings_of,
 )
 from augment import MAGNITUDE_BINS, Augmentation, Mixing
 from curves import DOMINANT
-from recipe import EMA, NO_AUGMENTATION, PRESET_MODEL_SETTINGS, PRESETS, RECIPE_FLAGS, LRSchedule, Updater, build_optimizer
+from recipe import EMA, NO_AUGMENTATION, PRESET_MODEL_SETTINGS, PRESETS, RECIPE_FLAGS, LRSchedule, Updater, build_optimizer, warmup_epochs
+from resume import NothingToDo, adopt_saved_settings, check_resumable, check_same_data, keep_saved_precision
 from runtime import (
     Distributed,
     amp_dtype,
@@ -74,11 +73,11 @@ METRIC_FIELDS = (
 )
 
 
+NOT_RECORDED = ("given", "warmup_note")  # which flags were given, and a note printed once
+
+
 class TrainingError(Exception):
     """Training cannot go on (e.g. the loss diverged); reported as one line, exit code 1."""
-
-
-RUN_DEFINING = ("batch_size", "seed", "recipe", *RECIPE_FLAGS)  # the model and its settings: from the checkpoint
 
 
 def build_parser(add_help=True):
@@ -143,6 +142,8 @@ def build_parser(add_help=True):
     system.add_argument("--run-dir", help="output directory (default: runs/<date-time>; with --resume, the checkpoint's)")
     system.add_argument("--resume", metavar="CHECKPOINT",
                         help="continue the run saved in this last.pt, with its settings (more --epochs is fine)")
+    system.add_argument("--allow-other-data", action="store_true",
+                        help="with --resume: go on with other data than the run's (same classes), recorded in config.json")
     system.add_argument("--sync-bn", action="store_true",
                         help="under torchrun, BatchNorm statistics over all processes (SyncBatchNorm, CUDA only); "
                              "without it each process normalises its own share of the batch")
@@ -164,8 +165,18 @@ def parse_args(argv):
     parser.set_defaults(**PRESETS[given.get("recipe", "seed")])
     args = parser.parse_args(argv)
     args.given = sorted(given)
+    args.warmup_spec, args.warmup_note, args.earlier_data = args.warmup_epochs, None, []
     if not args.resume:  # (on --resume, once the run's own epochs are known)
-        resolve_warmup(args, args.epochs)
+        args.warmup_epochs, args.warmup_note = warmup_epochs(args.warmup_spec, args.epochs)
+        if args.warmup_note and "warmup_epochs" in given:
+            parser.error(f"--warmup-epochs {args.warmup_spec} does not end before the run does (--epochs {args.epochs}): "
+                         "give a shorter warm-up")
+    # what the recipe set, as this run's epochs resolve it (kept on --resume): compare.py labels a
+    # run by how it differs from its recipe, from its own record
+    args.recipe_defaults = {key: parser.get_default(key) for key in ("batch_size", *RECIPE_FLAGS)}
+    args.recipe_defaults["warmup_epochs"] = warmup_epochs(args.recipe_defaults["warmup_epochs"], args.epochs)[0]
+    if args.allow_other_data and not args.resume:
+        parser.error("--allow-other-data goes with --resume")
     check_augmentation(parser, args, given)
     for flag in ("epochs", "batch_size", "eval_batch_size", "log_every"):
         if getattr(args, flag) < 1:
@@ -200,11 +211,6 @@ def epochs_or_percent(text):
     if not 0 <= value < math.inf:
         raise argparse.ArgumentTypeError(f"takes a number of epochs >= 0 or a percentage of --epochs such as 10%, not {text!r}")
     return text if text.endswith("%") else value
-
-
-def resolve_warmup(args, epochs):
-    if isinstance(args.warmup_epochs, str):
-        args.warmup_epochs = float(args.warmup_epochs[:-1]) / 100 * epochs
 
 
 def randaugment_setting(text):
@@ -258,60 +264,6 @@ def model_settings(args):
     of vit-small-data), then those given on the command line."""
     preset = {key: value for key, value in PRESET_MODEL_SETTINGS.get(args.recipe, {}).items() if key in settings_of(args.model)}
     return {**preset, **given_settings(args)}
-
-
-def adopt_saved_settings(args, checkpoint, path):
-    """On --resume the run's own settings apply: flags not given take the saved values, and a
-    given flag that would change what the run is (model, recipe, seed, batch size) is refused."""
-    saved = checkpoint.get("config", {})
-    given_warmup = args.warmup_epochs
-    resolve_warmup(args, args.epochs if "epochs" in args.given else saved.get("epochs", args.epochs))
-    conflicts = [f"--{key.replace('_', '-')} {given_warmup if key == 'warmup_epochs' else getattr(args, key)} "
-                 f"(the run has {saved[key]})"
-                 for key in RUN_DEFINING if key in args.given and key in saved and getattr(args, key) != saved[key]]
-    conflicts += model_conflicts(args, checkpoint)
-    if conflicts:
-        raise DataError(f"cannot resume {path} with different settings: {', '.join(conflicts)}; "
-                        "start a new run (--run-dir) to change them")
-    for key in (*RUN_DEFINING, "epochs", "eval_batch_size", "data_dir", "log_every"):  # (--sync-bn is the machine's)
-        if key not in args.given and key in saved:
-            setattr(args, key, saved[key])
-    args.model = checkpoint.get("model_name", DEFAULT_MODEL)  # (runs from before the registry: the notebook's)
-
-
-def keep_saved_precision(args, checkpoint, device):
-    """On the same kind of device, a resumed run keeps its precision and compilation unless
-    --amp, --amp-dtype or --compile say otherwise (an fp32 run stays fp32); on another kind of
-    device, what that device defaults to."""
-    saved = checkpoint.get("config", {})
-    if torch.device(saved.get("device", "cpu")).type != device.type:
-        return
-    if "amp" not in args.given and "amp" in saved:
-        args.amp = saved["amp"]
-    if "amp_dtype" not in args.given and saved.get("amp_dtype"):
-        args.amp_dtype = saved["amp_dtype"]
-    for key in ("compile", "compile_mode"):
-        if key not in args.given and key in saved:
-            setattr(args, key, saved[key])
-
-
-def model_conflicts(args, checkpoint):
-    """The --model and model settings given on --resume that differ from the checkpoint's model."""
-    name = checkpoint.get("model_name", DEFAULT_MODEL)
-    if "model" in args.given and args.model != name:
-        return [f"--model {args.model} (the run has {name})"]
-    config_class, saved, conflicts = MODELS[name].config, checkpoint["model_config"], []
-    for key, text in given_settings(args).items():
-        if key not in saved:
-            conflicts.append(f"--{key.replace('_', '-')} ({name} has no such setting)")
-            continue
-        try:  # through the config, so that --depth 1 equals a saved (1, 1, 1)
-            wanted = getattr(config_class(**{**saved, key: parse_setting(config_class, key, text)}), key)
-        except ValueError as error:
-            raise DataError(str(error)) from None
-        if wanted != getattr(config_class(**saved), key):
-            conflicts.append(f"--{key.replace('_', '-')} {text} (the run has {format_setting(saved[key])})")
-    return conflicts
 
 
 # ---------------------------------------------------------------- pieces of the loop
@@ -475,11 +427,6 @@ def load_on_every_rank(path, dist):
     return checkpoint
 
 
-def check_resumable(checkpoint, path):
-    if not {"optimizer", "progress", "model_config", "classes"} <= checkpoint.keys():
-        raise DataError(f"cannot resume {path}: it is not a train.py checkpoint (no optimizer state or progress)")
-
-
 def restore(checkpoint, model, updater, classes, path, dist):
     """Load a run's state for --resume (the model is already the checkpoint's); refuse a
     different class list."""
@@ -516,7 +463,7 @@ def resolved_config(args, model, data, device, dtype, run_dir, dist):
     """The run's settings as plain values: the flags (the model's settings as its whole config),
     what was resolved from the machine, and which data it trains on (compare.py never groups
     runs on different data)."""
-    config = {key: value for key, value in vars(args).items() if key != "given" and key not in SETTINGS}
+    config = {key: value for key, value in vars(args).items() if key not in NOT_RECORDED and key not in SETTINGS}
     changed = describe_settings(changed_settings(model.model_name, asdict(model.config)))
     config.update(model_config=asdict(model.config), model_description=f"{model.model_name} ({changed})" if changed else model.model_name,
                   device=str(device),
@@ -570,12 +517,14 @@ def main(argv=None):
         gc.collect()
         dist.barrier()
         cleanup_distributed(dist)
-    except DataError as error:
+    except NothingToDo as nothing:
+        print(nothing)
+        cleanup_distributed(dist)
+        return 0
+    except (DataError, TrainingError) as error:  # raised on every rank alike: the group can go
         print(f"error: {error}", file=sys.stderr)
-        return 2
-    except TrainingError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 1
+        cleanup_distributed(dist)
+        return 2 if isinstance(error, DataError) else 1
     except KeyboardInterrupt:
         print("\nstopped at once; the last checkpoint written (if any) is intact", file=sys.stderr)
         return 130
@@ -677,6 +626,8 @@ def start_run(args, dist, device):
     dtype = amp_dtype(device, args.amp, args.amp_dtype)
     configure_backends(device)
     data = load_packed(args.data_dir)
+    if checkpoint is not None:
+        check_same_data(args, checkpoint, data_identity(data.meta), args.resume)
     if data.synthetic and dist.is_main:
         print("warning: SYNTHETIC data (prepare_data.py --synthetic): a smoke test, not a result", file=sys.stderr)
     splits = make_splits(data)
@@ -732,6 +683,8 @@ def start_run(args, dist, device):
           f"{len(splits['train'][1]):,} train / {len(splits['val'][1]):,} val images, "
           f"{len(data.classes)} classes, {args.epochs} epoch{'s' if args.epochs != 1 else ''} -> {run_dir}")
     r.log(f"model {args.model}: {count_parameters(model):,} parameters; recipe {args.recipe}: {describe_recipe(args)}")
+    if args.warmup_note:
+        r.log(f"note: {args.warmup_note}")
     if dist.enabled and has_batchnorm(model) and not args.sync_bn:
         r.log(f"note: {args.model} has BatchNorm: each of the {dist.world_size} processes normalises its own share of "
               "the batch, so this is not exactly one process's training (--sync-bn on CUDA makes it so)")

@@ -31,21 +31,21 @@ import re  # noqa: E402
 import shlex  # noqa: E402
 import subprocess  # noqa: E402
 import time  # noqa: E402
-from dataclasses import fields  # noqa: E402
 
 import train  # noqa: E402
 from cli import ArgumentParser, command_text, duration  # noqa: E402
 from checkpoint import load_checkpoint  # noqa: E402
 from layout import DataError, data_identity, read_json, read_meta  # noqa: E402
 from recipe import PRESETS  # noqa: E402
-from model import DEFAULT_MODEL, MODELS, format_setting, given_settings, make_config  # noqa: E402
+from model import DEFAULT_MODEL  # noqa: E402
+from resume import RUN_DEFINING, run_differences  # noqa: E402
 from runs import run_state  # noqa: E402
 
 TRAIN = os.path.join(ROOT, "train.py")
 LABEL = re.compile(r"[A-Za-z0-9._-]+")  # one folder name, no path
 GRID_SETS = ("seed", "epochs", "data_dir")  # train.py flags that the grid sets itself (and where runs go)
 # what a finished run must have been trained with to count as this run of the grid
-DEFINING = (*train.RUN_DEFINING, "amp", "amp_dtype", "compile", "compile_mode", "sync_bn")
+DEFINING = (*RUN_DEFINING, "amp", "amp_dtype", "compile", "compile_mode", "sync_bn")
 
 
 def parse_entry(entry, flag):
@@ -107,28 +107,11 @@ class GridRun:
         return "new", "stopped before its first checkpoint"
 
     def differences(self, config, data):
-        """How the run in the folder was trained otherwise than this run would be: the recipe,
-        batch size, precision and compilation, the model and its settings, the data."""
-        parsed = self.parsed
-        found = [f"--{key.replace('_', '-')} {getattr(parsed, key)} (the run has {config[key]})" for key in DEFINING
-                 if key in config and getattr(parsed, key) not in (None, "auto", config[key])]  # (auto: resolved then)
-        if "model_config" in config:  # (runs from before the model registry have none: the model is not compared)
-            found += model_differences(parsed, config.get("model", DEFAULT_MODEL), config["model_config"])
-        if config.get("data") and data and config["data"] != data:
-            found.append(f"--data-dir {self.data_dir} holds other data than the run trained on")
-        return found
-
-
-def model_differences(parsed, saved_name, saved_config):
-    """The model flags of parsed that differ from the saved model (compared through its config,
-    so that --depth 1 equals a saved (1, 1, 1))."""
-    if parsed.model != saved_name:
-        return [f"--model {parsed.model} (the run has {saved_name})"]
-    saved = MODELS[saved_name].config(**saved_config)
-    wanted = make_config(parsed.model, saved.num_classes, **given_settings(parsed))
-    return [f"--{f.name.replace('_', '-')} {format_setting(getattr(wanted, f.name))} "
-            f"(the run has {format_setting(getattr(saved, f.name))})"
-            for f in fields(saved) if getattr(wanted, f.name) != getattr(saved, f.name)]
+        """How the run in the folder was trained otherwise than this run would be (resume.py's
+        comparison, which train.py --resume makes too): the recipe, batch size, precision and
+        compilation, the model and its settings, the data."""
+        keys = [key for key in DEFINING if getattr(self.parsed, key) not in (None, "auto")]  # (auto: resolved then)
+        return run_differences(self.parsed, config, keys, data=data)
 
 
 def parse_train_flags(run):

@@ -12,6 +12,7 @@ import pytest
 
 import compare
 import evaluate
+import prepare_data
 import train
 from layout import data_identity, read_meta
 from model import cost_row
@@ -100,6 +101,21 @@ def test_runs_that_differ_in_more_than_seed_or_in_data_are_never_grouped(real_ru
     rows = compare_json(tmp_path, *runs)
     assert [row["runs"] for row in rows] == [[str(runs[0]), str(runs[1]), str(runs[4])], [str(runs[2])], [str(runs[3])]]
     assert rows[1]["recipe"] == "seed (lr 0.003, batch 16)"
+
+
+def test_a_rows_recipe_label_says_what_the_run_changed_from_its_recipe_as_its_config_recorded(tmp_path):
+    """vit-small-data's own batch (128) and warm-up (10% of the run) are no change; a batch given
+    on the command line is, whatever the default table says."""
+    data_dir = str(tmp_path / "data")  # one batch of 128
+    assert prepare_data.main(["--synthetic", "--data-dir", data_dir, "--classes", "4", "--train-per-class", "32",
+                              "--val-per-class", "5"]) == 0
+    tiny_vit = ["--model", "vit", "--embed-dim", "16", "--depth", "1", "--num-heads", "2"]
+    flags = ["--data-dir", data_dir, "--device", "cpu", "--epochs", "1", "--recipe", "vit-small-data", *tiny_vit]
+    assert train.main([*flags, "--run-dir", str(tmp_path / "a"), "--eval-batch-size", "16"]) == 0
+    config = json.load(open(tmp_path / "a" / "config.json"))
+    assert compare.recipe_label(config) == "vit-small-data"
+    assert compare.recipe_label({**config, "batch_size": 64, "lr": 3e-3}) == "vit-small-data (lr 0.003, batch 64)"
+    assert compare.recipe_label({key: value for key, value in config.items() if key != "recipe_defaults"}) == "vit-small-data"
 
 
 def test_outputs_csv_plot_and_markdown_with_inference_timings(real_run, tmp_path, capsys):

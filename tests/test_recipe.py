@@ -66,6 +66,17 @@ def test_invalid_recipe_flags_exit_2(flags, capsys):
     assert "error:" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("flags", [["--warmup-epochs", "2", "--epochs", "2"], ["--warmup-epochs", "100%"],
+                                   ["--recipe", "study", "--warmup-epochs", "3", "--epochs", "3"]])
+def test_a_warmup_given_that_would_not_end_before_the_run_is_one_line(flags, capsys):
+    """A warm-up asked for is never changed behind the user's back (a recipe's own is cut to fit)."""
+    with pytest.raises(SystemExit) as exit_info:
+        train.parse_args(flags)
+    err = capsys.readouterr().err.strip().splitlines()
+    assert exit_info.value.code == 2 and len(err) == 1 and "does not end before the run does" in err[0]
+    assert train.parse_args(["--recipe", "study", "--epochs", "30"]).warmup_epochs == 5  # the recipe's, uncut
+
+
 # ---------------------------------------------------------------- the pieces
 
 
@@ -218,12 +229,18 @@ def test_resume_refuses_changed_recipe_flags_and_accepts_more_epochs(full_recipe
     assert load(run_dir / "last.pt")["schedule"]["total_steps"] == 18
 
 
-def test_presets_run_end_to_end(prepared_once, tmp_path):
+def test_presets_run_end_to_end(prepared_once, tmp_path, capsys):
+    """In a 1-epoch run the recipes' warm-ups (5 epochs, 1 epoch) would never end: each is cut to
+    10% of the run, said in one line and recorded."""
     for recipe in ("study", "improved"):
         run_dir = tmp_path / recipe
         assert train.main(["--data-dir", prepared_once, "--run-dir", str(run_dir), *FAST, "--epochs", "1", "--recipe", recipe]) == 0
         config = json.load(open(run_dir / "config.json"))
-        assert {key: config[key] for key in PRESETS[recipe]} == PRESETS[recipe]
+        assert {key: config[key] for key in PRESETS[recipe]} == {**PRESETS[recipe], "warmup_epochs": 0.1}
+        out = capsys.readouterr().out
+        assert f"the warm-up of {PRESETS[recipe]['warmup_epochs']:g} epochs would not end before the run does: " \
+               "0.1 epochs (10% of the run's 1) instead" in out
+        assert load(run_dir / "last.pt")["schedule"]["warmup_steps"] == round(0.1 * 6)
         assert math.isfinite(json.load(open(run_dir / "test_metrics.json"))["final"]["loss"])
 
 

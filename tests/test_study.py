@@ -9,15 +9,19 @@ import socket
 import subprocess
 import sys
 import time
+from types import SimpleNamespace
 
 import pytest
 import torch
 
 import compare
 import evaluate
+import train
 from benchmarks import study as benchmarks_study
 from conftest import ROOT
+from layout import data_identity, read_meta
 from model import cost_row
+from recipe import PRESETS
 
 STUDY = os.path.join(ROOT, "benchmarks", "study.py")
 FAST = ["--batch-size", "16", "--eval-batch-size", "16", "--log-every", "2", "--device", "cpu"]
@@ -89,6 +93,27 @@ def test_finished_runs_are_skipped_and_more_epochs_extend_them(grid, prepared_on
                                         f"--recipe seed --resume {out / 'cnn-small-seed-s0' / 'last.pt'}")
     torchrun = study(prepared_once, out, "--seeds", "2", "--print", "--nproc-per-node", "4")
     assert torchrun.stdout.startswith("torchrun --standalone --nproc-per-node=4 ")
+
+
+@pytest.mark.parametrize("recipe", list(PRESETS))
+def test_the_grid_extends_a_run_of_every_recipe_as_train_py_resume_does(recipe, prepared_once, tmp_path):
+    """resume.run_differences decides for both: a warm-up that is a share of the run (vit-small-data's
+    10%, study's 5 epochs cut to fit 1) and a recipe's model settings (stochastic depth) are the
+    run's, not a difference, when the grid asks for more epochs."""
+    tiny_vit = ("vit", ["--model", "vit", "--embed-dim", "16", "--depth", "1", "--num-heads", "2"])
+
+    def grid_run(epochs):
+        args = SimpleNamespace(out_dir=str(tmp_path), epochs=epochs, data_dir=prepared_once)
+        run = benchmarks_study.GridRun(tiny_vit, (recipe, ["--recipe", recipe]), 0, args, FAST)
+        run.parsed = benchmarks_study.parse_train_flags(run)
+        return run
+
+    data = data_identity(read_meta(prepared_once))
+    assert train.main(grid_run(1).train_argv("new")) == 0
+    longer = grid_run(2)
+    assert longer.state(data) == ("resume", 1)
+    assert train.main(longer.train_argv("resume")) == 0
+    assert longer.state(data) == ("finished", 2)
 
 
 def test_a_grid_killed_mid_run_resumes_that_run(prepared_once, tmp_path):

@@ -4,6 +4,7 @@ import json
 import os
 import pickle
 import shlex
+import shutil
 import subprocess
 import sys
 
@@ -12,11 +13,13 @@ import torch
 import torch.nn.functional as F
 
 import evaluate
+import prepare_data
 import train
-from conftest import ROOT, assert_same_training_state
+from conftest import ROOT, TINY, assert_same_training_state
 from data import load_packed, make_splits, normalize
 from evaluate import load_checkpoint, model_from_checkpoint
 from runtime import default_amp
+from synthetic import write_synthetic_zip
 
 FAST = ["--batch-size", "16", "--eval-batch-size", "16", "--log-every", "2"]
 
@@ -167,7 +170,8 @@ def test_evaluate_accepts_lightning_compiled_and_ddp_checkpoints_with_prefixes_i
     for name, payload in (("lightning.ckpt", lightning), *wrapped.items()):
         torch.save(payload, tmp_path / name)
         out = tmp_path / f"{name}.json"
-        assert evaluate.main([str(tmp_path / name), "--data-dir", data_dir, "--batch-size", "16", "--json", str(out)]) == 0
+        heads = ["--num-heads", "1"]  # none records its model: the weights cannot tell the heads (test_model)
+        assert evaluate.main([str(tmp_path / name), "--data-dir", data_dir, "--batch-size", "16", "--json", str(out), *heads]) == 0
         assert json.load(open(out))["top1"] == reference
 
 
@@ -205,8 +209,54 @@ def test_run_dir_holding_another_run_is_refused_and_the_suggested_resume_works(p
     assert train_run(prepared_once, finished_run, "--epochs", "1") == 2
     error = last_error_line(capsys)
     assert "already holds a run" in error
-    result = run_printed(error.split("`")[1])  # resuming a finished run: it is tested again, nothing retrained
-    assert result.returncode == 0 and "test (final weights, epoch 2)" in result.stdout
+    result = run_printed(error.split("`")[1])  # resuming a finished run for its own epochs: nothing to do
+    assert result.returncode == 0 and "nothing to do" in result.stdout
+
+
+def files_of(run_dir):
+    return {path.name: path.read_bytes() for path in run_dir.iterdir()}
+
+
+def test_resume_for_fewer_epochs_is_refused_and_for_as_many_is_nothing_to_do_both_touching_no_file(finished_run, tmp_path, capsys):
+    """A 2-epoch run resumed with --epochs 1 would rewrite config.json (runs.py then shows 2/1);
+    with 2, or none, it has nothing to do; after a stop before its final test, that test runs."""
+    run = tmp_path / "r"
+    shutil.copytree(finished_run, run)
+    before, last = files_of(run), str(run / "last.pt")
+    assert train.main(["--resume", last, "--epochs", "1", "--device", "cpu"]) == 2
+    assert capsys.readouterr().err.strip().splitlines() == [
+        f"error: cannot resume {last} with --epochs 1: the run has trained 2 epochs; give --epochs 2 or more"]
+    for flags in ([], ["--epochs", "2"]):
+        assert train.main(["--resume", last, *flags, "--device", "cpu"]) == 0
+        assert capsys.readouterr().out.strip() == (f"nothing to do: {last} has trained its 2 epochs and been tested; "
+                                                  "to train on, give --epochs 3 or more")
+    assert files_of(run) == before
+    (run / "test_metrics.json").unlink()  # as if stopped after its last epoch, before the test
+    assert train.main(["--resume", last, "--device", "cpu"]) == 0
+    assert "test (final weights, epoch 2)" in capsys.readouterr().out and (run / "test_metrics.json").exists()
+
+
+def test_resume_on_other_data_is_refused_unless_allowed_and_moved_data_resumes(finished_run, prepared_once, tmp_path, capsys):
+    """Other images of the same classes (as the mini zip is to the full one) are another data set."""
+    other = str(tmp_path / "other")
+    zip_path = write_synthetic_zip(str(tmp_path / "other.zip"), **{**TINY, "train_per_class": 12})
+    assert prepare_data.main(["--zip", zip_path, "--data-dir", other]) == 0
+    run = tmp_path / "r"
+    shutil.copytree(finished_run, run)
+    before, last = files_of(run), str(run / "last.pt")
+    assert train.main(["--resume", last, "--epochs", "3", "--data-dir", other, "--device", "cpu"]) == 2
+    error = capsys.readouterr().err.strip().splitlines()
+    assert error == [f"error: cannot resume {last}: --data-dir {other} holds other data (other.zip: 48 train + 40 val "
+                     "images) than the run trained on (tiny.zip: 96 train + 40 val images); resume with --data-dir "
+                     "pointing at the run's data, or give --allow-other-data to go on with this data"]
+    assert files_of(run) == before
+    moved = tmp_path / "moved"
+    shutil.copytree(prepared_once, moved)  # the same data elsewhere: the run goes on
+    assert train.main(["--resume", last, "--epochs", "3", "--data-dir", str(moved), "--device", "cpu"]) == 0
+    assert train.main(["--resume", last, "--epochs", "4", "--data-dir", other, "--allow-other-data", "--device", "cpu"]) == 0
+    config = json.load(open(run / "config.json"))
+    assert config["allow_other_data"] is True and config["data"]["counts"]["train"] == 48
+    assert config["earlier_data"] == [json.load(open(finished_run / "config.json"))["data"]]
 
 
 def test_batch_larger_than_the_training_set(prepared_once, tmp_path, capsys):
