@@ -80,3 +80,41 @@ def signal_during_training(monkeypatch, epoch, step, signals=(signal.SIGINT,)):
             yield batch
 
     monkeypatch.setattr(data.BatchLoader, "iterate", iterate)
+
+
+# train.py as its command line runs it, saying "first step done" once its first optimizer step
+# has run: a test that signals a training process waits for that line (a handshake, not a sleep).
+AFTER_THE_FIRST_STEP = """
+import os
+import sys
+sys.path.insert(0, {root!r})
+import recipe
+import train
+
+step = recipe.Updater.step
+
+
+def step_and_say(self, loss, global_step):
+    skipped = step(self, loss, global_step)
+    if global_step == 0 and os.environ.get("RANK", "0") == "0":  # (under torchrun, rank 0 alone)
+        print("first step done", flush=True)
+    return skipped
+
+
+recipe.Updater.step = step_and_say
+sys.exit(train.main())
+"""
+
+
+def train_saying_after_the_first_step(folder):
+    path = os.path.join(str(folder), "train_saying_after_the_first_step.py")
+    with open(path, "w") as f:
+        f.write(AFTER_THE_FIRST_STEP.format(root=ROOT))
+    return path
+
+
+def wait_for_line(stream, wanted):
+    for line in stream:
+        if wanted in line:
+            return
+    raise AssertionError(f"the process ended without saying {wanted!r}")

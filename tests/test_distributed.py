@@ -13,7 +13,7 @@ import torch
 import evaluate
 import prepare_data
 import train
-from conftest import ROOT
+from conftest import ROOT, train_saying_after_the_first_step, wait_for_line
 from layout import DataError
 
 pytestmark = pytest.mark.slow
@@ -108,12 +108,12 @@ def test_sigterm_stops_every_rank_cleanly(tmp_path):
     data_dir = str(tmp_path / "data")
     argv = ["--synthetic", "--data-dir", data_dir, "--classes", "4", "--train-per-class", "300", "--val-per-class", "5"]
     assert prepare_data.main(argv) == 0
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "train.py",
-               "--data-dir", data_dir, "--run-dir", str(tmp_path / "r"), "--epochs", "100", *COMMON]
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+               train_saying_after_the_first_step(tmp_path), "--data-dir", data_dir, "--run-dir", str(tmp_path / "r"),
+               "--epochs", "100", *COMMON]
     process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                                env={**os.environ, "PYTHONUNBUFFERED": "1"}, start_new_session=True)
-    assert process.stdout.readline().startswith("training on")
-    time.sleep(1.5)
+    wait_for_line(process.stdout, "first step done")
     os.killpg(process.pid, signal.SIGTERM)  # what a scheduler does: the launcher and both ranks
     started = time.perf_counter()
     _, err = process.communicate(timeout=120)
@@ -149,6 +149,29 @@ def test_an_error_on_one_rank_stops_all_ranks_without_hanging(odd_data, tmp_path
     assert result.returncode != 0
     assert "simulated failure on rank 1" in result.stderr
     assert time.perf_counter() - started < 60, "the healthy rank waited for a timeout"
+
+
+GROUP_AT_EXIT = """
+import atexit, sys
+import torch.distributed
+sys.path.insert(0, {root!r})
+import train
+atexit.register(lambda: print("group initialised at exit:", torch.distributed.is_initialized(), flush=True))
+sys.exit(train.main())
+"""
+
+
+def test_a_bad_input_under_torchrun_is_one_line_per_rank_and_leaves_no_process_group(odd_data, tmp_path):
+    """A DataError (raised on every rank alike) ends each rank with exit code 2 and its process
+    group destroyed (NCCL warns of, and may hang on, a group left to the interpreter's exit)."""
+    script = tmp_path / "train_reporting_its_group.py"
+    script.write_text(GROUP_AT_EXIT.format(root=ROOT))
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(script),
+               "--data-dir", odd_data, "--run-dir", str(tmp_path / "r"), *COMMON, "--batch-size", "1000"]
+    result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert "exitcode  : 2" in result.stderr
+    assert result.stderr.count("error: --batch-size 1000 is larger than the training set (96 images)") == 2
+    assert result.stdout.count("group initialised at exit: False") == 2, result.stdout
 
 
 def test_a_batchnorm_model_with_an_ema_records_what_evaluate_py_gives(odd_data, tmp_path):

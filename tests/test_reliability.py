@@ -7,7 +7,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 
 import pytest
 import torch
@@ -16,7 +15,7 @@ import checkpoint
 import layout
 import prepare_data
 import train
-from conftest import ROOT, assert_same_training_state, signal_during_training
+from conftest import ROOT, assert_same_training_state, signal_during_training, train_saying_after_the_first_step, wait_for_line
 
 FAST = ["--batch-size", "16", "--eval-batch-size", "16", "--log-every", "2", "--device", "cpu"]
 
@@ -64,12 +63,11 @@ def test_sigterm_to_a_real_process_writes_a_checkpoint_and_exits_143(tmp_path):
     data_dir = str(tmp_path / "data")
     argv = ["--synthetic", "--data-dir", data_dir, "--classes", "4", "--train-per-class", "200", "--val-per-class", "5"]
     assert prepare_data.main(argv) == 0
-    command = [sys.executable, "train.py", "--data-dir", data_dir, "--run-dir", str(tmp_path / "r"), "--epochs", "100",
-               "--batch-size", "16", "--device", "cpu", "--no-amp"]
+    command = [sys.executable, train_saying_after_the_first_step(tmp_path), "--data-dir", data_dir, "--run-dir",
+               str(tmp_path / "r"), "--epochs", "100", "--batch-size", "16", "--device", "cpu", "--no-amp"]
     process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                                env={**os.environ, "PYTHONUNBUFFERED": "1"})
-    assert process.stdout.readline().startswith("training on")
-    time.sleep(1.0)
+    wait_for_line(process.stdout, "first step done")
     process.send_signal(signal.SIGTERM)
     _, err = process.communicate(timeout=60)
     assert process.returncode == 143, err
