@@ -9,7 +9,8 @@ from dataclasses import asdict
 
 import torch
 
-from layout import DataError, read_json
+from checkpoint import class_difference
+from layout import DataError, data_identity, read_json
 from model import DEFAULT_MODEL, MODELS, format_setting, given_settings, make_config, parse_setting
 from recipe import PRESET_MODEL_SETTINGS, RECIPE_FLAGS, warmup_epochs
 
@@ -146,10 +147,13 @@ def check_epochs_to_go(args, progress, path):
 
 
 def check_same_data(args, checkpoint, data, path):
-    """The data of a resume is the run's (moved or copied anywhere), or, with --allow-other-data,
-    another set with the same classes, recorded in config.json's earlier_data."""
+    """The data of a resume (a data.PackedData) is the run's (moved or copied anywhere), or, with
+    --allow-other-data, another set with the same classes, recorded in config.json's earlier_data."""
+    if class_difference(checkpoint["classes"], data.classes):
+        raise DataError(f"cannot resume {path}: it was trained on a different class list "
+                        f"({class_difference(checkpoint['classes'], data.classes)})")
     saved = saved_run(checkpoint)
-    differences = data_differences(args, saved, data)
+    differences = data_differences(args, saved, data_identity(data.meta))
     if differences and not args.allow_other_data:
         raise DataError(f"cannot resume {path}: {differences[0]}; resume with --data-dir pointing at the run's data, "
                         "or give --allow-other-data to go on with this data")

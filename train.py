@@ -37,7 +37,7 @@ from torch.utils._pytree import tree_map_only  # torch's map over nested contain
 from cli import ArgumentParser, progress_bar, resume_command, shell_command
 from curves import draw_curves_or_explain
 from data import BatchLoader, load_packed, make_splits
-from checkpoint import class_difference, load_checkpoint, model_entries, model_from_checkpoint, save_checkpoint
+from checkpoint import load_checkpoint, model_entries, model_from_checkpoint, save_checkpoint
 from evaluate import evaluate, evaluate_with_report, peak_memory, topk_correct
 from layout import DataError, data_identity, ensure_dir, write_csv, write_json
 from model import (
@@ -427,11 +427,9 @@ def load_on_every_rank(path, dist):
     return checkpoint
 
 
-def restore(checkpoint, model, updater, classes, path, dist):
-    """Load a run's state for --resume (the model is already the checkpoint's); refuse a
-    different class list."""
-    if class_difference(checkpoint["classes"], classes):
-        raise DataError(f"cannot resume {path}: it was trained on a different class list ({class_difference(checkpoint['classes'], classes)})")
+def restore(checkpoint, model, updater, path, dist):
+    """Load a run's state for --resume (the model is already the checkpoint's, the data checked
+    to be the run's: resume.check_same_data)."""
     model.load_state_dict(checkpoint["model"])
     # The kernel choice is this machine's, not the saved run's. It is set before loading, because
     # loading puts the step counts beside the parameters only for fused or capturable groups.
@@ -627,7 +625,7 @@ def start_run(args, dist, device):
     configure_backends(device)
     data = load_packed(args.data_dir)
     if checkpoint is not None:
-        check_same_data(args, checkpoint, data_identity(data.meta), args.resume)
+        check_same_data(args, checkpoint, data, args.resume)
     if data.synthetic and dist.is_main:
         print("warning: SYNTHETIC data (prepare_data.py --synthetic): a smoke test, not a result", file=sys.stderr)
     splits = make_splits(data)
@@ -656,7 +654,7 @@ def start_run(args, dist, device):
         "step_in_epoch": 0, "partial": None,  # set when a run is interrupted mid-epoch
     }
     if checkpoint is not None:
-        progress = restore(checkpoint, model, updater, data.classes, args.resume, dist)
+        progress = restore(checkpoint, model, updater, args.resume, dist)
     trained = model
     if dist.enabled:
         # Wrap first, then compile the wrapper: what the PyTorch DDP + torch.compile docs recommend

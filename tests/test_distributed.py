@@ -156,7 +156,7 @@ import atexit, sys
 import torch.distributed
 sys.path.insert(0, {root!r})
 import train
-atexit.register(lambda: print("group initialised at exit:", torch.distributed.is_initialized(), flush=True))
+atexit.register(lambda: sys.stdout.write(f"group initialised at exit: {{torch.distributed.is_initialized()}}\\n"))  # one write
 sys.exit(train.main())
 """
 
