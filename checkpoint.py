@@ -17,8 +17,10 @@ import zipfile
 from dataclasses import asdict
 
 import torch
+from torch.utils._pytree import tree_map_only  # torch's map over nested containers (what torch.compile uses)
 
-from layout import DataError, write_atomically
+from errors import DataError
+from layout import write_atomically
 from model import DEFAULT_MODEL, MODELS, build_model, config_from_state_dict, make_config
 
 KEY_PREFIXES = ("model.", "_orig_mod.", "module.")  # Lightning, torch.compile, DDP
@@ -200,3 +202,43 @@ def check_classes(checkpoint, classes, path):
     saved = checkpoint.get("classes")
     if saved is not None and class_difference(saved, classes):
         raise DataError(f"{path} was trained on other classes than the prepared data: {class_difference(saved, classes)}")
+
+
+# ---------------------------------------------------------------- train.py's checkpoints
+
+
+def checkpoint_payload(model, data, updater, progress, config, rng):
+    """Only CPU tensors and plain Python values, so torch.load(weights_only=True) reads it on any
+    machine (the format: checkpoint.py). With an EMA, "ema" holds the averaged weights: what was evaluated
+    and what evaluate.py uses."""
+    payload = {
+        **model_entries(model),  # the plain model: no module. or _orig_mod. prefixes
+        "classes": list(data.classes),
+        "class_names": list(data.class_names),  # so that evaluate.py --files needs no prepared data
+        "synthetic": data.synthetic,
+        "optimizer": updater.optimizer.state_dict(),
+        "scaler": updater.scaler.state_dict(),
+        "schedule": asdict(updater.schedule),
+        "progress": progress,
+        "config": config,
+        "rng": rng,
+    }
+    if updater.ema is not None:
+        payload["ema"] = updater.ema.state_dict()
+    return tree_map_only(torch.Tensor, torch.Tensor.cpu, payload)  # loads on any machine, with or without a GPU
+
+
+def rng_states(device, dist):
+    """Every rank's RNG states (dropout draws from them), gathered for the checkpoint."""
+    mine = (torch.get_rng_state(), torch.cuda.get_rng_state_all() if device.type == "cuda" else [])
+    states = dist.all_gather(mine)
+    return {"torch": [torch_state for torch_state, _ in states], "cuda": [cuda_state for _, cuda_state in states]}
+
+
+def restore_rng_states(rng, rank):
+    """This rank's RNG states from a checkpoint (dropout draws from them); a rank the run did not
+    have (resumed on more processes) keeps its own seed."""
+    if rank < len(rng["torch"]):
+        torch.set_rng_state(rng["torch"][rank])
+        if torch.cuda.is_available() and rng["cuda"][rank]:
+            torch.cuda.set_rng_state_all(rng["cuda"][rank][: torch.cuda.device_count()])

@@ -11,6 +11,8 @@ import time
 
 from tqdm import tqdm
 
+from errors import DataError
+
 PLAIN_PROGRESS_SECONDS = 30  # in a log file: one progress line this often
 
 
@@ -55,8 +57,6 @@ def exit_quietly_on_ctrl_c():
 def exit_code_of(run, args):
     """A script's main: run(args), then 0; a DataError (a problem with the user's data or inputs)
     is its one `error:` line and 2; a Ctrl-C is one line and 130."""
-    from layout import DataError
-
     try:
         run(args)
     except DataError as error:

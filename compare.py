@@ -33,12 +33,15 @@ import torch
 
 from checkpoint import check_classes, load_checkpoint, model_from_checkpoint
 from cli import ArgumentParser
-from curves import plot_or_note, pyplot, read_metrics, save_figure
-from data import IMAGE_SIZE, BatchLoader, load_packed, make_splits
+from curves import plot_or_note, pyplot, save_figure
+from constants import IMAGE_SIZE
+from data import BatchLoader, load_packed, make_splits
 from evaluate import evaluate_with_report, measure_throughput
-from layout import DataError, check_output_path, data_identity, read_json, write_rows
+from errors import DataError
+from layout import check_output_path, data_identity, write_rows
 from model import MODELS, build_model, count_parameters, flops_per_image
 from recipe import RECIPE_FLAGS
+from rundir import is_run, read_config, read_metrics, read_test_metrics
 from runs import describe_model, expand_globs, find_runs, not_a_run, run_state
 from runtime import amp_dtype, autocast, configure_backends, resolve_device, synchronize
 
@@ -122,11 +125,11 @@ def run_record(config, source, weights, test, checkpoint_path, speed_dir=None, i
 
 def read_run(run_dir, weights):
     """The record of a run directory; a DataError when it has no test figures (yet)."""
-    config = read_json(os.path.join(run_dir, "config.json"))
+    config = read_config(run_dir)
     if not isinstance(config, dict):
         raise DataError(f"{run_dir}: its config.json is damaged")
     state = run_state(run_dir)
-    recorded = (read_json(os.path.join(run_dir, "test_metrics.json")) or {}) if state == "finished" else {}
+    recorded = read_test_metrics(run_dir) if state == "finished" else {}
     if recorded.get("final", {}).get("epoch") != config.get("epochs"):  # (an extension that died at once)
         recorded = {}
     test = recorded.get(weights)
@@ -147,12 +150,12 @@ def read_checkpoint(path, data_dir, device, batch_size):
     folder = os.path.dirname(os.path.abspath(path))
     config = {**(checkpoint.get("config") or {}), "model": model.model_name, "model_config": asdict(model.config)}
     epoch = checkpoint.get("progress", {}).get("epoch")
-    in_a_run = "config" in checkpoint and os.path.exists(os.path.join(folder, "config.json"))
+    in_a_run = "config" in checkpoint and is_run(folder)
     if in_a_run:
         state = run_state(folder)
         if state != "finished":
             raise DataError(f"{path}: its run is not finished ({state}), so its weights are not a result yet")
-        recorded = read_json(os.path.join(folder, "test_metrics.json")) or {}
+        recorded = read_test_metrics(folder)
         weights = next((w for w in ("final", "best") if recorded.get(w, {}).get("epoch") == epoch), None)
         if weights:
             return run_record(config, path, weights, recorded[weights], path, speed_dir=folder)

@@ -7,48 +7,16 @@ from its metrics.csv, into curves.png in the run directory.
 train.py draws it at the end of a run. matplotlib is in requirements.txt; without it, the rest
 of the kit works and this says how to install it.
 """
-import csv
-import math
 import os
 import sys
 
 from cli import ArgumentParser, exit_quietly_on_ctrl_c
-from layout import DataError, check_output_path, read_json, write_atomically
+from errors import DataError
+from layout import check_output_path, write_atomically
+from rundir import CURVES, read_config, read_metrics
 
 MATPLOTLIB_HINT = "matplotlib is not installed: `python -m pip install matplotlib`"
 INSTALL_HINT = f"{MATPLOTLIB_HINT} to draw curves.png"
-
-
-DOMINANT = "_dominant_label"  # the suffix of the training accuracy columns under MixUp/CutMix
-
-
-def read_metrics(run_dir):
-    path = os.path.join(run_dir, "metrics.csv")
-    no_epoch = (f"{run_dir}/ has no finished epoch yet (metrics.csv gets a row as each epoch ends): "
-                "draw it once one has ended")
-    if not os.path.isdir(run_dir):
-        raise DataError(f"{run_dir} is not a directory: give a run directory written by train.py")
-    try:
-        with open(path, newline="") as f:
-            rows = list(csv.DictReader(f))
-    except OSError:
-        if os.path.exists(os.path.join(run_dir, "config.json")):  # a run stopped in its first epoch
-            raise DataError(no_epoch) from None
-        raise DataError(f"no metrics.csv in {run_dir}/: is it a train.py run directory?") from None
-    if not rows:
-        raise DataError(no_epoch)
-    try:
-        # (an empty cell: a column added after the row was written, in a run resumed across versions)
-        columns = {key: [float(row[key]) if row[key] != "" else math.nan for row in rows] for key in rows[0]}
-    except (TypeError, ValueError):
-        raise DataError(f"{path} is damaged (a value is not a number)") from None
-    # Under MixUp/CutMix the training accuracy is against the dominant label: read as train_top1,
-    # with "dominant_label" set so that plots can say so.
-    for key in ("train_top1", "train_top5"):
-        if key + DOMINANT in columns:
-            columns[key] = columns.pop(key + DOMINANT)
-            columns["dominant_label"] = True
-    return columns
 
 
 def pyplot():
@@ -92,7 +60,7 @@ def build_figure(run_dirs):
     from matplotlib.ticker import MaxNLocator
 
     runs, run_dirs = read_runs(run_dirs)
-    smoothed = [name for (name, _), d in zip(runs, run_dirs) if (read_json(os.path.join(d, "config.json")) or {}).get("label_smoothing")]
+    smoothed = [name for (name, _), d in zip(runs, run_dirs) if (read_config(d) or {}).get("label_smoothing")]
     fig, (loss_ax, top1_ax, lr_ax) = plt.subplots(1, 3, figsize=(14, 4), gridspec_kw={"width_ratios": [3, 3, 2]})
     for index, (name, m) in enumerate(runs):
         color = f"C{index}"
@@ -148,7 +116,7 @@ def smoothing_note(smoothed, num_runs):
 def draw_curves_or_explain(run_dir):
     """train.py's end of run: draw curves.png, or say why not and carry on."""
     try:
-        out = draw_curves([run_dir], os.path.join(run_dir, "curves.png"))
+        out = draw_curves([run_dir], os.path.join(run_dir, CURVES))
     except ImportError:
         print(f"note: {INSTALL_HINT}", file=sys.stderr)
         return None
@@ -166,7 +134,7 @@ def main(argv=None):
     args = parser.parse_args(argv)
     if len(args.run_dirs) > 1 and not args.out:
         parser.error("with several runs, name the picture with --out")
-    out = args.out or os.path.join(args.run_dirs[0], "curves.png")
+    out = args.out or os.path.join(args.run_dirs[0], CURVES)
     try:
         if args.out:
             check_output_path(out, "--out")

@@ -29,13 +29,9 @@ from augment import (
     mix,
     stream_seed,
 )
-from layout import PACKED_ARRAYS, VAL_BOXES_FILE, DataError, array_path, inspect_prepared, packed_dir, prepare_advice
-
-# The notebook's normalisation (ImageNet-style statistics of Tiny ImageNet).
-MEAN = (0.4802, 0.4481, 0.3975)
-STD = (0.2302, 0.2265, 0.2262)
-IMAGE_SIZE = 64
-CROP_PADDING = 4
+from constants import CROP_PADDING, MEAN, STD
+from errors import DataError
+from layout import PACKED_ARRAYS, VAL_BOXES_FILE, array_path, inspect_prepared, packed_dir, prepare_advice
 
 # The notebook's split of the 10,000 val images: random_split([20%, 80%]) seeded with 42.
 SPLIT_SEED = 42

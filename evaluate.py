@@ -32,7 +32,8 @@ import torch.nn.functional as F
 from checkpoint import check_classes, load_checkpoint, model_from_checkpoint
 from cli import ArgumentParser, exit_code_of
 from data import BatchLoader, batch_buffer, is_laid_out_as_normalize, load_packed, make_splits
-from layout import DataError, check_output_path, write_json
+from errors import DataError
+from layout import check_output_path, write_json
 from model import MODELS, add_setting_flags, count_parameters, given_settings
 from predict import TOP_K, class_names_for, load_any_image, own_image_files, test_image_files, write_predictions
 from runtime import amp_dtype, autocast, resolve_device, synchronize

@@ -22,7 +22,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from einops import rearrange
 
-from data import IMAGE_SIZE  # the CNN's classifier and the ViT's position embeddings depend on it
+from constants import IMAGE_SIZE  # the CNN's classifier and the ViT's position embeddings depend on it
 
 
 def conv_size(size, kernel, stride, padding):

@@ -10,7 +10,8 @@ import numpy as np
 import torch
 
 from data import normalize
-from layout import DATASET_DIR, DataError, prepare_advice, read_meta, write_csv
+from errors import DataError
+from layout import DATASET_DIR, prepare_advice, read_meta, write_csv
 from runtime import autocast
 
 TOP_K = 5  # classes per image in --predict's CSV

@@ -34,6 +34,8 @@ import numpy as np
 from PIL import Image
 
 from cli import ArgumentParser, progress_bar, shell_command
+from constants import IMAGE_SIZE
+from errors import DataError
 from layout import (
     DATASET_DIR,
     EXTRACTED_MARKER,
@@ -46,7 +48,6 @@ from layout import (
     VAL_PROCESSED_DIR,
     VAL_PROCESSED_MARKER,
     ZIP_NAME,
-    DataError,
     ensure_dir,
     flush_to_disk,
     is_synthetic,
@@ -61,7 +62,6 @@ from layout import (
 
 OFFICIAL_URL = "http://cs231n.stanford.edu/tiny-imagenet-200.zip"
 OFFICIAL_MD5 = "90528d7ca1a48142e341f4ef8d21d0de"
-IMAGE_SIZE = 64
 # torchvision's IMG_EXTENSIONS: the files ImageFolder takes as images.
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
 MAX_UNCOMPRESSED_BYTES = 4 << 30  # the real zip expands to ~0.5 GB; refuse zip bombs

@@ -10,7 +10,9 @@ from dataclasses import asdict
 import torch
 
 from checkpoint import class_difference
-from layout import DataError, data_identity, read_json
+from errors import DataError
+from layout import data_identity
+from rundir import read_test_metrics
 from model import DEFAULT_MODEL, MODELS, format_setting, given_settings, make_config, parse_setting
 from recipe import PRESET_MODEL_SETTINGS, RECIPE_FLAGS, warmup_epochs
 
@@ -140,7 +142,7 @@ def check_epochs_to_go(args, progress, path):
         what = f"{done} epoch{'s' if done != 1 else ''}" + (f" and part of epoch {begun}" if begun > done else "")
         raise DataError(f"cannot resume {path} with --epochs {args.epochs}: the run has trained {what}; "
                         f"give --epochs {begun} or more")
-    tested = (read_json(os.path.join(os.path.dirname(os.path.abspath(path)), "test_metrics.json")) or {}).get("final", {})
+    tested = read_test_metrics(os.path.dirname(os.path.abspath(path))).get("final", {})
     if args.epochs == done and begun == done and tested.get("epoch") == done:
         raise NothingToDo(f"nothing to do: {path} has trained its {done} epoch{'s' if done != 1 else ''} and been "
                           f"tested; to train on, give --epochs {done + 1} or more")

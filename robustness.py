@@ -34,7 +34,8 @@ import torch.nn.functional as F
 from checkpoint import load_checkpoint, model_from_checkpoint
 from cli import ArgumentParser, exit_code_of, progress_bar, short_label
 from curves import plot_or_note, pyplot, save_figure
-from data import IMAGE_SIZE, load_packed, make_splits, normalize
+from constants import IMAGE_SIZE
+from data import load_packed, make_splits, normalize
 from model import MODELS, add_setting_flags, given_settings
 from evaluate import checked_data, data_dir_of, top_predictions
 from layout import check_output_path, write_rows

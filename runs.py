@@ -13,8 +13,8 @@ import socket
 import sys
 
 from cli import ArgumentParser, exit_quietly_on_ctrl_c, resume_command
-from curves import read_metrics
-from layout import DataError, read_json
+from rundir import LAST, TEST_METRICS, file_of, is_run, read_config, read_metrics, read_status, read_test_metrics
+from errors import DataError
 
 COLUMNS = ("run", "model", "recipe", "epochs", "best val top-1", "test top-1", "state")
 
@@ -24,10 +24,10 @@ def find_runs(paths):
     a run itself, among its subfolders, each once; plus the paths that held no run."""
     runs, not_runs = [], []
     for path in paths:
-        if os.path.exists(os.path.join(path, "config.json")):
+        if is_run(path):
             found = [path]
         elif os.path.isdir(path):
-            found = sorted(e.path for e in os.scandir(path) if os.path.exists(os.path.join(e.path, "config.json")))
+            found = sorted(e.path for e in os.scandir(path) if is_run(e.path))
         else:
             found = []
         if not found and (os.path.isdir(path) or not os.path.exists(path)):
@@ -73,12 +73,12 @@ def is_zombie(pid):
 def run_state(run_dir):
     """finished / interrupted / crashed: <error> / killed / running, from status.json (runs from
     before it existed: finished when they have test results)."""
-    status = read_json(os.path.join(run_dir, "status.json"))
-    if not isinstance(status, dict):
-        return "finished" if os.path.exists(os.path.join(run_dir, "test_metrics.json")) else "stopped"
+    status = read_status(run_dir)
+    if status is None:
+        return "finished" if os.path.exists(file_of(run_dir, TEST_METRICS)) else "stopped"
     state = status.get("state")
     if state == "interrupted":
-        has_checkpoint = os.path.exists(os.path.join(run_dir, "last.pt"))
+        has_checkpoint = os.path.exists(file_of(run_dir, LAST))
         return f"interrupted: {resume_command(run_dir)}" if has_checkpoint else "interrupted before its first checkpoint"
     if state == "crashed":
         return f"crashed: {status.get('detail')}"
@@ -92,7 +92,7 @@ def run_state(run_dir):
 
 def describe_run(run_dir):
     """The row of one run."""
-    config = read_json(os.path.join(run_dir, "config.json")) or {}
+    config = read_config(run_dir) or {}
     try:
         metrics = read_metrics(run_dir)
     except DataError:  # no finished epoch yet
@@ -102,7 +102,7 @@ def describe_run(run_dir):
     best = max(zip(metrics["val_top1"], [-v for v in metrics.get("val_loss", [])], metrics["epoch"]), default=None)
     state = run_state(run_dir)
     # test results belong to a finished run (an extended run still holds the shorter run's)
-    test = (read_json(os.path.join(run_dir, "test_metrics.json")) or {}).get("final") if state == "finished" else None
+    test = read_test_metrics(run_dir).get("final") if state == "finished" else None
     return {
         "run": run_dir,
         "model": describe_model(config),

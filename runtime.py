@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import torch
 
-from layout import DataError
+from errors import DataError
 
 
 def resolve_device(name):

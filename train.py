@@ -32,14 +32,14 @@ from dataclasses import asdict, dataclass
 
 import torch
 from torch.nn.parallel import DistributedDataParallel
-from torch.utils._pytree import tree_map_only  # torch's map over nested containers (what torch.compile uses)
 
 from cli import ArgumentParser, progress_bar, resume_command, shell_command
 from curves import draw_curves_or_explain
 from data import BatchLoader, load_packed, make_splits
-from checkpoint import load_checkpoint, model_entries, model_from_checkpoint, save_checkpoint
+from checkpoint import checkpoint_payload, load_checkpoint, model_from_checkpoint, restore_rng_states, rng_states, save_checkpoint
 from evaluate import evaluate, evaluate_with_report, peak_memory, topk_correct
-from layout import DataError, data_identity, ensure_dir, write_csv, write_json
+from errors import DataError
+from layout import data_identity, ensure_dir
 from model import (
     DEFAULT_MODEL,
     MODELS,
@@ -53,9 +53,9 @@ from model import (
     settings_of,
 )
 from augment import MAGNITUDE_BINS, Augmentation, Mixing
-from curves import DOMINANT
 from recipe import EMA, NO_AUGMENTATION, PRESET_MODEL_SETTINGS, PRESETS, RECIPE_FLAGS, LRSchedule, Updater, build_optimizer, warmup_epochs
 from resume import NothingToDo, adopt_saved_settings, check_resumable, check_same_data, keep_saved_precision
+from rundir import LAST, RunStatus, file_of, is_run, write_config, write_metrics, write_test_metrics
 from runtime import (
     Distributed,
     amp_dtype,
@@ -66,12 +66,6 @@ from runtime import (
     maybe_compile,
     setup_distributed,
 )
-
-METRIC_FIELDS = (
-    "epoch", "train_loss", "train_top1", "train_top5", "val_loss", "val_top1", "val_top5",
-    "lr", "seconds", "images_per_s", "skipped_steps", "peak_memory_mb",
-)
-
 
 NOT_RECORDED = ("given", "warmup_note")  # which flags were given, and a note printed once
 
@@ -357,14 +351,6 @@ class StopSignal:
         return self.EXIT_CODES.get(self.received, 0)
 
 
-def write_metrics_csv(path, history, mixed=False):
-    """metrics.csv; under MixUp/CutMix the training accuracy is against each image's dominant
-    label, and its columns say so (train_top1_dominant_label)."""
-    # (rows of a run resumed from an older version lack the newer columns: left empty)
-    header = [f"{key}{DOMINANT}" if mixed and key in ("train_top1", "train_top5") else key for key in METRIC_FIELDS]
-    write_csv(path, header, ([row.get(key, "") for key in METRIC_FIELDS] for row in history))
-
-
 # ---------------------------------------------------------------- setup
 
 
@@ -379,10 +365,10 @@ def choose_run_dir(args):
 def prepare_run_dir(run_dir, resume_path):
     """Create the run directory; refuse one that already holds another run (a resumed run may
     continue in its own directory, or in a new one)."""
-    holds_a_run = os.path.exists(os.path.join(run_dir, "config.json"))
+    holds_a_run = is_run(run_dir)
     own = resume_path and os.path.realpath(run_dir) == os.path.realpath(os.path.dirname(os.path.abspath(resume_path)))
     if holds_a_run and not own:
-        if not os.path.exists(os.path.join(run_dir, "last.pt")):
+        if not os.path.exists(file_of(run_dir, LAST)):
             raise DataError(f"{run_dir} holds a run that stopped before its first checkpoint: delete the folder "
                             "or choose another --run-dir")
         raise DataError(f"{run_dir} already holds a run: continue it with `{resume_command(run_dir)}` "
@@ -446,11 +432,7 @@ def restore(checkpoint, model, updater, path, dist):
         if "ema" not in checkpoint:
             raise DataError(f"cannot resume {path}: it has no EMA weights to continue")
         updater.ema.load_state_dict(checkpoint["ema"])
-    rng = checkpoint["rng"]
-    if dist.rank < len(rng["torch"]):  # a run resumed on more ranks than it had: the new ranks keep their seeds
-        torch.set_rng_state(rng["torch"][dist.rank])
-        if torch.cuda.is_available() and rng["cuda"][dist.rank]:
-            torch.cuda.set_rng_state_all(rng["cuda"][dist.rank][: torch.cuda.device_count()])
+    restore_rng_states(checkpoint["rng"], dist.rank)
     progress = checkpoint["progress"]
     if progress["partial"] and not dist.is_main:
         progress = {**progress, "partial": None}  # partial sums are over all ranks: rank 0 carries them
@@ -468,13 +450,6 @@ def resolved_config(args, model, data, device, dtype, run_dir, dist):
                   amp_dtype=str(dtype).replace("torch.", "") if dtype else None, run_dir=run_dir, world_size=dist.world_size,
                   data=data_identity(data.meta), peak_memory_what=peak_memory(device)[1])
     return config
-
-
-def rng_states(device, dist):
-    """Every rank's RNG states (dropout draws from them), gathered for the checkpoint."""
-    mine = (torch.get_rng_state(), torch.cuda.get_rng_state_all() if device.type == "cuda" else [])
-    states = dist.all_gather(mine)
-    return {"torch": [torch_state for torch_state, _ in states], "cuda": [cuda_state for _, cuda_state in states]}
 
 
 def on_main(dist, action):
@@ -573,7 +548,7 @@ def run(args, stop, dist, device):
         if dist.enabled:
             check_ranks_agree(r.model, dist, r.log)
         test_metrics = evaluate_test(r)
-        on_main(dist, lambda: write_json(os.path.join(r.run_dir, "test_metrics.json"), test_metrics))
+        on_main(dist, lambda: write_test_metrics(r.run_dir, test_metrics))
         status.set("finished")
     if dist.is_main:
         draw_curves_or_explain(r.run_dir)
@@ -581,33 +556,6 @@ def run(args, stop, dist, device):
     evaluate_again = shell_command("evaluate.py", best if os.path.exists(best) else os.path.join(r.run_dir, "last.pt"))
     r.log(f"run saved in {r.run_dir}/ (evaluate again: {evaluate_again})")
     return test_metrics
-
-
-class RunStatus:
-    """status.json in the run directory: running, then finished, interrupted (resumable) or
-    crashed (with the error), so that a listing (runs.py) can tell them apart. A run killed
-    outright stays "running" with the process id that runs.py checks."""
-
-    def __init__(self, run_dir, enabled=True):
-        self.path, self.enabled = os.path.join(run_dir, "status.json"), enabled
-        self.state = {"state": "running", "pid": os.getpid(), "host": socket.gethostname(),
-                      "started": time.strftime("%Y-%m-%d %H:%M:%S")}
-
-    def set(self, state, detail=None):
-        self.state.update(state=state, detail=detail, ended=time.strftime("%Y-%m-%d %H:%M:%S"))
-        if self.enabled:
-            write_json(self.path, self.state)
-
-    def __enter__(self):
-        if self.enabled:
-            write_json(self.path, self.state)
-        return self
-
-    def __exit__(self, kind, error, traceback):
-        if kind is KeyboardInterrupt:
-            self.set("interrupted", "stopped at once (second Ctrl-C)")
-        elif kind is not None:
-            self.set("crashed", str(error).splitlines()[0][:300] if str(error) else kind.__name__)
 
 
 def start_run(args, dist, device):
@@ -663,7 +611,7 @@ def start_run(args, dist, device):
     trained = maybe_compile(trained, args.compile, args.compile_mode)
     evaluated = maybe_compile(updater.ema.module, args.compile, args.compile_mode) if updater.ema else trained
     config = resolved_config(args, model, data, device, dtype, run_dir, dist)
-    on_main(dist, lambda: write_json(os.path.join(run_dir, "config.json"), config))
+    on_main(dist, lambda: write_config(run_dir, config))
     r = Run(args, dist, device, dtype, data, splits, run_dir, model, trained, evaluated, updater,
             train_loader, val_loader, progress, config)
     if checkpoint is not None:
@@ -772,8 +720,7 @@ def run_epoch(r, epoch, stop):
     improved = (val["top1"], -val["loss"]) > (progress["best_val_top1"], -progress.get("best_val_loss", math.inf))
     if improved:
         progress.update(best_val_top1=val["top1"], best_val_loss=val["loss"], best_epoch=epoch + 1)
-    on_main(r.dist, lambda: write_metrics_csv(os.path.join(r.run_dir, "metrics.csv"), progress["history"],
-                                              r.train_loader.augmentation.mixing.enabled))
+    on_main(r.dist, lambda: write_metrics(r.run_dir, progress["history"], r.train_loader.augmentation.mixing.enabled))
     if improved:  # best.pt first: a kill between the two never leaves a best.pt older than last.pt says
         # Every rank keeps them: the final test needs no best.pt, which only rank 0's disk holds.
         r.best_weights = {key: value.detach().to("cpu", copy=True) for key, value in evaluated_module(r).state_dict().items()}
@@ -782,27 +729,6 @@ def run_epoch(r, epoch, stop):
     if r.dist.is_main:
         print_epoch(epoch, args.epochs, train, val, row, improved, r.train_loader.augmentation.mixing.enabled)
     return True
-
-
-def checkpoint_payload(model, data, updater, progress, config, rng):
-    """Only CPU tensors and plain Python values, so torch.load(weights_only=True) reads it on any
-    machine (the format: checkpoint.py). With an EMA, "ema" holds the averaged weights: what was evaluated
-    and what evaluate.py uses."""
-    payload = {
-        **model_entries(model),  # the plain model: no module. or _orig_mod. prefixes
-        "classes": list(data.classes),
-        "class_names": list(data.class_names),  # so that evaluate.py --files needs no prepared data
-        "synthetic": data.synthetic,
-        "optimizer": updater.optimizer.state_dict(),
-        "scaler": updater.scaler.state_dict(),
-        "schedule": asdict(updater.schedule),
-        "progress": progress,
-        "config": config,
-        "rng": rng,
-    }
-    if updater.ema is not None:
-        payload["ema"] = updater.ema.state_dict()
-    return tree_map_only(torch.Tensor, torch.Tensor.cpu, payload)  # loads on any machine, with or without a GPU
 
 
 def sum_over_ranks(totals, dist):

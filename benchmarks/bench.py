@@ -27,8 +27,10 @@ sys.path.insert(0, ROOT)
 from benchmarks import notebook  # noqa: E402
 from cli import ArgumentParser  # noqa: E402
 from augment import Augmentation, Mixing  # noqa: E402
-from data import MEAN, STD, BatchLoader, load_packed, make_splits  # noqa: E402
-from layout import DataError, check_output_path, read_meta, write_json  # noqa: E402
+from constants import MEAN, STD  # noqa: E402
+from data import BatchLoader, load_packed, make_splits  # noqa: E402
+from errors import DataError  # noqa: E402
+from layout import check_output_path, read_meta, write_json  # noqa: E402
 from model import DEFAULT_MODEL, build_model, flops_per_image  # noqa: E402
 from runtime import default_amp, maybe_compile, synchronize  # noqa: E402
 from recipe import LRSchedule, Updater, build_optimizer  # noqa: E402

@@ -35,10 +35,12 @@ import time  # noqa: E402
 import train  # noqa: E402
 from cli import ArgumentParser, command_text, duration  # noqa: E402
 from checkpoint import load_checkpoint  # noqa: E402
-from layout import DataError, data_identity, read_json, read_meta  # noqa: E402
+from errors import DataError  # noqa: E402
+from layout import data_identity, read_meta  # noqa: E402
 from recipe import PRESETS  # noqa: E402
 from model import DEFAULT_MODEL  # noqa: E402
 from resume import RUN_DEFINING, run_differences  # noqa: E402
+from rundir import CONFIG, LAST, METRICS, STATUS, file_of, read_config, read_status, read_test_metrics  # noqa: E402
 from runs import run_state  # noqa: E402
 
 TRAIN = os.path.join(ROOT, "train.py")
@@ -78,8 +80,8 @@ class GridRun:
     def state(self, data):
         """('finished', epochs), ('resume', epochs done), ('new', None or why it starts afresh),
         or ('refused', why), from what the run's folder holds; data: the identity of --data-dir."""
-        config = read_json(os.path.join(self.run_dir, "config.json"))
-        if not isinstance(config, dict):
+        config = read_config(self.run_dir)
+        if config is None:
             return "new", None
         state = run_state(self.run_dir)
         if state.startswith("running"):
@@ -92,11 +94,11 @@ class GridRun:
             return "refused", f"holds a run with other settings ({', '.join(differences)}): use another --out-dir or label"
         if config.get("epochs", 0) > self.epochs:
             return "refused", f"holds a {config['epochs']}-epoch run, more than --epochs {self.epochs}: use another --out-dir"
-        final = (read_json(os.path.join(self.run_dir, "test_metrics.json")) or {}).get("final", {})
+        final = read_test_metrics(self.run_dir).get("final", {})
         finished = state == "finished" and final.get("epoch") == config.get("epochs")
         if finished and final["epoch"] == self.epochs:
             return "finished", self.epochs
-        last = os.path.join(self.run_dir, "last.pt")
+        last = file_of(self.run_dir, LAST)
         if os.path.exists(last):
             try:
                 return "resume", load_checkpoint(last)["progress"]["epoch"]
@@ -182,7 +184,7 @@ def run_command(command, quiet):
 def failure_reason(run, last_line):
     if last_line:
         return last_line
-    status = read_json(os.path.join(run.run_dir, "status.json")) or {}
+    status = read_status(run.run_dir) or {}
     return status.get("detail") if status.get("state") == "crashed" else "its output above says why"
 
 
@@ -197,7 +199,7 @@ def train_run(run, index, total, args, data):
         print(f"{prefix} FAILED: {run.run_dir} {detail}", flush=True)
         return False
     if state == "new" and detail:  # no weights to keep, only train.py's notes of the start
-        for name in ("config.json", "status.json", "metrics.csv"):
+        for name in (CONFIG, STATUS, METRICS):
             with contextlib.suppress(FileNotFoundError):
                 os.remove(os.path.join(run.run_dir, name))
     command, shown = command_line(run, state, args.nproc_per_node)
@@ -209,7 +211,7 @@ def train_run(run, index, total, args, data):
     if code != 0:
         print(f"{prefix} FAILED after {took} (exit code {code}): {failure_reason(run, last_line)}", flush=True)
         return False
-    test = (read_json(os.path.join(run.run_dir, "test_metrics.json")) or {}).get("final", {})
+    test = read_test_metrics(run.run_dir).get("final", {})
     print(f"{prefix} finished in {took}: test top-1 {test.get('top1', float('nan')):.2%}", flush=True)
     return True
 

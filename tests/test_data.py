@@ -11,8 +11,9 @@ from torch.utils.data import random_split
 from torchvision import datasets
 
 from benchmarks.notebook import VAL_TRANSFORMS, notebook_datasets
-from data import MEAN, STD, BatchLoader, load_packed, make_splits, normalize, random_crop_flip, split_indices
-from layout import DataError
+from constants import MEAN, STD
+from data import BatchLoader, load_packed, make_splits, normalize, random_crop_flip, split_indices
+from errors import DataError
 
 
 @pytest.mark.parametrize("n", [5, 7, 40, 2000, 10000])

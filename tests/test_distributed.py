@@ -14,7 +14,7 @@ import evaluate
 import prepare_data
 import train
 from conftest import ROOT, train_saying_after_the_first_step, wait_for_line
-from layout import DataError
+from errors import DataError
 
 pytestmark = pytest.mark.slow
 COMMON = ["--batch-size", "16", "--eval-batch-size", "16", "--log-every", "2", "--device", "cpu", "--no-amp"]

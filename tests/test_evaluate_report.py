@@ -11,7 +11,8 @@ import torch
 import evaluate
 import prepare_data
 import train
-from data import MEAN, STD, load_packed, make_splits, normalize
+from constants import MEAN, STD
+from data import load_packed, make_splits, normalize
 from evaluate import class_report, model_from_checkpoint
 from predict import natural_key
 from prepare_data import decode
@@ -216,7 +217,7 @@ def test_predict_when_no_test_image_is_readable_is_a_one_line_error(run_with_tes
 
 def test_reasons_for_unreadable_files_do_not_repeat_or_garble_the_path():
     from predict import why_unreadable
-    from layout import DataError
+    from errors import DataError
 
     assert why_unreadable(FileNotFoundError(2, "No such file or directory", ""), "") == "No such file or directory"
     assert why_unreadable(DataError("cannot decode a.jpg: image file is truncated"), "a.jpg") == "image file is truncated"

@@ -15,7 +15,8 @@ import explain
 import prepare_data
 import train
 from conftest import needs_mini_zip
-from layout import VAL_BOXES_FILE, DataError, packed_dir
+from errors import DataError
+from layout import VAL_BOXES_FILE, packed_dir
 from model import MODELS, Attention, Block, attention_weights
 from test_zoo import tiny
 

@@ -172,7 +172,7 @@ def test_a_notebook_checkpoint_gets_its_heads_from_lightning_or_the_flag_and_is_
     """No shape tells the attention heads: a Lightning checkpoint of a 2-head run loads as 2 heads
     from its saved hyperparameters or --num-heads 2, and without either is one line, never 1 head."""
     from checkpoint import model_from_checkpoint
-    from layout import DataError
+    from errors import DataError
 
     torch.manual_seed(0)
     two_heads = CvTSimplifiedEmbedding(CvTConfig(num_classes=10, embed_dim=32, num_heads=2)).eval()

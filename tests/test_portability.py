@@ -27,7 +27,8 @@ from conftest import ROOT
 from test_zoo import tiny
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
-from layout import PACKED_ARRAYS, VAL_BOXES_FILE, DataError, packed_dir
+from errors import DataError
+from layout import PACKED_ARRAYS, VAL_BOXES_FILE, packed_dir
 
 SCRIPTS = sorted(os.path.basename(path)[:-3] for path in glob.glob(os.path.join(ROOT, "*.py")))
 BENCHMARKS = sorted(f"benchmarks.{os.path.basename(path)[:-3]}" for path in glob.glob(os.path.join(ROOT, "benchmarks", "*.py"))

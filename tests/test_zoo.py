@@ -19,7 +19,7 @@ from benchmarks.notebook import CvTSimplifiedEmbedding as NotebookModel
 from checkpoint import model_from_checkpoint
 from conftest import ROOT, assert_same_training_state, signal_during_training
 from data import BatchLoader, load_packed, make_splits, normalize
-from layout import DataError
+from errors import DataError
 from model import MODELS, build_model, count_parameters, flops_per_image, make_config
 from recipe import LRSchedule, Updater, build_optimizer
 from runtime import amp_dtype, default_amp
