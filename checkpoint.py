@@ -6,7 +6,8 @@ reads it): "model" (the plain model's state_dict), "model_name" and "model_confi
 rebuild the model), "classes", "class_names", and the training state (optimizer, progress,
 RNG, ...). Checkpoints from before the model registry have no "model_name": they hold
 cvt-simplified. Foreign checkpoints (the study's Lightning runs: "state_dict" with keys
-prefixed `model.`; compiled or DDP models) are recognised by their keys.
+prefixed `model.`; compiled or DDP models) are recognised by their keys. Also here: the payload
+train.py saves and every rank's RNG states. Not here: when a resume is allowed (resume.py).
 """
 import functools
 import io

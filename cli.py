@@ -1,10 +1,12 @@
 """What every script's command line shares: --help that shows the defaults, progress that suits
-a terminal and a log file alike, commands printed so that they can be pasted, and a quiet
-Ctrl-C while torch is still importing. Kept free of torch so that it loads instantly.
+a terminal and a log file alike, commands printed so that they can be pasted, a quiet Ctrl-C
+while torch is still importing, and SIGINT/SIGTERM that stop training after the current step
+(StopSignal). Kept free of torch so that it loads instantly.
 """
 import argparse
 import os
 import shlex
+import signal
 import subprocess
 import sys
 import time
@@ -146,3 +148,36 @@ class PlainProgress:
 
     def __exit__(self, *exc_info):
         self.close()
+
+
+class StopSignal:
+    """SIGINT (Ctrl-C) or SIGTERM asks the loop to stop after the current step; a second
+    SIGINT stops at once (every file is written atomically, so nothing is left half-written)."""
+
+    EXIT_CODES = {signal.SIGINT: 130, signal.SIGTERM: 143}
+
+    def __init__(self):
+        self.received = None
+        self.previous = {}
+
+    def __enter__(self):
+        for signum in self.EXIT_CODES:
+            self.previous[signum] = signal.signal(signum, self.handle)
+        return self
+
+    def __exit__(self, *exc_info):
+        for signum, handler in self.previous.items():
+            signal.signal(signum, handler)
+
+    def handle(self, signum, frame):
+        if self.received is not None and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        self.received = signum
+        print(f"\n{signal.Signals(signum).name}: stopping after this step (Ctrl-C again to quit at once)", file=sys.stderr)
+
+    def __call__(self):
+        return self.received is not None
+
+    @property
+    def exit_code(self):
+        return self.EXIT_CODES.get(self.received, 0)

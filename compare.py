@@ -36,7 +36,7 @@ from cli import ArgumentParser
 from curves import plot_or_note, pyplot, save_figure
 from constants import IMAGE_SIZE
 from data import BatchLoader, load_packed, make_splits
-from evaluate import evaluate_with_report, measure_throughput
+from evaluation import evaluate_with_report, measure_throughput
 from errors import DataError
 from layout import check_output_path, data_identity, write_rows
 from model import MODELS, build_model, count_parameters, flops_per_image

@@ -8,3 +8,6 @@ IMAGE_SIZE = 64  # Tiny ImageNet's images are 64x64 RGB; the CNN's classifier an
 MEAN = (0.4802, 0.4481, 0.3975)
 STD = (0.2302, 0.2265, 0.2262)
 CROP_PADDING = 4
+
+# The image files that ImageFolder reads (torchvision's IMG_EXTENSIONS): what prepare_data.py packs.
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")

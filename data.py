@@ -1,5 +1,6 @@
-"""Tiny ImageNet as packed uint8 arrays: the layout on disk, the notebook's splits, and a
-batch loader that augments whole batches on the model's device.
+"""Tiny ImageNet as packed uint8 arrays: loading them, the notebook's splits, normalisation, and a
+batch loader that augments whole batches on the model's device. Not here: the folder layout
+(layout.py), the augmentation operations (augment.py), the constants (constants.py).
 
     from data import load_packed, make_splits, BatchLoader
     data = load_packed("data")                      # written by `python prepare_data.py`

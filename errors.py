@@ -1,8 +1,13 @@
-"""The error every script reports as one line and exit code 2: a problem with the user's data or
-inputs. Its own module, below everything, so that the command-line helpers (cli.py) and the data
-layout (layout.py) can both raise and catch it without importing each other.
+"""The errors the scripts report as one line: DataError (the user's data or inputs, exit code 2)
+and TrainingError (training cannot go on, exit code 1). Their own module, below everything, so
+that the command-line helpers (cli.py) and the data layout (layout.py) can both raise and catch
+them without importing each other.
 """
 
 
 class DataError(Exception):
     """A problem with the user's data or inputs: reported as one line, exit code 2."""
+
+
+class TrainingError(Exception):
+    """Training cannot go on (e.g. the loss diverged); reported as one line, exit code 1."""

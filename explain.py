@@ -47,11 +47,13 @@ from cli import ArgumentParser, exit_code_of, progress_bar, short_label
 from curves import MATPLOTLIB_HINT, pyplot, save_figure
 from constants import IMAGE_SIZE
 from data import make_splits, normalize, split_boxes
-from evaluate import checked_data, data_dir_of, short_name
+from evaluation import checked_data, data_dir_of
 from errors import DataError
 from layout import ensure_dir, write_json
-from model import MODELS, Attention, Stage, add_setting_flags, given_settings
-from predict import class_names_for, load_any_image, own_image_files, read_images, report_unreadable
+from model import MODELS, add_setting_flags, given_settings
+from models.blocks import Attention
+from models.cvt import Stage
+from predict import class_names_for, short_name, load_any_image, own_image_files, read_images, report_unreadable
 from runtime import resolve_device
 
 METHODS = ("gradcam", "attention", "rollout")

@@ -22,11 +22,15 @@ meta.json: parts of two different prepares are never read together.
 A source is where the data came from: {"zip": name, "bytes": size}, {"synthetic": {sizes,
 seed}} for `--synthetic`, or {"zip": None, "reused": True} for a folder extracted by another
 tool. prepare_data.py never replaces data from one source by another without --force.
+
+Also here: how every output file is written (atomically, flushed to disk) and the staging and
+swapping of folders. Not here: the run directory's files (rundir.py), the arrays' contents (data.py).
 """
 import csv
 import hashlib
 import json
 import os
+import shutil
 
 from cli import shell_command
 from errors import DataError
@@ -228,3 +232,25 @@ def write_rows(rows, header, json_path=None, csv_path=None):
     if csv_path:
         write_csv(csv_path, header, ([csv_value(row.get(key)) for key in header] for row in rows))
         print(f"csv: {csv_path}")
+
+
+def check_free_space(directory, needed_bytes):
+    free = shutil.disk_usage(directory).free
+    if free < needed_bytes:
+        raise DataError(f"not enough disk space in {directory}: {needed_bytes / 1e9:.2f} GB needed, {free / 1e9:.2f} GB free")
+
+
+def replace_dir(tmp, target):
+    """Move a finished tmp directory onto target, replacing whatever was there."""
+    if os.path.exists(target):
+        trash = target + ".old"
+        shutil.rmtree(trash, ignore_errors=True)
+        os.replace(target, trash)
+        os.replace(tmp, target)
+        shutil.rmtree(trash, ignore_errors=True)
+    else:
+        os.replace(tmp, target)
+
+
+def staging_dir(target):
+    return target + ".partial"

@@ -9,12 +9,18 @@ import sys
 import numpy as np
 import torch
 
+from constants import IMAGE_EXTENSIONS
 from data import normalize
 from errors import DataError
 from layout import DATASET_DIR, prepare_advice, read_meta, write_csv
 from runtime import autocast
 
 TOP_K = 5  # classes per image in --predict's CSV
+
+
+def short_name(name):
+    """'goldfish, Carassius auratus' -> 'goldfish'."""
+    return name.split(",")[0].strip()
 
 
 def natural_key(name):
@@ -38,8 +44,6 @@ def test_image_files(data_dir):
 def own_image_files(paths):
     """The files named, and the image files inside the folders named (recursively, in natural
     order); a path that does not exist is reported as unreadable later, like a broken image."""
-    from prepare_data import IMAGE_EXTENSIONS
-
     extensions = (*IMAGE_EXTENSIONS, ".gif")  # what ImageFolder takes, and GIFs (their first frame)
     files = []
     for path in paths:

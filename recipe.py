@@ -4,7 +4,7 @@ gradient clipping and an exponential moving average (EMA) of the weights.
     --recipe seed      the notebook's: Adam, lr 1e-3, constant (the default)
     --recipe study     what the notebook's authors moved to later: AdamW lr 1e-4, weight decay
                        1e-3, label smoothing 0.1, 5 warm-up epochs from 1e-6, cosine to 1e-6
-    --recipe improved  chosen by measurement on the real mini data (README, "Recipes"): AdamW
+    --recipe improved  chosen by measurement on the real mini data (benchmarks/README.md, "Recipes"): AdamW
                        lr 5e-3, weight decay 0.05, 1 warm-up epoch from 1e-5, cosine to 1e-5,
                        label smoothing 0.1, gradient norm clipped at 1
     --recipe vit-small-data  the literature's for small ViTs on Tiny ImageNet (DeiT's, as Lee et

@@ -2,17 +2,22 @@
 how benchmarks/study.py tells whether a run folder holds the run its flags describe: one
 comparison for both, so that a grid extends every run that a resume would extend.
 
-Not here: reading and writing checkpoints (checkpoint.py), the training loop (train.py).
+Also the resume itself: reading the checkpoint on every rank, restoring the optimizer, scaler,
+EMA and RNG states, and bringing best.pt along into a new run directory. Not here: the
+checkpoint format (checkpoint.py), the training loop (train.py).
 """
+import math
 import os
+import socket
 from dataclasses import asdict
 
 import torch
 
-from checkpoint import class_difference
+from checkpoint import class_difference, load_checkpoint, restore_rng_states, save_checkpoint
 from errors import DataError
 from layout import data_identity
 from rundir import read_test_metrics
+from runtime import on_main
 from model import DEFAULT_MODEL, MODELS, format_setting, given_settings, make_config, parse_setting
 from recipe import PRESET_MODEL_SETTINGS, RECIPE_FLAGS, warmup_epochs
 
@@ -177,3 +182,75 @@ def keep_saved_precision(args, checkpoint, device):
     for key in ("compile", "compile_mode"):
         if key not in args.given and key in saved:
             setattr(args, key, saved[key])
+
+
+def load_on_every_rank(path, dist):
+    """The checkpoint to resume from. Under torchrun every process reads it: a rank that cannot
+    (a machine without the file, a damaged copy) stops every rank with one message saying which,
+    instead of leaving the others waiting at the next collective."""
+    if not dist.enabled:
+        return load_checkpoint(path)
+    checkpoint, problem = None, None
+    try:
+        checkpoint = load_checkpoint(path)
+    except DataError as error:
+        problem = f"rank {dist.rank} on {socket.gethostname()}: {error}"
+    problems = [problem for problem in dist.all_gather(problem) if problem]
+    if problems:
+        raise DataError(f"--resume {path}: {'; '.join(problems)}. Under torchrun every process reads the checkpoint, "
+                        "so every machine needs it at this path (copy it there, or use a shared filesystem)")
+    return checkpoint
+
+
+def restore(checkpoint, model, updater, path, dist):
+    """Load a run's state for --resume (the model is already the checkpoint's, the data checked
+    to be the run's: resume.check_same_data)."""
+    model.load_state_dict(checkpoint["model"])
+    # The kernel choice is this machine's, not the saved run's. It is set before loading, because
+    # loading puts the step counts beside the parameters only for fused or capturable groups.
+    kernels = {key: updater.optimizer.defaults[key] for key in ("fused", "foreach", "capturable") if key in updater.optimizer.defaults}
+    saved = checkpoint["optimizer"]
+    try:
+        updater.optimizer.load_state_dict({**saved, "param_groups": [{**group, **kernels} for group in saved["param_groups"]]})
+    except ValueError as error:  # e.g. a checkpoint from before weight decay had its own parameter group
+        raise DataError(f"cannot resume {path}: its optimizer state does not fit this version ({error})") from None
+    if checkpoint["scaler"] or not updater.scaler.is_enabled():
+        updater.scaler.load_state_dict(checkpoint["scaler"])  # (a disabled scaler ignores it)
+    # else: fp16 now, and the run was not fp16 before: a fresh GradScaler calibrates its own scale
+    if updater.ema is not None:
+        if "ema" not in checkpoint:
+            raise DataError(f"cannot resume {path}: it has no EMA weights to continue")
+        updater.ema.load_state_dict(checkpoint["ema"])
+    restore_rng_states(checkpoint["rng"], dist.rank)
+    progress = checkpoint["progress"]
+    if progress["partial"] and not dist.is_main:
+        progress = {**progress, "partial": None}  # partial sums are over all ranks: rank 0 carries them
+    return progress
+
+
+def bring_best_checkpoint(r, resume_path):
+    """A run resumed into another --run-dir brings its best.pt along (the test of the best
+    weights and the printed evaluate command need it there): the resumed checkpoint itself when
+    it is the best, else the best.pt beside it; when there is none, the best is tracked afresh.
+    Rank 0 decides (only it reads the files) and every rank follows."""
+    progress, best = r.progress, os.path.join(r.run_dir, "best.pt")
+    beside = os.path.join(os.path.dirname(os.path.abspath(resume_path)), "best.pt")
+    choice, saved = None, None
+    if r.dist.is_main and progress["best_epoch"] and not os.path.exists(best):
+        if progress["best_epoch"] == progress["epoch"] and not progress["step_in_epoch"]:
+            choice = "this"
+        else:
+            try:
+                saved = load_checkpoint(beside) if os.path.exists(beside) else None
+            except DataError:  # a damaged best.pt is no best.pt
+                saved = None
+            choice = "beside" if saved and saved.get("progress", {}).get("epoch") == progress["best_epoch"] else "none"
+    choice = r.dist.all_gather(choice)[0]
+    if choice == "this":
+        r.save("best.pt")
+    elif choice == "beside":
+        on_main(r.dist, lambda: save_checkpoint(saved, best))
+    elif choice == "none":
+        r.log(f"note: no best.pt of epoch {progress['best_epoch']} beside {resume_path}: "
+              "best.pt will be the best of the epochs still to come")
+        progress.update(best_val_top1=-1.0, best_val_loss=math.inf, best_epoch=0)

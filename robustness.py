@@ -37,7 +37,7 @@ from curves import plot_or_note, pyplot, save_figure
 from constants import IMAGE_SIZE
 from data import load_packed, make_splits, normalize
 from model import MODELS, add_setting_flags, given_settings
-from evaluate import checked_data, data_dir_of, top_predictions
+from evaluation import checked_data, data_dir_of, top_predictions
 from layout import check_output_path, write_rows
 from runtime import amp_dtype, autocast, resolve_device
 

@@ -17,8 +17,9 @@ import os
 import socket
 import time
 
+from cli import resume_command
 from errors import DataError
-from layout import read_json, write_csv, write_json
+from layout import ensure_dir, read_json, write_csv, write_json
 
 CONFIG, METRICS, STATUS, TEST_METRICS, CURVES = "config.json", "metrics.csv", "status.json", "test_metrics.json", "curves.png"
 LAST, BEST = "last.pt", "best.pt"
@@ -126,3 +127,25 @@ class RunStatus:
             self.set("interrupted", "stopped at once (second Ctrl-C)")
         elif kind is not None:
             self.set("crashed", str(error).splitlines()[0][:300] if str(error) else kind.__name__)
+
+
+def choose_run_dir(args):
+    if args.run_dir:
+        return args.run_dir
+    if args.resume:
+        return os.path.dirname(args.resume) or "."  # relative as given: printed paths stay short
+    return os.path.join("runs", time.strftime("%Y%m%d-%H%M%S"))
+
+
+def prepare_run_dir(run_dir, resume_path):
+    """Create the run directory; refuse one that already holds another run (a resumed run may
+    continue in its own directory, or in a new one)."""
+    holds_a_run = is_run(run_dir)
+    own = resume_path and os.path.realpath(run_dir) == os.path.realpath(os.path.dirname(os.path.abspath(resume_path)))
+    if holds_a_run and not own:
+        if not os.path.exists(file_of(run_dir, LAST)):
+            raise DataError(f"{run_dir} holds a run that stopped before its first checkpoint: delete the folder "
+                            "or choose another --run-dir")
+        raise DataError(f"{run_dir} already holds a run: continue it with `{resume_command(run_dir)}` "
+                        "or choose another --run-dir")
+    ensure_dir(run_dir, f"the run directory {run_dir}", ": choose another --run-dir")

@@ -1,4 +1,6 @@
-"""Device, mixed precision and compilation, decided in one place for train.py and evaluate.py.
+"""Device, mixed precision, compilation and distribution (torchrun: the process group, running
+an action on rank 0 alone, sums over ranks), decided in one place for every script. Not here:
+the loop (train.py), the flags (train_flags.py).
 
 The same code runs on CPU, CUDA and Apple's MPS: autocast is a context (a no-op when AMP is off), the
 GradScaler is only enabled for fp16, and the CUDA-only settings are marked below.
@@ -12,7 +14,7 @@ from dataclasses import dataclass
 
 import torch
 
-from errors import DataError
+from errors import DataError, TrainingError
 
 
 def resolve_device(name):
@@ -52,7 +54,7 @@ def synchronize(device):
 def default_amp(device):
     """Mixed precision by default where the hardware does bf16 natively: CUDA, and CPUs with
     AMX or AVX512-BF16 (there bf16 autocast trains ~1.6x faster and its loss curve matches
-    fp32 within seed noise; see the README). Elsewhere bf16 is emulated and slower: fp32."""
+    fp32 within seed noise; docs/platforms.md). Elsewhere bf16 is emulated and slower: fp32."""
     if device.type == "cuda":
         return True
     if device.type == "mps":  # not measured here (no Mac): fp32 until someone does; --amp gives bf16
@@ -170,3 +172,38 @@ def setup_distributed(device_name):
 def cleanup_distributed(dist):
     if dist.enabled and torch.distributed.is_initialized():
         torch.distributed.destroy_process_group()
+
+
+def on_main(dist, action):
+    """Run action on rank 0 only and return its result on every rank; a DataError there is
+    raised on every rank (none is left waiting)."""
+    result, error = None, None
+    if dist.is_main:
+        try:
+            result = action()
+        except DataError as raised:
+            error = str(raised)
+    result, error = dist.all_gather((result, error))[0]
+    if error:
+        raise DataError(error)
+    return result
+
+
+def sum_over_ranks(totals, dist):
+    """The epoch's metric totals over all ranks (the totals themselves on one process)."""
+    if not dist.enabled:
+        return totals
+    sums = torch.stack([totals["loss_sum"].double(), totals["skipped"].double(), *totals["correct"].double(),
+                        torch.tensor(float(totals["count"]), device=totals["loss_sum"].device, dtype=torch.float64)])
+    loss_sum, skipped, top1, top5, count = dist.all_reduce(sums).tolist()
+    device = totals["loss_sum"].device
+    return {"loss_sum": torch.tensor(loss_sum, device=device), "skipped": torch.tensor(skipped, device=device),
+            "correct": torch.tensor([top1, top5], device=device), "count": int(count)}
+
+
+def check_ranks_agree(model, dist, log):
+    """DDP keeps every rank's weights equal; check it once at the end (a cheap checksum per tensor)."""
+    checksums = torch.stack([p.detach().double().sum() for p in model.parameters()]).cpu()
+    if any(not torch.equal(checksums, other) for other in dist.all_gather(checksums)):
+        raise TrainingError("the ranks' parameters differ after training: the distributed setup is broken")
+    log(f"parameters identical on all {dist.world_size} ranks")

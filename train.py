@@ -25,239 +25,55 @@ import copy
 import gc
 import math
 import os
-import signal
-import socket
 import time
 from dataclasses import asdict, dataclass
 
 import torch
 from torch.nn.parallel import DistributedDataParallel
 
-from cli import ArgumentParser, progress_bar, resume_command, shell_command
+from cli import StopSignal, progress_bar, resume_command, shell_command
 from curves import draw_curves_or_explain
 from data import BatchLoader, load_packed, make_splits
-from checkpoint import checkpoint_payload, load_checkpoint, model_from_checkpoint, restore_rng_states, rng_states, save_checkpoint
-from evaluate import evaluate, evaluate_with_report, peak_memory, topk_correct
-from errors import DataError
-from layout import data_identity, ensure_dir
+from checkpoint import checkpoint_payload, load_checkpoint, model_from_checkpoint, rng_states, save_checkpoint
+from train_flags import augmentation_of, describe_recipe, model_settings, parse_args
+from evaluation import evaluate, evaluate_with_report, peak_memory, topk_correct
+from errors import DataError, TrainingError
+from layout import data_identity
 from model import (
-    DEFAULT_MODEL,
     MODELS,
     SETTINGS,
-    add_setting_flags,
     build_model,
     changed_settings,
     count_parameters,
     describe_settings,
-    given_settings,
-    settings_of,
 )
-from augment import MAGNITUDE_BINS, Augmentation, Mixing
-from recipe import EMA, NO_AUGMENTATION, PRESET_MODEL_SETTINGS, PRESETS, RECIPE_FLAGS, LRSchedule, Updater, build_optimizer, warmup_epochs
-from resume import NothingToDo, adopt_saved_settings, check_resumable, check_same_data, keep_saved_precision
-from rundir import LAST, RunStatus, file_of, is_run, write_config, write_metrics, write_test_metrics
+from recipe import EMA, LRSchedule, Updater, build_optimizer
+from resume import (
+    NothingToDo,
+    adopt_saved_settings,
+    bring_best_checkpoint,
+    check_resumable,
+    check_same_data,
+    keep_saved_precision,
+    load_on_every_rank,
+    restore,
+)
+from rundir import RunStatus, choose_run_dir, prepare_run_dir, write_config, write_metrics, write_test_metrics
 from runtime import (
     Distributed,
     amp_dtype,
     autocast,
+    check_ranks_agree,
     cleanup_distributed,
     configure_backends,
     default_amp,
     maybe_compile,
+    on_main,
     setup_distributed,
+    sum_over_ranks,
 )
 
 NOT_RECORDED = ("given", "warmup_note")  # which flags were given, and a note printed once
-
-
-class TrainingError(Exception):
-    """Training cannot go on (e.g. the loss diverged); reported as one line, exit code 1."""
-
-
-def build_parser(add_help=True):
-    parser = ArgumentParser(description=__doc__.split("\n\n")[0], add_help=add_help)
-    data = parser.add_argument_group("data")
-    data.add_argument("--data-dir", default="data", help="prepared by prepare_data.py")
-    data.add_argument("--batch-size", type=int, default=64, help="images per optimizer step, over all processes")
-    data.add_argument("--eval-batch-size", type=int, default=256, help="images per batch in validation and test")
-    model = parser.add_argument_group("model")
-    model.add_argument("--model", default=DEFAULT_MODEL, choices=tuple(MODELS),
-                       help="cvt-simplified: the notebook's; `python model.py --list` shows them all")
-    add_setting_flags(parser)
-    optim = parser.add_argument_group("recipe (the defaults shown are those of the --recipe given, seed (the "
-                                      "notebook's) if none; explicit flags override them)")
-    optim.add_argument("--recipe", default="seed", choices=tuple(PRESETS),
-                       help="seed: Adam 1e-3 constant; study: AdamW 1e-4, wd 1e-3, smoothing 0.1, 5 warm-up "
-                            "epochs, cosine; improved (measured, see README): AdamW 5e-3, wd 0.05, smoothing 0.1, "
-                            "1 warm-up epoch, cosine, grad clip 1; vit-small-data: the literature's for small ViTs "
-                            "(DeiT's: AdamW 1e-3, wd 0.05, batch 128, 10%% warm-up, cosine, smoothing 0.1, "
-                            "stochastic depth 0.1, AutoAugment, MixUp/CutMix, random erasing 0.25, repeated aug 3)")
-    optim.add_argument("--epochs", type=int, default=10, help="epochs to train (more with --resume extends a run)")
-    optim.add_argument("--optimizer", choices=("adam", "adamw"), help="adam: L2 weight decay; adamw: decoupled")
-    optim.add_argument("--lr", type=float, help="peak learning rate")
-    optim.add_argument("--weight-decay", type=float, help="not applied to biases and LayerNorm weights")
-    optim.add_argument("--lr-schedule", choices=("constant", "cosine"), help="set every step")
-    optim.add_argument("--warmup-epochs", type=epochs_or_percent,
-                       help="linear warm-up from --min-lr (may be fractional, or P%% of --epochs)")
-    optim.add_argument("--min-lr", type=float, help="where the warm-up starts and the cosine ends")
-    optim.add_argument("--label-smoothing", type=float, help="of the training loss (val and test losses are plain)")
-    optim.add_argument("--grad-clip", type=float, help="max gradient norm; 0: off")
-    optim.add_argument("--ema-decay", type=float, help="EMA of the weights, evaluated and saved; 0: off")
-    optim.add_argument("--seed", type=int, default=0, help="model init, dropout, shuffling and augmentation")
-    augment = parser.add_argument_group(
-        "augmentation after the notebook's crop and flip, on whole batches on the device (defaults: the --recipe's; "
-        "operations and magnitudes of torchvision.transforms.v2)")
-    augment.add_argument("--randaugment", nargs="?", const="2,9", metavar="N,M",
-                         help="RandAugment: N operations per image at magnitude M of 31 (2,9 when no value is given)")
-    augment.add_argument("--trivialaugment", action=argparse.BooleanOptionalAction, help="TrivialAugmentWide")
-    augment.add_argument("--autoaugment", action=argparse.BooleanOptionalAction, help="AutoAugment, ImageNet policy")
-    augment.add_argument("--random-erase", type=float, metavar="P",
-                         help="random erasing with probability P per image (torchvision's scale and ratio, fill 0)")
-    augment.add_argument("--mixup", type=float, metavar="ALPHA", help="MixUp's Beta(alpha, alpha); 0: off")
-    augment.add_argument("--cutmix", type=float, metavar="ALPHA", help="CutMix's Beta(alpha, alpha); 0: off")
-    augment.add_argument("--mix-prob", type=float, metavar="P", help="probability that a batch is mixed")
-    augment.add_argument("--mix-switch-prob", type=float, metavar="P",
-                         help="with both on, probability of CutMix rather than MixUp for a mixed batch")
-    augment.add_argument("--repeat-aug", type=int, metavar="K",
-                         help="repeated augmentation: each image K times per epoch, differently augmented "
-                              "(the epoch keeps the dataset's length)")
-    optim.set_defaults(**PRESETS["seed"])
-    system = parser.add_argument_group("system")
-    system.add_argument("--device", default="auto", help="auto (cuda, else mps, else cpu), cpu, cuda, cuda:N, mps")
-    system.add_argument("--amp", action=argparse.BooleanOptionalAction, default=None,
-                        help="bf16 autocast for training (fp16 + GradScaler on GPUs without bf16); "
-                             "default: on for CUDA and for CPUs with native bf16 (AMX, AVX512-BF16)")
-    system.add_argument("--amp-dtype", default="auto", choices=("auto", "bfloat16", "float16"),
-                        help="auto: bf16 where supported, else fp16 with a GradScaler")
-    system.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
-                        help="torch.compile the model; default: on for CUDA")
-    system.add_argument("--compile-mode", default="default", choices=("default", "reduce-overhead", "max-autotune"),
-                        help="torch.compile's mode")
-    system.add_argument("--run-dir", help="output directory (default: runs/<date-time>; with --resume, the checkpoint's)")
-    system.add_argument("--resume", metavar="CHECKPOINT",
-                        help="continue the run saved in this last.pt, with its settings (more --epochs is fine)")
-    system.add_argument("--allow-other-data", action="store_true",
-                        help="with --resume: go on with other data than the run's (same classes), recorded in config.json")
-    system.add_argument("--sync-bn", action="store_true",
-                        help="under torchrun, BatchNorm statistics over all processes (SyncBatchNorm, CUDA only); "
-                             "without it each process normalises its own share of the batch")
-    system.add_argument("--log-every", type=int, default=20,
-                        help="steps between progress updates and loss checks (a CPU-GPU sync)")
-    return parser
-
-
-def explicit_flags(argv):
-    """{dest: value} of the flags given on the command line (not defaulted)."""
-    probe = build_parser(add_help=False)  # --help is for the real parser, which shows the defaults
-    probe.set_defaults(**dict.fromkeys(vars(probe.parse_args([])), None))
-    return {key: value for key, value in vars(probe.parse_known_args(argv)[0]).items() if value is not None}
-
-
-def parse_args(argv):
-    parser = build_parser()
-    given = explicit_flags(argv)
-    parser.set_defaults(**PRESETS[given.get("recipe", "seed")])
-    args = parser.parse_args(argv)
-    args.given = sorted(given)
-    args.warmup_spec, args.warmup_note, args.earlier_data = args.warmup_epochs, None, []
-    if not args.resume:  # (on --resume, once the run's own epochs are known)
-        args.warmup_epochs, args.warmup_note = warmup_epochs(args.warmup_spec, args.epochs)
-        if args.warmup_note and "warmup_epochs" in given:
-            parser.error(f"--warmup-epochs {args.warmup_spec} does not end before the run does (--epochs {args.epochs}): "
-                         "give a shorter warm-up")
-    # what the recipe set, as this run's epochs resolve it (kept on --resume): compare.py labels a
-    # run by how it differs from its recipe, from its own record
-    args.recipe_defaults = {key: parser.get_default(key) for key in ("batch_size", *RECIPE_FLAGS)}
-    args.recipe_defaults["warmup_epochs"] = warmup_epochs(args.recipe_defaults["warmup_epochs"], args.epochs)[0]
-    if args.allow_other_data and not args.resume:
-        parser.error("--allow-other-data goes with --resume")
-    check_augmentation(parser, args, given)
-    for flag in ("epochs", "batch_size", "eval_batch_size", "log_every"):
-        if getattr(args, flag) < 1:
-            parser.error(f"--{flag.replace('_', '-')} must be at least 1, got {getattr(args, flag)}")
-    for flag in ("lr",):
-        if not getattr(args, flag) > 0:
-            parser.error(f"--{flag.replace('_', '-')} must be positive, got {getattr(args, flag)}")
-    for flag in ("weight_decay", "grad_clip") + (() if args.resume else ("warmup_epochs",)):
-        if not 0 <= getattr(args, flag) < math.inf:
-            parser.error(f"--{flag.replace('_', '-')} must be non-negative, got {getattr(args, flag)}")
-    for flag in ("label_smoothing", "ema_decay"):
-        if not 0 <= getattr(args, flag) < 1:
-            parser.error(f"--{flag.replace('_', '-')} must be in [0, 1), got {getattr(args, flag)}")
-    if not 0 <= args.min_lr <= args.lr:
-        parser.error(f"--min-lr must be in [0, --lr={args.lr}], got {args.min_lr}")
-    if not args.resume:  # (a resumed run's model is the checkpoint's, checked against it)
-        try:
-            with torch.device("meta"):  # every check the model makes, at no cost
-                build_model(args.model, 1, **model_settings(args))
-        except ValueError as error:
-            parser.error(str(error))
-    return args
-
-
-def epochs_or_percent(text):
-    """--warmup-epochs: a number of epochs, or P% of --epochs (kept as text until the run's
-    epochs are known: on --resume, the checkpoint's)."""
-    try:
-        value = float(text[:-1] if text.endswith("%") else text)
-    except ValueError:
-        value = math.nan
-    if not 0 <= value < math.inf:
-        raise argparse.ArgumentTypeError(f"takes a number of epochs >= 0 or a percentage of --epochs such as 10%, not {text!r}")
-    return text if text.endswith("%") else value
-
-
-def randaugment_setting(text):
-    """--randaugment N,M as (N, M), or ValueError."""
-    num_ops, magnitude = (int(part) for part in text.split(","))
-    if num_ops < 1 or not 0 <= magnitude < MAGNITUDE_BINS:
-        raise ValueError
-    return num_ops, magnitude
-
-
-POLICY_FLAGS = ("randaugment", "trivialaugment", "autoaugment")
-
-
-def check_augmentation(parser, args, given):
-    """One policy at most: a policy given on the command line replaces the recipe's."""
-    chosen = [flag for flag in POLICY_FLAGS if given.get(flag)]
-    if len(chosen) > 1:
-        parser.error(f"give one augmentation policy, not {' and '.join('--' + flag for flag in chosen)}")
-    if chosen:
-        for flag in POLICY_FLAGS:
-            if flag != chosen[0] and flag not in given:
-                setattr(args, flag, NO_AUGMENTATION[flag])
-    if args.randaugment is not None:
-        try:
-            randaugment_setting(args.randaugment)
-        except ValueError:
-            parser.error(f"--randaugment takes N,M: N >= 1 operations per image at magnitude M in "
-                         f"[0, {MAGNITUDE_BINS - 1}], got {args.randaugment!r}")
-    for flag in ("random_erase", "mix_prob", "mix_switch_prob"):
-        if not 0 <= getattr(args, flag) <= 1:
-            parser.error(f"--{flag.replace('_', '-')} must be in [0, 1], got {getattr(args, flag)}")
-    for flag in ("mixup", "cutmix"):
-        if not 0 <= getattr(args, flag) < math.inf:
-            parser.error(f"--{flag} must be a finite number >= 0 (0: off), got {getattr(args, flag)}")
-    if args.repeat_aug < 1:
-        parser.error(f"--repeat-aug must be at least 1, got {args.repeat_aug}")
-
-
-def augmentation_of(args):
-    """The Augmentation that the run's flags describe."""
-    policy = next((flag for flag in POLICY_FLAGS if getattr(args, flag)), None)
-    return Augmentation(
-        policy=policy,
-        randaugment=randaugment_setting(args.randaugment) if args.randaugment else (2, 9),
-        erase=args.random_erase, mixing=Mixing(args.mixup, args.cutmix, args.mix_prob, args.mix_switch_prob),
-        repeat=args.repeat_aug)
-
-
-def model_settings(args):
-    """The model settings of a new run: the recipe's where the model has them (stochastic depth
-    of vit-small-data), then those given on the command line."""
-    preset = {key: value for key, value in PRESET_MODEL_SETTINGS.get(args.recipe, {}).items() if key in settings_of(args.model)}
-    return {**preset, **given_settings(args)}
 
 
 # ---------------------------------------------------------------- pieces of the loop
@@ -318,62 +134,7 @@ def train_one_epoch(model, loader, updater, device, dtype, totals, start_step, l
     return len(loader)
 
 
-class StopSignal:
-    """SIGINT (Ctrl-C) or SIGTERM asks the loop to stop after the current step; a second
-    SIGINT stops at once (every file is written atomically, so nothing is left half-written)."""
-
-    EXIT_CODES = {signal.SIGINT: 130, signal.SIGTERM: 143}
-
-    def __init__(self):
-        self.received = None
-        self.previous = {}
-
-    def __enter__(self):
-        for signum in self.EXIT_CODES:
-            self.previous[signum] = signal.signal(signum, self.handle)
-        return self
-
-    def __exit__(self, *exc_info):
-        for signum, handler in self.previous.items():
-            signal.signal(signum, handler)
-
-    def handle(self, signum, frame):
-        if self.received is not None and signum == signal.SIGINT:
-            raise KeyboardInterrupt
-        self.received = signum
-        print(f"\n{signal.Signals(signum).name}: stopping after this step (Ctrl-C again to quit at once)", file=sys.stderr)
-
-    def __call__(self):
-        return self.received is not None
-
-    @property
-    def exit_code(self):
-        return self.EXIT_CODES.get(self.received, 0)
-
-
 # ---------------------------------------------------------------- setup
-
-
-def choose_run_dir(args):
-    if args.run_dir:
-        return args.run_dir
-    if args.resume:
-        return os.path.dirname(args.resume) or "."  # relative as given: printed paths stay short
-    return os.path.join("runs", time.strftime("%Y%m%d-%H%M%S"))
-
-
-def prepare_run_dir(run_dir, resume_path):
-    """Create the run directory; refuse one that already holds another run (a resumed run may
-    continue in its own directory, or in a new one)."""
-    holds_a_run = is_run(run_dir)
-    own = resume_path and os.path.realpath(run_dir) == os.path.realpath(os.path.dirname(os.path.abspath(resume_path)))
-    if holds_a_run and not own:
-        if not os.path.exists(file_of(run_dir, LAST)):
-            raise DataError(f"{run_dir} holds a run that stopped before its first checkpoint: delete the folder "
-                            "or choose another --run-dir")
-        raise DataError(f"{run_dir} already holds a run: continue it with `{resume_command(run_dir)}` "
-                        "or choose another --run-dir")
-    ensure_dir(run_dir, f"the run directory {run_dir}", ": choose another --run-dir")
 
 
 def new_model(args, checkpoint, num_classes, dist, device):
@@ -395,50 +156,6 @@ def has_batchnorm(model):
     return any(isinstance(module, torch.nn.modules.batchnorm._BatchNorm) for module in model.modules())
 
 
-def load_on_every_rank(path, dist):
-    """The checkpoint to resume from. Under torchrun every process reads it: a rank that cannot
-    (a machine without the file, a damaged copy) stops every rank with one message saying which,
-    instead of leaving the others waiting at the next collective."""
-    if not dist.enabled:
-        return load_checkpoint(path)
-    checkpoint, problem = None, None
-    try:
-        checkpoint = load_checkpoint(path)
-    except DataError as error:
-        problem = f"rank {dist.rank} on {socket.gethostname()}: {error}"
-    problems = [problem for problem in dist.all_gather(problem) if problem]
-    if problems:
-        raise DataError(f"--resume {path}: {'; '.join(problems)}. Under torchrun every process reads the checkpoint, "
-                        "so every machine needs it at this path (copy it there, or use a shared filesystem)")
-    return checkpoint
-
-
-def restore(checkpoint, model, updater, path, dist):
-    """Load a run's state for --resume (the model is already the checkpoint's, the data checked
-    to be the run's: resume.check_same_data)."""
-    model.load_state_dict(checkpoint["model"])
-    # The kernel choice is this machine's, not the saved run's. It is set before loading, because
-    # loading puts the step counts beside the parameters only for fused or capturable groups.
-    kernels = {key: updater.optimizer.defaults[key] for key in ("fused", "foreach", "capturable") if key in updater.optimizer.defaults}
-    saved = checkpoint["optimizer"]
-    try:
-        updater.optimizer.load_state_dict({**saved, "param_groups": [{**group, **kernels} for group in saved["param_groups"]]})
-    except ValueError as error:  # e.g. a checkpoint from before weight decay had its own parameter group
-        raise DataError(f"cannot resume {path}: its optimizer state does not fit this version ({error})") from None
-    if checkpoint["scaler"] or not updater.scaler.is_enabled():
-        updater.scaler.load_state_dict(checkpoint["scaler"])  # (a disabled scaler ignores it)
-    # else: fp16 now, and the run was not fp16 before: a fresh GradScaler calibrates its own scale
-    if updater.ema is not None:
-        if "ema" not in checkpoint:
-            raise DataError(f"cannot resume {path}: it has no EMA weights to continue")
-        updater.ema.load_state_dict(checkpoint["ema"])
-    restore_rng_states(checkpoint["rng"], dist.rank)
-    progress = checkpoint["progress"]
-    if progress["partial"] and not dist.is_main:
-        progress = {**progress, "partial": None}  # partial sums are over all ranks: rank 0 carries them
-    return progress
-
-
 def resolved_config(args, model, data, device, dtype, run_dir, dist):
     """The run's settings as plain values: the flags (the model's settings as its whole config),
     what was resolved from the machine, and which data it trains on (compare.py never groups
@@ -450,21 +167,6 @@ def resolved_config(args, model, data, device, dtype, run_dir, dist):
                   amp_dtype=str(dtype).replace("torch.", "") if dtype else None, run_dir=run_dir, world_size=dist.world_size,
                   data=data_identity(data.meta), peak_memory_what=peak_memory(device)[1])
     return config
-
-
-def on_main(dist, action):
-    """Run action on rank 0 only and return its result on every rank; a DataError there is
-    raised on every rank (none is left waiting)."""
-    result, error = None, None
-    if dist.is_main:
-        try:
-            result = action()
-        except DataError as raised:
-            error = str(raised)
-    result, error = dist.all_gather((result, error))[0]
-    if error:
-        raise DataError(error)
-    return result
 
 
 def print_epoch(epoch, epochs, train, val, row, improved, mixed=False):
@@ -563,22 +265,8 @@ def start_run(args, dist, device):
     if args.sync_bn and device.type != "cuda":
         raise DataError("--sync-bn needs CUDA: SyncBatchNorm runs on GPUs only")
     checkpoint = load_on_every_rank(args.resume, dist) if args.resume else None
-    if checkpoint is not None:
-        check_resumable(checkpoint, args.resume)
-        adopt_saved_settings(args, checkpoint, args.resume)
-        keep_saved_precision(args, checkpoint, device)
-    args.amp = default_amp(device) if args.amp is None else args.amp
-    args.compile = device.type == "cuda" if args.compile is None else args.compile
-    dtype = amp_dtype(device, args.amp, args.amp_dtype)
-    configure_backends(device)
-    data = load_packed(args.data_dir)
-    if checkpoint is not None:
-        check_same_data(args, checkpoint, data, args.resume)
-    if data.synthetic and dist.is_main:
-        print("warning: SYNTHETIC data (prepare_data.py --synthetic): a smoke test, not a result", file=sys.stderr)
-    splits = make_splits(data)
-    if len(splits["train"][1]) < args.batch_size:
-        raise DataError(f"--batch-size {args.batch_size} is larger than the training set ({len(splits['train'][1])} images)")
+    dtype = settle_settings(args, checkpoint, device)
+    data, splits = load_data(args, checkpoint, dist)
     run_dir = dist.all_gather(choose_run_dir(args))[0]  # rank 0's clock names the run
     on_main(dist, lambda: prepare_run_dir(run_dir, args.resume))
 
@@ -590,19 +278,65 @@ def start_run(args, dist, device):
     train_loader = BatchLoader(*splits["train"], args.batch_size, device, train=True, seed=args.seed, **shard,
                                augmentation=augmentation_of(args), num_classes=len(data.classes))
     val_loader = BatchLoader(*splits["val"], args.eval_batch_size, device, **shard)
-    updater = Updater(
+    updater = new_updater(args, model, dtype, device, len(train_loader))
+    progress = restore(checkpoint, model, updater, args.resume, dist) if checkpoint is not None else new_progress()
+    trained, evaluated = compiled_for_training(model, updater, args, dist, device)
+    config = resolved_config(args, model, data, device, dtype, run_dir, dist)
+    on_main(dist, lambda: write_config(run_dir, config))
+    r = Run(args, dist, device, dtype, data, splits, run_dir, model, trained, evaluated, updater,
+            train_loader, val_loader, progress, config)
+    if checkpoint is not None:
+        announce_resume(r, checkpoint)
+    announce_run(r)
+    return r
+
+
+def settle_settings(args, checkpoint, device):
+    """The run's own settings on --resume, then the machine's defaults for precision and
+    compilation; returns the autocast dtype (None: fp32)."""
+    if checkpoint is not None:
+        check_resumable(checkpoint, args.resume)
+        adopt_saved_settings(args, checkpoint, args.resume)
+        keep_saved_precision(args, checkpoint, device)
+    args.amp = default_amp(device) if args.amp is None else args.amp
+    args.compile = device.type == "cuda" if args.compile is None else args.compile
+    configure_backends(device)
+    return amp_dtype(device, args.amp, args.amp_dtype)
+
+
+def load_data(args, checkpoint, dist):
+    """The prepared data (on --resume, checked to be the run's) and the notebook's splits."""
+    data = load_packed(args.data_dir)
+    if checkpoint is not None:
+        check_same_data(args, checkpoint, data, args.resume)
+    if data.synthetic and dist.is_main:
+        print("warning: SYNTHETIC data (prepare_data.py --synthetic): a smoke test, not a result", file=sys.stderr)
+    splits = make_splits(data)
+    if len(splits["train"][1]) < args.batch_size:
+        raise DataError(f"--batch-size {args.batch_size} is larger than the training set ({len(splits['train'][1])} images)")
+    return data, splits
+
+
+def new_updater(args, model, dtype, device, steps_per_epoch):
+    return Updater(
         optimizer=build_optimizer(model, args.optimizer, args.lr, args.weight_decay, device),
         scaler=torch.amp.GradScaler(device.type, enabled=dtype == torch.float16),
-        schedule=LRSchedule.from_args(args, len(train_loader)),
+        schedule=LRSchedule.from_args(args, steps_per_epoch),
         label_smoothing=args.label_smoothing, grad_clip=args.grad_clip,
         ema=EMA(model, args.ema_decay) if args.ema_decay else None,
     )
-    progress = {
+
+
+def new_progress():
+    return {
         "epoch": 0, "step": 0, "best_val_top1": -1.0, "best_val_loss": math.inf, "best_epoch": 0, "history": [],
         "step_in_epoch": 0, "partial": None,  # set when a run is interrupted mid-epoch
     }
-    if checkpoint is not None:
-        progress = restore(checkpoint, model, updater, args.resume, dist)
+
+
+def compiled_for_training(model, updater, args, dist, device):
+    """(what the steps call, what validation evaluates): the model wrapped in DDP under torchrun,
+    compiled when asked; the EMA's weights, compiled alike, when there is one."""
     trained = model
     if dist.enabled:
         # Wrap first, then compile the wrapper: what the PyTorch DDP + torch.compile docs recommend
@@ -610,77 +344,34 @@ def start_run(args, dist, device):
         trained = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
     trained = maybe_compile(trained, args.compile, args.compile_mode)
     evaluated = maybe_compile(updater.ema.module, args.compile, args.compile_mode) if updater.ema else trained
-    config = resolved_config(args, model, data, device, dtype, run_dir, dist)
-    on_main(dist, lambda: write_config(run_dir, config))
-    r = Run(args, dist, device, dtype, data, splits, run_dir, model, trained, evaluated, updater,
-            train_loader, val_loader, progress, config)
-    if checkpoint is not None:
-        where = (f"at step {progress['step_in_epoch']} of epoch {progress['epoch'] + 1}" if progress["step_in_epoch"]
-                 else f"after epoch {progress['epoch']}")  # numbered as the stop message numbered it
-        r.log(f"resuming {args.resume} {where}")
-        bring_best_checkpoint(r, args.resume)
-        saved_schedule = checkpoint.get("schedule")
-        if saved_schedule and saved_schedule != asdict(updater.schedule):
-            step = progress["step"]
-            r.log(f"note: the lr schedule now spans {args.epochs} epochs (it was {saved_schedule['total_steps'] // len(train_loader)}): "
-                  f"the lr at step {step} goes from {LRSchedule(**saved_schedule)(step):.3g} to {updater.schedule(step):.3g}")
-    r.log(f"training on {device}{f' x {dist.world_size} processes' if dist.enabled else ''} "
-          f"({config['amp_dtype'] or 'fp32'}{', compiled' if args.compile else ''}): "
+    return trained, evaluated
+
+
+def announce_resume(r, checkpoint):
+    progress, args, updater = r.progress, r.args, r.updater
+    where = (f"at step {progress['step_in_epoch']} of epoch {progress['epoch'] + 1}" if progress["step_in_epoch"]
+             else f"after epoch {progress['epoch']}")  # numbered as the stop message numbered it
+    r.log(f"resuming {args.resume} {where}")
+    bring_best_checkpoint(r, args.resume)
+    saved_schedule = checkpoint.get("schedule")
+    if saved_schedule and saved_schedule != asdict(updater.schedule):
+        step = progress["step"]
+        r.log(f"note: the lr schedule now spans {args.epochs} epochs (it was {saved_schedule['total_steps'] // len(r.train_loader)}): "
+              f"the lr at step {step} goes from {LRSchedule(**saved_schedule)(step):.3g} to {updater.schedule(step):.3g}")
+
+
+def announce_run(r):
+    args, dist, splits = r.args, r.dist, r.splits
+    r.log(f"training on {r.device}{f' x {dist.world_size} processes' if dist.enabled else ''} "
+          f"({r.config['amp_dtype'] or 'fp32'}{', compiled' if args.compile else ''}): "
           f"{len(splits['train'][1]):,} train / {len(splits['val'][1]):,} val images, "
-          f"{len(data.classes)} classes, {args.epochs} epoch{'s' if args.epochs != 1 else ''} -> {run_dir}")
-    r.log(f"model {args.model}: {count_parameters(model):,} parameters; recipe {args.recipe}: {describe_recipe(args)}")
+          f"{len(r.data.classes)} classes, {args.epochs} epoch{'s' if args.epochs != 1 else ''} -> {r.run_dir}")
+    r.log(f"model {args.model}: {count_parameters(r.model):,} parameters; recipe {args.recipe}: {describe_recipe(args)}")
     if args.warmup_note:
         r.log(f"note: {args.warmup_note}")
-    if dist.enabled and has_batchnorm(model) and not args.sync_bn:
+    if dist.enabled and has_batchnorm(r.model) and not args.sync_bn:
         r.log(f"note: {args.model} has BatchNorm: each of the {dist.world_size} processes normalises its own share of "
               "the batch, so this is not exactly one process's training (--sync-bn on CUDA makes it so)")
-    return r
-
-
-def bring_best_checkpoint(r, resume_path):
-    """A run resumed into another --run-dir brings its best.pt along (the test of the best
-    weights and the printed evaluate command need it there): the resumed checkpoint itself when
-    it is the best, else the best.pt beside it; when there is none, the best is tracked afresh.
-    Rank 0 decides (only it reads the files) and every rank follows."""
-    progress, best = r.progress, os.path.join(r.run_dir, "best.pt")
-    beside = os.path.join(os.path.dirname(os.path.abspath(resume_path)), "best.pt")
-    choice, saved = None, None
-    if r.dist.is_main and progress["best_epoch"] and not os.path.exists(best):
-        if progress["best_epoch"] == progress["epoch"] and not progress["step_in_epoch"]:
-            choice = "this"
-        else:
-            try:
-                saved = load_checkpoint(beside) if os.path.exists(beside) else None
-            except DataError:  # a damaged best.pt is no best.pt
-                saved = None
-            choice = "beside" if saved and saved.get("progress", {}).get("epoch") == progress["best_epoch"] else "none"
-    choice = r.dist.all_gather(choice)[0]
-    if choice == "this":
-        r.save("best.pt")
-    elif choice == "beside":
-        on_main(r.dist, lambda: save_checkpoint(saved, best))
-    elif choice == "none":
-        r.log(f"note: no best.pt of epoch {progress['best_epoch']} beside {resume_path}: "
-              "best.pt will be the best of the epochs still to come")
-        progress.update(best_val_top1=-1.0, best_val_loss=math.inf, best_epoch=0)
-
-
-def describe_recipe(args):
-    parts = [f"{args.optimizer} lr {args.lr:g}", f"weight decay {args.weight_decay:g}"]
-    if args.warmup_epochs:
-        parts.append(f"{args.warmup_epochs:g} warm-up epoch{'' if args.warmup_epochs == 1 else 's'} from {args.min_lr:g}")
-    parts.append("constant lr" if args.lr_schedule == "constant" else f"cosine to {args.min_lr:g}")
-    parts += [f"label smoothing {args.label_smoothing:g}"] if args.label_smoothing else []
-    parts += [f"grad clip {args.grad_clip:g}"] if args.grad_clip else []
-    parts += [f"EMA {args.ema_decay:g}"] if args.ema_decay else []
-    augmentation = augmentation_of(args)
-    if augmentation.policy:
-        parts.append(f"RandAugment {args.randaugment}" if augmentation.policy == "randaugment" else augmentation.policy)
-    parts += [f"random erasing {args.random_erase:g}"] if args.random_erase else []
-    if augmentation.mixing.enabled:
-        parts.append(f"MixUp {args.mixup:g} / CutMix {args.cutmix:g} (p {args.mix_prob:g}, switch {args.mix_switch_prob:g})")
-    parts += [f"repeated augmentation {args.repeat_aug}"] if args.repeat_aug > 1 else []
-    return ", ".join(parts)
 
 
 def run_epoch(r, epoch, stop):
@@ -731,46 +422,6 @@ def run_epoch(r, epoch, stop):
     return True
 
 
-def sum_over_ranks(totals, dist):
-    """The epoch's metric totals over all ranks (the totals themselves on one process)."""
-    if not dist.enabled:
-        return totals
-    sums = torch.stack([totals["loss_sum"].double(), totals["skipped"].double(), *totals["correct"].double(),
-                        torch.tensor(float(totals["count"]), device=totals["loss_sum"].device, dtype=torch.float64)])
-    loss_sum, skipped, top1, top5, count = dist.all_reduce(sums).tolist()
-    device = totals["loss_sum"].device
-    return {"loss_sum": torch.tensor(loss_sum, device=device), "skipped": torch.tensor(skipped, device=device),
-            "correct": torch.tensor([top1, top5], device=device), "count": int(count)}
-
-
-def check_ranks_agree(model, dist, log):
-    """DDP keeps every rank's weights equal; check it once at the end (a cheap checksum per tensor)."""
-    checksums = torch.stack([p.detach().double().sum() for p in model.parameters()]).cpu()
-    if any(not torch.equal(checksums, other) for other in dist.all_gather(checksums)):
-        raise TrainingError("the ranks' parameters differ after training: the distributed setup is broken")
-    log(f"parameters identical on all {dist.world_size} ranks")
-
-
-def resume_point(progress, device):
-    """(first step, metric totals, seconds already spent) for the epoch about to run."""
-    partial = progress["partial"]
-    if not partial:
-        return 0, new_totals(device), 0.0
-    totals = {
-        "loss_sum": torch.tensor(partial["loss_sum"], device=device),
-        "correct": torch.tensor(partial["correct"], device=device),
-        "count": partial["count"],
-        "skipped": torch.tensor(partial["skipped"], device=device),
-    }
-    return progress["step_in_epoch"], totals, partial["seconds"]
-
-
-def plain_totals(totals):
-    """Totals as plain numbers for the checkpoint (float32 values survive the round trip exactly)."""
-    return {"loss_sum": totals["loss_sum"].item(), "correct": totals["correct"].tolist(), "count": totals["count"],
-            "skipped": totals["skipped"].item()}
-
-
 def evaluated_module(r):
     """The plain module that validation evaluates: the EMA's when on, else the model."""
     return r.updater.ema.module if r.updater.ema else r.model
@@ -810,6 +461,26 @@ def evaluate_test(r):
         r.log(f"test ({weights} weights, epoch {metrics['epoch']}): loss {metrics['loss']:.4f} "
               f"top-1 {metrics['top1']:.2%} top-5 {metrics['top5']:.2%} macro-F1 {metrics['macro_f1']:.4f} ({metrics['images']:,} images)")
     return results
+
+
+def resume_point(progress, device):
+    """(first step, metric totals, seconds already spent) for the epoch about to run."""
+    partial = progress["partial"]
+    if not partial:
+        return 0, new_totals(device), 0.0
+    totals = {
+        "loss_sum": torch.tensor(partial["loss_sum"], device=device),
+        "correct": torch.tensor(partial["correct"], device=device),
+        "count": partial["count"],
+        "skipped": torch.tensor(partial["skipped"], device=device),
+    }
+    return progress["step_in_epoch"], totals, partial["seconds"]
+
+
+def plain_totals(totals):
+    """Totals as plain numbers for the checkpoint (float32 values survive the round trip exactly)."""
+    return {"loss_sum": totals["loss_sum"].item(), "correct": totals["correct"].tolist(), "count": totals["count"],
+            "skipped": totals["skipped"].item()}
 
 
 if __name__ == "__main__":

@@ -285,7 +285,7 @@ def our_prepare_seconds(zip_path):
 # ---------------------------------------------------------------- the report
 
 
-def main(argv=None):
+def parse_args(argv):
     parser = ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data-dir", required=True, help="prepared by prepare_data.py (its extracted folder is used too)")
     parser.add_argument("--zip", help="time prepare_data.py and the notebook's extraction on this zip "
@@ -300,7 +300,26 @@ def main(argv=None):
                         help="only the augmentation rows (each policy against torchvision's per-image pipeline)")
     parser.add_argument("--sync-debug", choices=("warn", "error"),
                         help="CUDA: torch.cuda.set_sync_debug_mode, to find host-device syncs (each is a warning or an error)")
-    args = parser.parse_args(argv)
+    return parser, parser.parse_args(argv)
+
+
+class Table:
+    """The side-by-side rows, printed as they are measured and kept for the table and --json."""
+
+    def __init__(self, device):
+        self.rows, self.results = [], {"machine": machine_description(device)}
+
+    def row(self, what, notebook_value, our_value, unit, note=""):
+        ratio = our_value / notebook_value if notebook_value else float("nan")
+        if unit == "s":
+            ratio = notebook_value / our_value
+        self.rows.append((what, notebook_value, our_value, unit, ratio, note))
+        self.results[what] = {"notebook": notebook_value, "ours": our_value, "unit": unit, "speed-up": ratio}
+        print(f"  {what}: notebook {notebook_value:,.1f}, ours {our_value:,.1f} {unit} ({ratio:.1f}x) {note}", flush=True)
+
+
+def main(argv=None):
+    parser, args = parse_args(argv)
     try:
         if args.json:
             check_output_path(args.json, "--json")
@@ -310,37 +329,34 @@ def main(argv=None):
     device = torch.device(args.device)
     if args.sync_debug and device.type == "cuda":
         torch.cuda.set_sync_debug_mode(args.sync_debug)
-    train_split = make_splits(data)["train"]
-    num_classes = len(data.classes)
-    dataset_root = os.path.join(args.data_dir, "tiny-imagenet-200")
-    results = {"machine": machine_description(device)}
-    rows = []
-
-    def row(what, notebook_value, our_value, unit, note=""):
-        ratio = our_value / notebook_value if notebook_value else float("nan")
-        if unit == "s":
-            ratio = notebook_value / our_value
-        rows.append((what, notebook_value, our_value, unit, ratio, note))
-        results[what] = {"notebook": notebook_value, "ours": our_value, "unit": unit, "speed-up": ratio}
-        print(f"  {what}: notebook {notebook_value:,.1f}, ours {our_value:,.1f} {unit} ({ratio:.1f}x) {note}", flush=True)
-
+    train_split, num_classes = make_splits(data)["train"], len(data.classes)
+    table = Table(device)
     print("measuring (a few minutes on 2 CPU cores)...", flush=True)
-    batches = max(args.steps, 20)
     default = (default_amp(device), device.type == "cuda")  # what train.py does without flags here
+    flops = peaks = None
     if args.augmentation_only:
         step_rate = our_step_rate(64, num_classes, device, args.steps, *default)
-        augmentation_rows(row, train_split, device, args.workers, 2 * args.steps, step_rate)
-        print_table(rows, results, None, None)
-        if args.json:
-            write_json(args.json, results, default=str)
-        return 0
-    row("loading, batch 64", notebook_loader_rate(dataset_root, 64, args.workers, batches),
-        our_loader_rate(train_split, 64, device, batches * 5), "img/s", f"notebook: {args.workers} workers")
+    else:
+        flops, peaks, step_rate = speed_rows(table, args, train_split, num_classes, device, default)
+    augmentation_rows(table.row, train_split, device, args.workers, 2 * args.steps, step_rate)
+    if not args.augmentation_only:
+        prepare_row(table, args)
+    print_table(table.rows, table.results, flops, peaks)
+    if args.json:
+        write_json(args.json, table.results, default=str)
+    return 0
 
+
+def speed_rows(table, args, train_split, num_classes, device, default):
+    """The loader, the train step at two batch sizes and end to end, each mode against the
+    notebook's; returns (FLOPs per training image, the matmul peaks, the default mode's rate)."""
+    dataset_root = os.path.join(args.data_dir, "tiny-imagenet-200")
+    batches = max(args.steps, 20)
+    table.row("loading, batch 64", notebook_loader_rate(dataset_root, 64, args.workers, batches),
+              our_loader_rate(train_split, 64, device, batches * 5), "img/s", f"notebook: {args.workers} workers")
     flops = flops_per_image(build_model(DEFAULT_MODEL, num_classes), backward=True)
     peaks = {"fp32": matmul_peak(torch.float32, device), "bf16": matmul_peak(torch.bfloat16, device)}
-    results["flops_per_image_train"] = flops
-    results["matmul_peak"] = peaks
+    table.results.update(flops_per_image_train=flops, matmul_peak=peaks)
     modes = [
         (f"{'compiled' if compile_model else 'eager'} {'bf16' if amp else 'fp32'}"
          f"{' (train.py default here)' if (amp, compile_model) == default else ''}", amp, compile_model)
@@ -354,30 +370,27 @@ def main(argv=None):
             rate = our_step_rate(batch_size, num_classes, device, steps, amp, compile_model)
             step_rates[(name, batch_size)] = rate
             share = flops * rate / peaks["fp32"]
-            row(f"train step, batch {batch_size}, {name}", baseline, rate, "img/s", f"{share:.0%} of fp32 peak")
-        results[f"notebook step share of fp32 peak, batch {batch_size}"] = flops * baseline / peaks["fp32"]
-
+            table.row(f"train step, batch {batch_size}, {name}", baseline, rate, "img/s", f"{share:.0%} of fp32 peak")
+        table.results[f"notebook step share of fp32 peak, batch {batch_size}"] = flops * baseline / peaks["fp32"]
     baseline = notebook_end_to_end(dataset_root, 64, args.workers, num_classes, device, args.steps)
     for name, amp, compile_model in modes:
         rate = our_end_to_end(train_split, 64, num_classes, device, args.steps, amp, compile_model)
-        row(f"end to end, batch 64, {name}", baseline, rate, "img/s")
-
+        table.row(f"end to end, batch 64, {name}", baseline, rate, "img/s")
     default_name = next(name for name, amp, compile_model in modes if (amp, compile_model) == default)
-    augmentation_rows(row, train_split, device, args.workers, 2 * args.steps, step_rates[(default_name, 64)])
+    return flops, peaks, step_rates[(default_name, 64)]
 
+
+def prepare_row(table, args):
+    """prepare_data.py against the notebook's extraction and restructuring, on the zip."""
     args.zip = args.zip or next((z for z in default_zips(args.data_dir) if os.path.isfile(z)), None)
     if not args.zip:
         print("  prepare: skipped, no zip found (pass --zip)", flush=True)
-    else:
-        notebook_seconds = notebook_prepare_seconds(args.zip)
-        cold, again, images = our_prepare_seconds(args.zip)
-        row("prepare (notebook: extract + restructure only)", notebook_seconds, cold, "s",
-            f"ours packs too; {cold / images * 1e6:.0f} us/image; second run {again:.2f} s")
-        results["prepare_second_run_s"] = again
-
-    print_table(rows, results, flops, peaks)
-    if args.json:
-        write_json(args.json, results, default=str)
+        return
+    notebook_seconds = notebook_prepare_seconds(args.zip)
+    cold, again, images = our_prepare_seconds(args.zip)
+    table.row("prepare (notebook: extract + restructure only)", notebook_seconds, cold, "s",
+              f"ours packs too; {cold / images * 1e6:.0f} us/image; second run {again:.2f} s")
+    table.results["prepare_second_run_s"] = again
 
 
 def default_zips(data_dir):

@@ -1,4 +1,4 @@
-"""Train with the fast CPU dropout mask (model.dropout_mask) or with stock F.dropout, all else
+"""Train with the fast CPU dropout mask (models/blocks.py's dropout_mask) or with stock F.dropout, all else
 equal, to check that the mask does not change training (fp32; the last argument is a
 prepared data dir).
 
@@ -11,14 +11,14 @@ import sys
 import torch.nn.functional as F
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-import model  # noqa: E402
+from models import blocks  # noqa: E402
 import train  # noqa: E402
 
 
 
 def main(mode, seed, data_dir):
     if mode == "reference":
-        model.dropout = lambda x, p, training: F.dropout(x, p, training)
+        blocks.dropout = lambda x, p, training: F.dropout(x, p, training)
     return train.main(["--data-dir", data_dir, "--epochs", "3", "--seed", seed, "--no-amp", "--device", "cpu",
                        "--run-dir", f"runs/dropout_{mode}_{seed}"])
 

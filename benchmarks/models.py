@@ -21,7 +21,7 @@ sys.path.insert(0, ROOT)
 
 from benchmarks.bench import machine_description, our_step_rate  # noqa: E402
 from cli import ArgumentParser  # noqa: E402
-from evaluate import measure_throughput  # noqa: E402
+from evaluation import measure_throughput  # noqa: E402
 from errors import DataError  # noqa: E402
 from layout import check_output_path, write_json  # noqa: E402
 from model import MODELS, build_model, count_parameters, flops_per_image  # noqa: E402

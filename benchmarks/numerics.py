@@ -23,7 +23,7 @@ import torch.nn.functional as F
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-import model as models  # noqa: E402
+from models import blocks  # noqa: E402
 from benchmarks.bench import our_step_rate  # noqa: E402
 from cli import ArgumentParser  # noqa: E402
 from model import DEFAULT_MODEL, MODELS, build_model  # noqa: E402
@@ -37,14 +37,14 @@ MODES = {  # name -> (autocast dtype, LayerNorm in fp32)
 
 @contextlib.contextmanager
 def layer_norm_in_fp32(enabled):
-    """model.LayerNorm as itself, or as stock nn.LayerNorm (which CPU autocast leaves in bf16)."""
-    saved = models.LayerNorm.forward
+    """models/blocks.LayerNorm as itself, or as stock nn.LayerNorm (which CPU autocast leaves in bf16)."""
+    saved = blocks.LayerNorm.forward
     if not enabled:
-        models.LayerNorm.forward = nn.LayerNorm.forward
+        blocks.LayerNorm.forward = nn.LayerNorm.forward
     try:
         yield
     finally:
-        models.LayerNorm.forward = saved
+        blocks.LayerNorm.forward = saved
 
 
 def gradients(model, x, y, dtype, training=False):

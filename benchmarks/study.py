@@ -32,7 +32,7 @@ import shlex  # noqa: E402
 import subprocess  # noqa: E402
 import time  # noqa: E402
 
-import train  # noqa: E402
+import train_flags  # noqa: E402
 from cli import ArgumentParser, command_text, duration  # noqa: E402
 from checkpoint import load_checkpoint  # noqa: E402
 from errors import DataError  # noqa: E402
@@ -121,7 +121,7 @@ def parse_train_flags(run):
     message = io.StringIO()
     try:
         with contextlib.redirect_stderr(message):
-            return train.parse_args(run.train_argv("new"))
+            return train_flags.parse_args(run.train_argv("new"))
     except SystemExit:
         said = message.getvalue().strip().splitlines() or ["(it stopped without a word: --help?)"]
         reason = said[-1].split("error: ", 1)[-1].removesuffix(" (--help lists the flags)")
@@ -132,7 +132,7 @@ def check_commands(runs, shared_flags, model_flags):
     """Every run's flags, parsed as train.py parses them, before any training (a typo is one line
     now, not a failure hours into the grid); none may change what the grid sets."""
     for flags in shared_flags:  # the common flags and every entry's
-        given = train.explicit_flags(flags)
+        given = train_flags.explicit_flags(flags)
         if "model" in given and not any(flags is own for own in model_flags):
             raise DataError(f"--model in {' '.join(flags)}: give models with --models (NAME or LABEL=FLAGS)")
         if given.keys() & {"run_dir", "resume"}:

@@ -11,6 +11,7 @@ from torchvision.transforms.v2 import InterpolationMode
 
 import augment
 import train
+import train_flags
 from augment import OP_INDEX, OPS, Augmentation, Mixing
 from data import BatchLoader
 
@@ -294,18 +295,18 @@ def test_every_training_batch_has_the_evaluation_batches_layout_mixed_erased_or_
 # ---------------------------------------------------------------- train.py's flags
 
 def test_the_vit_recipe_sets_its_augmentation_and_an_explicit_policy_replaces_its_autoaugment():
-    args = train.parse_args(["--recipe", "vit-small-data", "--epochs", "20"])
-    assert train.augmentation_of(args) == Augmentation(policy="autoaugment", erase=0.25,
+    args = train_flags.parse_args(["--recipe", "vit-small-data", "--epochs", "20"])
+    assert train_flags.augmentation_of(args) == Augmentation(policy="autoaugment", erase=0.25,
                                                        mixing=Mixing(0.8, 1.0, 1.0, 0.5), repeat=3)
     assert (args.batch_size, args.warmup_epochs, args.lr, args.weight_decay) == (128, 2.0, 1e-3, 0.05)
-    assert train.model_settings(train.parse_args(["--recipe", "vit-small-data", "--model", "vit"])) == {"drop_path": "0.1"}
-    assert train.model_settings(train.parse_args(["--recipe", "vit-small-data", "--model", "cnn"])) == {}
-    mine = train.parse_args(["--recipe", "vit-small-data", "--randaugment", "1,5", "--repeat-aug", "1"])
-    assert train.augmentation_of(mine).policy == "randaugment" and train.augmentation_of(mine).randaugment == (1, 5)
-    assert train.augmentation_of(mine).repeat == 1
-    assert train.augmentation_of(train.parse_args([])) == Augmentation()  # the notebook's: crop and flip only
-    assert train.augmentation_of(train.parse_args(["--recipe", "vit-small-data", "--no-autoaugment"])).policy is None
-    assert train.parse_args(["--warmup-epochs", "25%", "--epochs", "8"]).warmup_epochs == 2.0
+    assert train_flags.model_settings(train_flags.parse_args(["--recipe", "vit-small-data", "--model", "vit"])) == {"drop_path": "0.1"}
+    assert train_flags.model_settings(train_flags.parse_args(["--recipe", "vit-small-data", "--model", "cnn"])) == {}
+    mine = train_flags.parse_args(["--recipe", "vit-small-data", "--randaugment", "1,5", "--repeat-aug", "1"])
+    assert train_flags.augmentation_of(mine).policy == "randaugment" and train_flags.augmentation_of(mine).randaugment == (1, 5)
+    assert train_flags.augmentation_of(mine).repeat == 1
+    assert train_flags.augmentation_of(train_flags.parse_args([])) == Augmentation()  # the notebook's: crop and flip only
+    assert train_flags.augmentation_of(train_flags.parse_args(["--recipe", "vit-small-data", "--no-autoaugment"])).policy is None
+    assert train_flags.parse_args(["--warmup-epochs", "25%", "--epochs", "8"]).warmup_epochs == 2.0
 
 
 @pytest.mark.parametrize("flags,message", [
@@ -320,5 +321,5 @@ def test_the_vit_recipe_sets_its_augmentation_and_an_explicit_policy_replaces_it
 ])
 def test_bad_augmentation_flags_are_one_line_and_exit_2(flags, message, capsys):
     with pytest.raises(SystemExit) as stop:
-        train.parse_args(flags)
+        train_flags.parse_args(flags)
     assert stop.value.code == 2 and message in capsys.readouterr().err

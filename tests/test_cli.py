@@ -18,6 +18,7 @@ import data
 import evaluate
 import model
 import prepare_data
+import rundir
 import runs
 import synthetic
 import train
@@ -89,7 +90,7 @@ def test_a_default_run_never_imports_torchvision(prepared_once, tmp_path):
     result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True)
     assert result.returncode == 0, result.stderr[-2000:]
     imported = {line.split("|")[-1].strip() for line in result.stderr.splitlines() if line.startswith("import time:")}
-    assert "torch" in imported and "evaluate" in imported  # the trace covers the whole run
+    assert "torch" in imported and "evaluation" in imported  # the trace covers the whole run
     assert not any(name.split(".")[0] == "torchvision" for name in imported)
 
 
@@ -182,7 +183,7 @@ def test_runs_lists_finished_interrupted_crashed_and_killed_runs(prepared_once, 
     assert train.main([*base, "--run-dir", str(killed), "--epochs", "1"]) == 0
     with monkeypatch.context() as patch:  # extended by one epoch, then SIGKILLed: status.json still says
         patch.setattr(train, "evaluate_test", lambda r: {})
-        patch.setattr(train.RunStatus, "set", lambda self, state, detail=None: None)  # running, with a pid
+        patch.setattr(rundir.RunStatus, "set", lambda self, state, detail=None: None)  # running, with a pid
         assert train.main(["--resume", str(killed / "last.pt"), "--epochs", "2", "--device", "cpu"]) == 0  # that is gone:
     status = json.load(open(killed / "status.json"))
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)

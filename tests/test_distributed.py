@@ -12,6 +12,7 @@ import torch
 
 import evaluate
 import prepare_data
+import resume
 import train
 from conftest import ROOT, train_saying_after_the_first_step, wait_for_line
 from errors import DataError
@@ -251,7 +252,7 @@ def test_a_rank_that_cannot_read_the_resume_checkpoint_stops_every_rank_saying_w
     path = tmp_path / "last.pt"
     torch.save({"model": {}}, path)  # rank 0 reads its copy
     with pytest.raises(DataError) as raised:
-        train.load_on_every_rank(str(path), RankZeroOfTwo(rank=0, world_size=2))
+        resume.load_on_every_rank(str(path), RankZeroOfTwo(rank=0, world_size=2))
     message = str(raised.value)
     assert message.startswith(f"--resume {path}: rank 1 on node-b: no checkpoint at r/last.pt.")
     assert "every machine needs it at this path" in message and "rank 0" not in message

@@ -9,13 +9,15 @@ import pytest
 import torch
 
 import evaluate
+import evaluation
 import prepare_data
 import train
 from constants import MEAN, STD
 from data import load_packed, make_splits, normalize
-from evaluate import class_report, model_from_checkpoint
+from checkpoint import model_from_checkpoint
+from evaluation import class_report
 from predict import natural_key
-from prepare_data import decode
+from packing import decode
 from synthetic import write_synthetic_zip
 
 FAST = ["--batch-size", "16", "--eval-batch-size", "16", "--log-every", "2", "--device", "cpu"]
@@ -232,7 +234,7 @@ def test_a_padded_short_batch_keeps_the_layout_of_full_batches():
     same shape, or torch.compile builds another graph (it guards on x._base on torch 2.11 + CUDA)."""
     images = torch.randint(0, 256, (6, 64, 64, 3), dtype=torch.uint8)
     full, short = normalize(images[:4]), normalize(images[4:])
-    padded = evaluate.pad_batch(short, 4)
+    padded = evaluation.pad_batch(short, 4)
     assert padded.shape == full.shape and padded.stride() == full.stride()
     assert padded._base.shape == full._base.shape and padded._base.stride() == full._base.stride()
     assert torch.equal(padded[:2], short) and not padded[2:].any()

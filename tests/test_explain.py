@@ -12,12 +12,14 @@ from PIL import Image
 
 import data
 import explain
+import packing
 import prepare_data
 import train
 from conftest import needs_mini_zip
 from errors import DataError
 from layout import VAL_BOXES_FILE, packed_dir
-from model import MODELS, Attention, Block, attention_weights
+from model import MODELS
+from models.blocks import Attention, Block, attention_weights
 from test_zoo import tiny
 
 DEFAULT_LAYERS = {"cvt-simplified": "embedding.proj", "cvt-conv-embed": "conv_embed.proj",
@@ -218,7 +220,7 @@ def write_annotations(root, lines, wnids=("nb", "na")):
 def test_boxes_are_read_in_the_packed_order_with_inclusive_coordinates(tmp_path):
     root = str(tmp_path / "root")
     write_annotations(root, ["val_1.JPEG\tnb\t0\t0\t63\t63", "val_0.JPEG\tna\t60\t10\t63\t10", "val_2.JPEG\tna\t5\t6\t7\t8"])
-    names, labels, boxes = prepare_data.val_boxes_in_packed_order(root, ["na", "nb"])
+    names, labels, boxes = packing.val_boxes_in_packed_order(root, ["na", "nb"])
     assert names == ["val_0.JPEG", "val_2.JPEG", "val_1.JPEG"] and labels.tolist() == [0, 0, 1]
     assert boxes.tolist() == [[60, 10, 63, 10], [5, 6, 7, 8], [0, 0, 63, 63]]
 
@@ -228,19 +230,19 @@ def test_a_bad_box_is_one_line_with_its_place(tmp_path, box, message):
     root = str(tmp_path / "root")
     write_annotations(root, ["val_0.JPEG\tna\t" + box.replace(" ", "\t")])
     with pytest.raises(DataError, match=f"val_annotations.txt:1: .*{message}"):
-        prepare_data.val_boxes_in_packed_order(root, ["na", "nb"])
+        packing.val_boxes_in_packed_order(root, ["na", "nb"])
 
 
 def test_a_problem_with_the_boxes_skips_them_and_never_stops_a_prepare(tmp_path):
     root = str(tmp_path / "root")
     write_annotations(root, ["val_0.JPEG\tna\t0\t0\t99\t10", "val_1.JPEG\tnb\t0\t0\t63\t63"])
-    boxes, why_not = prepare_data.boxes_for(root, ["na", "nb"], ["x/val_0.JPEG", "x/val_1.JPEG"])
+    boxes, why_not = packing.boxes_for(root, ["na", "nb"], ["x/val_0.JPEG", "x/val_1.JPEG"])
     assert boxes is None and "malformed" in why_not and "val_annotations.txt:1" in why_not
-    assert prepare_data.read_val_annotations(root) == [("val_0.JPEG", "na"), ("val_1.JPEG", "nb")]
+    assert packing.read_val_annotations(root) == [("val_0.JPEG", "na"), ("val_1.JPEG", "nb")]
     shutil.rmtree(root)
     write_annotations(root, ["val_0.JPEG\tna\t0\t0\t9\t10", "val_1.JPEG\tnb\t0\t0\t63\t63"])
-    assert prepare_data.boxes_for(root, ["na", "nb"], ["x/val_0.JPEG", "x/val_1.JPEG"])[0].tolist() == [[0, 0, 9, 10], [0, 0, 63, 63]]
-    boxes, why_not = prepare_data.boxes_for(root, ["na", "nb"], ["x/val_1.JPEG", "x/val_0.JPEG"])  # other images packed
+    assert packing.boxes_for(root, ["na", "nb"], ["x/val_0.JPEG", "x/val_1.JPEG"])[0].tolist() == [[0, 0, 9, 10], [0, 0, 63, 63]]
+    boxes, why_not = packing.boxes_for(root, ["na", "nb"], ["x/val_1.JPEG", "x/val_0.JPEG"])  # other images packed
     assert boxes is None and "not the ones" in why_not
 
 
@@ -284,7 +286,7 @@ def test_prepare_stores_the_boxes_and_adds_them_to_data_prepared_without(prepare
 @needs_mini_zip
 def test_the_real_boxes_land_beside_their_images(mini_prepared):
     packed = data.load_packed(mini_prepared)
-    names, labels, boxes = prepare_data.val_boxes_in_packed_order(os.path.join(mini_prepared, "tiny-imagenet-200"), packed.classes)
+    names, labels, boxes = packing.val_boxes_in_packed_order(os.path.join(mini_prepared, "tiny-imagenet-200"), packed.classes)
     assert torch.equal(packed.val_boxes, torch.from_numpy(boxes)) and np.array_equal(labels, packed.val_y.numpy())
     first = names.index("val_0.JPEG")  # val_annotations.txt: val_0.JPEG n03444034 0 32 44 62
     assert packed.val_boxes[first].tolist() == [0, 32, 44, 62] and packed.classes[packed.val_y[first]] == "n03444034"

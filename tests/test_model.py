@@ -4,9 +4,10 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-import model as model_module
 from benchmarks.notebook import CvTSimplifiedEmbedding as NotebookModel
-from model import CvTConfig, CvTSimplifiedEmbedding, SelfAttention, config_from_state_dict, count_parameters, flops_per_image
+from model import count_parameters, flops_per_image
+from models import blocks
+from models.cvt import CvTConfig, CvTSimplifiedEmbedding, SelfAttention, config_from_state_dict
 
 
 def test_notebook_state_dict_loads_strictly_and_gives_the_same_outputs():
@@ -88,21 +89,21 @@ def test_overfits_one_batch():
 
 
 def test_fast_dropout_mask_has_the_rate_and_keeps_the_expectation():
-    mask = model_module.dropout_mask(torch.empty(1000, 1000), 0.1)
+    mask = blocks.dropout_mask(torch.empty(1000, 1000), 0.1)
     dropped = (mask == 0).float().mean().item()
     assert abs(dropped - 0.1) < 0.002
     assert mask.unique().tolist() == [0.0, torch.tensor(65536 / (65536 - 6554), dtype=torch.float32).item()]
     assert abs(mask.mean().item() - 1.0) < 0.003
-    assert model_module.dropout_mask(torch.empty(3, 5, dtype=torch.bfloat16), 0.5).dtype == torch.bfloat16
+    assert blocks.dropout_mask(torch.empty(3, 5, dtype=torch.bfloat16), 0.5).dtype == torch.bfloat16
 
 
 def test_fast_dropout_follows_the_global_seed():
     x = torch.ones(64, 64)
     torch.manual_seed(1)
-    a = model_module.dropout(x, 0.1, training=True)
+    a = blocks.dropout(x, 0.1, training=True)
     torch.manual_seed(1)
-    b = model_module.dropout(x, 0.1, training=True)
-    assert torch.equal(a, b) and not torch.equal(a, model_module.dropout(x, 0.1, training=True))
+    b = blocks.dropout(x, 0.1, training=True)
+    assert torch.equal(a, b) and not torch.equal(a, blocks.dropout(x, 0.1, training=True))
 
 
 def test_cpu_training_attention_is_sdpa_when_nothing_is_dropped(monkeypatch):
@@ -110,7 +111,7 @@ def test_cpu_training_attention_is_sdpa_when_nothing_is_dropped(monkeypatch):
     torch.manual_seed(0)
     model = CvTSimplifiedEmbedding(CvTConfig(num_classes=5, num_heads=2)).train()
     x = torch.randn(2, 3, 64, 64)
-    monkeypatch.setattr(model_module, "dropout_mask", lambda like, p: torch.ones_like(like))
+    monkeypatch.setattr(blocks, "dropout_mask", lambda like, p: torch.ones_like(like))
     training_output = model(x)
     assert torch.allclose(training_output, model.eval()(x), atol=1e-5)
 
@@ -141,7 +142,7 @@ def test_compiled_model_with_dropout_computes_what_eager_computes_on_cpu():
 def test_layer_norm_runs_in_fp32_under_cpu_autocast_and_keeps_the_residual_stream_fp32():
     """What CUDA autocast does, on CPU too: the norm in fp32 with an fp32 output, so the residual
     stream (x + branch(x)) stays fp32 while the matmuls run in bf16."""
-    norm = model_module.LayerNorm(8)
+    norm = blocks.LayerNorm(8)
     x = torch.randn(4, 8).bfloat16()
     with torch.autocast("cpu", dtype=torch.bfloat16):
         y = norm(x)

@@ -16,14 +16,17 @@ import torch
 
 import cli
 import data
-import evaluate
+import evaluation
 import explain
-import model
 import prepare_data
 import robustness
+import rundir
 import runtime
 import train
+import train_flags
+import workers
 from conftest import ROOT
+from models import blocks
 from test_zoo import tiny
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
@@ -39,7 +42,7 @@ def test_every_script_imports_without_resource_fcntl_or_signal_masks_and_memory_
     as_on_windows = ("import sys, signal; sys.modules['resource'] = None; sys.modules['fcntl'] = None; "
                      "del signal.pthread_sigmask; ")
     imports = "; ".join(f"import {name}" for name in SCRIPTS + BENCHMARKS)
-    check = "import torch, evaluate; print(evaluate.peak_memory(torch.device('cpu')))"
+    check = "import torch, evaluate; print(evaluation.peak_memory(torch.device('cpu')))"
     done = subprocess.run([sys.executable, "-c", as_on_windows + imports + "; " + check], cwd=ROOT,
                           capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
@@ -48,9 +51,9 @@ def test_every_script_imports_without_resource_fcntl_or_signal_masks_and_memory_
 
 
 def test_workers_started_by_spawn_without_signal_masks_pack_the_same_arrays(tiny_zip, prepared_once, tmp_path, monkeypatch):
-    monkeypatch.setattr(prepare_data, "START_METHOD", "spawn")
-    # As on Windows: no signal masks (prepare_data's own signal module; multiprocessing keeps its own).
-    monkeypatch.setattr(prepare_data, "signal", SimpleNamespace(SIGINT=signal.SIGINT, SIG_IGN=signal.SIG_IGN,
+    monkeypatch.setattr(workers, "START_METHOD", "spawn")
+    # As on Windows: no signal masks (workers.py's own signal module; multiprocessing keeps its own).
+    monkeypatch.setattr(workers, "signal", SimpleNamespace(SIGINT=signal.SIGINT, SIG_IGN=signal.SIG_IGN,
                                                                 signal=signal.signal))
     data_dir = str(tmp_path / "data")
     assert prepare_data.main(["--zip", tiny_zip, "--data-dir", data_dir]) == 0
@@ -67,8 +70,8 @@ def test_windows_paths_in_printed_commands_labels_and_resume(monkeypatch):
     assert cli.resume_command("runs\\my run") == 'python train.py --resume "runs\\my run\\last.pt"'
     assert cli.short_label("C:\\work\\runs\\cvt\\best.pt") == "cvt/best.pt"
     assert cli.short_label("runs/cvt/best.pt") == "cvt/best.pt"  # forward slashes work there too
-    args = train.parse_args(["--resume", "C:\\work\\runs\\a\\last.pt"])
-    assert train.choose_run_dir(args) == "C:\\work\\runs\\a"
+    args = train_flags.parse_args(["--resume", "C:\\work\\runs\\a\\last.pt"])
+    assert rundir.choose_run_dir(args) == "C:\\work\\runs\\a"
 
 
 def test_mps_is_chosen_when_present_and_refused_clearly_when_absent(monkeypatch):
@@ -86,9 +89,9 @@ def test_mps_is_chosen_when_present_and_refused_clearly_when_absent(monkeypatch)
 def test_dropout_off_the_cpu_is_torchs_own(monkeypatch):
     """The fast dropout mask is built on the CPU: a tensor on any other device (cuda, mps; here
     meta) takes F.dropout, so no CPU mask meets a device tensor."""
-    monkeypatch.setattr(model, "dropout_mask", None)  # calling it would fail
+    monkeypatch.setattr(blocks, "dropout_mask", None)  # calling it would fail
     x = torch.ones(4, 8, device="meta")
-    assert model.dropout(x, 0.5, True).device.type == "meta"
+    assert blocks.dropout(x, 0.5, True).device.type == "meta"
 
 
 class RefuseFloat64On(TorchDispatchMode):
@@ -122,7 +125,7 @@ def test_evaluation_robustness_and_box_scores_make_no_float64_on_the_device(devi
               for images, labels in ((data.normalize(x[:4]), y[:4]), (data.normalize(x[4:]), y[4:]))]
     boxes = torch.tensor([[0, 0, 31, 63]]).repeat(6, 1)
     with RefuseFloat64On(device):
-        metrics = evaluate.evaluate(model, loader, device, num_classes=5)
+        metrics = evaluation.evaluate(model, loader, device, num_classes=5)
         robustness.sweep(model, x, y, device, None, [1], ["zero"], 4)
         methods = ["attention"] + (["gradcam"] if importlib.util.find_spec("captum") else [])  # (captum: the test extras)
         explain.box_score(model, x, y, boxes, device, methods, ["embedding.proj"], 4, "true")

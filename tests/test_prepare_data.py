@@ -19,7 +19,11 @@ import pytest
 from conftest import ROOT, TINY
 from PIL import Image
 
+import extraction
+import layout
+import packing
 import prepare_data
+import workers
 from layout import read_meta
 from synthetic import write_synthetic_zip
 
@@ -51,7 +55,7 @@ def test_grayscale_jpegs_become_three_equal_channels(prepared_once):
         if f.endswith(".JPEG") and Image.open(os.path.join(d, f)).mode == "L"
     ]
     assert gray, "the tiny zip should hold a grayscale JPEG"
-    files = prepare_data.labelled_files(root, read_meta(prepared_once)["classes"])
+    files = packing.labelled_files(root, read_meta(prepared_once)["classes"])
     index = [path for path, _ in files].index(gray[0])
     pixels = arrays(prepared_once)["train_x"][index]
     assert (pixels[..., 0] == pixels[..., 1]).all() and (pixels[..., 1] == pixels[..., 2]).all()
@@ -62,8 +66,8 @@ def test_second_run_is_a_fast_no_op(prepared, capsys, monkeypatch):
     """Fast by what it does not do (no timing: a loaded machine would make that a race): it
     neither hashes the zip nor decodes an image nor rewrites a file."""
     before = {f: os.stat(os.path.join(prepared, "packed", f)).st_mtime_ns for f in os.listdir(os.path.join(prepared, "packed"))}
-    for slow in ("decode", "md5_of", "extract", "pack"):
-        monkeypatch.setattr(prepare_data, slow, lambda *args, name=slow, **kwargs: pytest.fail(f"a no-op run called {name}"))
+    for module, slow in ((packing, "decode"), (extraction, "md5_of"), (extraction, "extract"), (prepare_data, "pack")):
+        monkeypatch.setattr(module, slow, lambda *args, name=slow, **kwargs: pytest.fail(f"a no-op run called {name}"))
     assert run_prepare("--data-dir", prepared) == 0
     assert "nothing to do" in capsys.readouterr().out
     after = {f: os.stat(os.path.join(prepared, "packed", f)).st_mtime_ns for f in os.listdir(os.path.join(prepared, "packed"))}
@@ -267,7 +271,7 @@ def test_zip_entries_that_escape_the_target(tmp_path, tiny_zip, capsys, name):
 
 
 def test_zip_bomb_is_refused(tmp_path, tiny_zip, capsys, monkeypatch):
-    monkeypatch.setattr(prepare_data, "MAX_UNCOMPRESSED_BYTES", 1000)
+    monkeypatch.setattr(extraction, "MAX_UNCOMPRESSED_BYTES", 1000)
     expect_error(capsys, ["--zip", tiny_zip, "--data-dir", tmp_path / "d"], "would expand")
 
 
@@ -509,8 +513,8 @@ def test_a_disk_error_half_way_is_one_line_and_leaves_nothing_behind(prepared, t
         return FullDisk(file) if mode == "r+b" else file
 
     before = snapshot(prepared)
-    monkeypatch.setattr(prepare_data, "open", open_on_a_full_disk, raising=False)
-    monkeypatch.setattr(prepare_data.multiprocessing, "get_context", lambda kind: ThreadContext())
+    monkeypatch.setattr(packing, "open", open_on_a_full_disk, raising=False)
+    monkeypatch.setattr(workers.multiprocessing, "get_context", lambda kind: ThreadContext())
     assert run_prepare("--zip", tiny_zip, "--data-dir", prepared, "--force") == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert err[-1].startswith("error: No space left on device") and not any("Traceback" in line for line in err)
@@ -547,7 +551,7 @@ def test_a_kill_inside_the_final_swap_is_finished_by_the_printed_command(prepare
     import data
 
     with monkeypatch.context() as patch:
-        patch.setattr(prepare_data, "commit", lambda data_dir, root: prepare_data.replace_dir(
+        patch.setattr(prepare_data, "commit", lambda data_dir, root: layout.replace_dir(
             root, os.path.join(data_dir, "tiny-imagenet-200")))  # the first rename only: then the kill
         assert run_prepare("--synthetic", "--classes", "2", "--train-per-class", "4", "--force", "--data-dir", prepared) == 0
     assert read_meta(prepared) is None

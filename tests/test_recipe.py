@@ -12,6 +12,7 @@ import curves
 import evaluate
 import runs
 import train
+import train_flags
 from conftest import assert_same_training_state, signal_during_training
 from model import CvTConfig, CvTSimplifiedEmbedding
 from recipe import EMA, PRESETS, LRSchedule, Updater, build_optimizer
@@ -38,20 +39,20 @@ def tiny_model():
 
 
 def test_the_default_recipe_is_the_notebooks():
-    args = train.parse_args([])
+    args = train_flags.parse_args([])
     assert (args.recipe, args.optimizer, args.lr, args.weight_decay, args.lr_schedule) == ("seed", "adam", 1e-3, 0.0, "constant")
     assert args.warmup_epochs == 0 and args.label_smoothing == 0 and args.grad_clip == 0 and args.ema_decay == 0
     assert (args.batch_size, args.epochs, args.model) == (64, 10, "cvt-simplified")
 
 
 def test_the_study_preset_and_explicit_flags_override_it():
-    study = train.parse_args(["--recipe", "study"])
+    study = train_flags.parse_args(["--recipe", "study"])
     assert (study.optimizer, study.lr, study.weight_decay, study.label_smoothing) == ("adamw", 1e-4, 1e-3, 0.1)
     assert (study.lr_schedule, study.warmup_epochs, study.min_lr) == ("cosine", 5, 1e-6)
-    overridden = train.parse_args(["--recipe", "study", "--lr", "3e-4", "--label-smoothing", "0"])
+    overridden = train_flags.parse_args(["--recipe", "study", "--lr", "3e-4", "--label-smoothing", "0"])
     assert overridden.lr == 3e-4 and overridden.label_smoothing == 0
     assert overridden.optimizer == "adamw" and overridden.weight_decay == 1e-3  # the rest stays the preset's
-    assert train.parse_args(["--recipe", "improved"]).lr == PRESETS["improved"]["lr"]
+    assert train_flags.parse_args(["--recipe", "improved"]).lr == PRESETS["improved"]["lr"]
 
 
 @pytest.mark.parametrize("flags", [
@@ -61,7 +62,7 @@ def test_the_study_preset_and_explicit_flags_override_it():
 ])
 def test_invalid_recipe_flags_exit_2(flags, capsys):
     with pytest.raises(SystemExit) as exit_info:
-        train.parse_args(flags)
+        train_flags.parse_args(flags)
     assert exit_info.value.code == 2
     assert "error:" in capsys.readouterr().err
 
@@ -71,10 +72,10 @@ def test_invalid_recipe_flags_exit_2(flags, capsys):
 def test_a_warmup_given_that_would_not_end_before_the_run_is_one_line(flags, capsys):
     """A warm-up asked for is never changed behind the user's back (a recipe's own is cut to fit)."""
     with pytest.raises(SystemExit) as exit_info:
-        train.parse_args(flags)
+        train_flags.parse_args(flags)
     err = capsys.readouterr().err.strip().splitlines()
     assert exit_info.value.code == 2 and len(err) == 1 and "does not end before the run does" in err[0]
-    assert train.parse_args(["--recipe", "study", "--epochs", "30"]).warmup_epochs == 5  # the recipe's, uncut
+    assert train_flags.parse_args(["--recipe", "study", "--epochs", "30"]).warmup_epochs == 5  # the recipe's, uncut
 
 
 # ---------------------------------------------------------------- the pieces

@@ -1,4 +1,4 @@
-"""robustness.py: the shift as the README defines it, the figures it reports, and its outputs."""
+"""robustness.py: the shift as docs/robustness.md defines it, the figures it reports, and its outputs."""
 import csv
 import gc
 import json
@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 import evaluate
+import evaluation
 import robustness
 import train
 from data import BatchLoader
@@ -145,7 +146,7 @@ def test_every_model_of_the_registry_sweeps(name):
     y = torch.where(torch.arange(4) == 0, unshifted.argmax(1), (unshifted.argmax(1) + 1) % 5)  # 1 of 4 right: top-1 1/4
     results, consistency = sweep(model, x, y, cpu, None, [2], FILLS, 3)
     assert list(results) == [(fill, dx, dy) for fill in FILLS for dx, dy in shift_list([2])]
-    evaluated = evaluate.evaluate(model, BatchLoader(x, y, 3, cpu), cpu)["top1"]
+    evaluated = evaluation.evaluate(model, BatchLoader(x, y, 3, cpu), cpu)["top1"]
     assert evaluated == 0.25
     for fill in FILLS:
         assert results[fill, 0, 0] == {"top1": evaluated, "agreement": 1.0, "kl": 0.0}, fill

@@ -17,7 +17,7 @@ import prepare_data
 import train
 from conftest import ROOT, TINY, assert_same_training_state
 from data import load_packed, make_splits, normalize
-from evaluate import load_checkpoint, model_from_checkpoint
+from checkpoint import load_checkpoint, model_from_checkpoint
 from runtime import default_amp
 from synthetic import write_synthetic_zip
 

@@ -12,15 +12,18 @@ from torchvision.ops import StochasticDepth
 from tqdm import tqdm
 
 import evaluate
+import evaluation
 import model as model_module
 import runs
 import train
+import train_flags
 from benchmarks.notebook import CvTSimplifiedEmbedding as NotebookModel
 from checkpoint import model_from_checkpoint
 from conftest import ROOT, assert_same_training_state, signal_during_training
 from data import BatchLoader, load_packed, make_splits, normalize
 from errors import DataError
 from model import MODELS, build_model, count_parameters, flops_per_image, make_config
+from models.blocks import Block
 from recipe import LRSchedule, Updater, build_optimizer
 from runtime import amp_dtype, default_amp
 from study_reference import STUDY_CLASSES
@@ -176,7 +179,7 @@ def test_eval_mode_is_deterministic_and_dropout_and_stochastic_depth_act_in_trai
 
 @pytest.mark.parametrize("name", ["cvt-conv-embed", "cvt-original", "vit"])
 def test_stochastic_depth_is_torchvisions_row_mode_at_the_configured_rate(name):
-    blocks = [m for m in build_model(name, 5).modules() if isinstance(m, model_module.Block)]
+    blocks = [m for m in build_model(name, 5).modules() if isinstance(m, Block)]
     modules = [block.drop_path for block in blocks]
     rates = [0.0 if isinstance(module, torch.nn.Identity) else module.p for module in modules]
     assert all(isinstance(module, StochasticDepth) and module.mode == "row" for module, rate in zip(modules, rates) if rate)
@@ -198,7 +201,7 @@ def compiled_epoch(model, train_loader, val_loader, updater, device, epoch):
             with tqdm(disable=True) as bar:
                 train.train_one_epoch(model, train_loader, updater, device, amp_dtype(device, default_amp(device)),
                                       train.new_totals(device), 0, 10**9, bar)
-            evaluate.evaluate(model, val_loader, device, pad_to=val_loader.batch_size, num_classes=5)
+            evaluation.evaluate(model, val_loader, device, pad_to=val_loader.batch_size, num_classes=5)
         finally:
             if device.type == "cuda":
                 torch.cuda.set_sync_debug_mode("default")
@@ -265,7 +268,7 @@ def test_bad_settings_are_one_clear_error(settings, message):
 ])
 def test_train_refuses_bad_model_settings_before_any_work(argv, message, capsys):
     with pytest.raises(SystemExit) as exit_info:
-        train.parse_args(argv)
+        train_flags.parse_args(argv)
     assert exit_info.value.code == 2 and message in capsys.readouterr().err
 
 
@@ -372,9 +375,9 @@ def test_sync_bn_needs_cuda_under_torchrun_and_converts_the_batchnorms(prepared_
     dist = train.Distributed(rank=0, local_rank=0, world_size=2)
     for processes in (dist, train.Distributed()):  # under torchrun or not
         with pytest.raises(DataError, match="--sync-bn needs CUDA"):
-            train.start_run(train.parse_args([*argv, "--sync-bn"]), processes, torch.device("cpu"))
+            train.start_run(train_flags.parse_args([*argv, "--sync-bn"]), processes, torch.device("cpu"))
     assert not (tmp_path / "r").exists()  # refused before any work
-    args = train.parse_args(["--model", "cnn", "--sync-bn"])
+    args = train_flags.parse_args(["--model", "cnn", "--sync-bn"])
     converted = train.new_model(args, None, 4, dist, torch.device("cpu"))
     assert sum(isinstance(m, torch.nn.SyncBatchNorm) for m in converted.modules()) == 8
     assert set(converted.state_dict()) == set(build_model("cnn", 4).state_dict())  # checkpoints unchanged

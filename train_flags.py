@@ -1,0 +1,236 @@
+"""train.py's command line: the flags with their defaults (a --recipe's presets), what was given
+explicitly, and the checks that turn a bad flag into one line before any work; the augmentation,
+model settings and recipe summary they describe. Not here: the loop (train.py), resuming a run
+(resume.py), the presets themselves (recipe.py).
+"""
+import argparse
+import math
+
+import torch
+
+from augment import MAGNITUDE_BINS, Augmentation, Mixing
+from cli import ArgumentParser
+from model import DEFAULT_MODEL, MODELS, add_setting_flags, build_model, given_settings, settings_of
+from recipe import NO_AUGMENTATION, PRESET_MODEL_SETTINGS, PRESETS, RECIPE_FLAGS, warmup_epochs
+
+DESCRIPTION = "Train a model on prepared Tiny ImageNet with a plain PyTorch loop."  # --help's first line
+
+
+def build_parser(add_help=True):
+    parser = ArgumentParser(description=DESCRIPTION, add_help=add_help)
+    add_data_and_model_flags(parser)
+    add_recipe_flags(parser)
+    add_augmentation_flags(parser)
+    add_system_flags(parser)
+    return parser
+
+
+def add_data_and_model_flags(parser):
+    data = parser.add_argument_group("data")
+    data.add_argument("--data-dir", default="data", help="prepared by prepare_data.py")
+    data.add_argument("--batch-size", type=int, default=64, help="images per optimizer step, over all processes")
+    data.add_argument("--eval-batch-size", type=int, default=256, help="images per batch in validation and test")
+    model = parser.add_argument_group("model")
+    model.add_argument("--model", default=DEFAULT_MODEL, choices=tuple(MODELS),
+                       help="cvt-simplified: the notebook's; `python model.py --list` shows them all")
+    add_setting_flags(parser)
+
+
+def add_recipe_flags(parser):
+    optim = parser.add_argument_group("recipe (the defaults shown are those of the --recipe given, seed (the "
+                                      "notebook's) if none; explicit flags override them)")
+    optim.add_argument("--recipe", default="seed", choices=tuple(PRESETS),
+                       help="seed: Adam 1e-3 constant; study: AdamW 1e-4, wd 1e-3, smoothing 0.1, 5 warm-up "
+                            "epochs, cosine; improved (measured: benchmarks/README.md): AdamW 5e-3, wd 0.05, smoothing 0.1, "
+                            "1 warm-up epoch, cosine, grad clip 1; vit-small-data: the literature's for small ViTs "
+                            "(DeiT's: AdamW 1e-3, wd 0.05, batch 128, 10%% warm-up, cosine, smoothing 0.1, "
+                            "stochastic depth 0.1, AutoAugment, MixUp/CutMix, random erasing 0.25, repeated aug 3)")
+    optim.add_argument("--epochs", type=int, default=10, help="epochs to train (more with --resume extends a run)")
+    optim.add_argument("--optimizer", choices=("adam", "adamw"), help="adam: L2 weight decay; adamw: decoupled")
+    optim.add_argument("--lr", type=float, help="peak learning rate")
+    optim.add_argument("--weight-decay", type=float, help="not applied to biases and LayerNorm weights")
+    optim.add_argument("--lr-schedule", choices=("constant", "cosine"), help="set every step")
+    optim.add_argument("--warmup-epochs", type=epochs_or_percent,
+                       help="linear warm-up from --min-lr (may be fractional, or P%% of --epochs)")
+    optim.add_argument("--min-lr", type=float, help="where the warm-up starts and the cosine ends")
+    optim.add_argument("--label-smoothing", type=float, help="of the training loss (val and test losses are plain)")
+    optim.add_argument("--grad-clip", type=float, help="max gradient norm; 0: off")
+    optim.add_argument("--ema-decay", type=float, help="EMA of the weights, evaluated and saved; 0: off")
+    optim.add_argument("--seed", type=int, default=0, help="model init, dropout, shuffling and augmentation")
+    optim.set_defaults(**PRESETS["seed"])
+
+
+def add_augmentation_flags(parser):
+    augment = parser.add_argument_group(
+        "augmentation after the notebook's crop and flip, on whole batches on the device (defaults: the --recipe's; "
+        "operations and magnitudes of torchvision.transforms.v2)")
+    augment.add_argument("--randaugment", nargs="?", const="2,9", metavar="N,M",
+                         help="RandAugment: N operations per image at magnitude M of 31 (2,9 when no value is given)")
+    augment.add_argument("--trivialaugment", action=argparse.BooleanOptionalAction, help="TrivialAugmentWide")
+    augment.add_argument("--autoaugment", action=argparse.BooleanOptionalAction, help="AutoAugment, ImageNet policy")
+    augment.add_argument("--random-erase", type=float, metavar="P",
+                         help="random erasing with probability P per image (torchvision's scale and ratio, fill 0)")
+    augment.add_argument("--mixup", type=float, metavar="ALPHA", help="MixUp's Beta(alpha, alpha); 0: off")
+    augment.add_argument("--cutmix", type=float, metavar="ALPHA", help="CutMix's Beta(alpha, alpha); 0: off")
+    augment.add_argument("--mix-prob", type=float, metavar="P", help="probability that a batch is mixed")
+    augment.add_argument("--mix-switch-prob", type=float, metavar="P",
+                         help="with both on, probability of CutMix rather than MixUp for a mixed batch")
+    augment.add_argument("--repeat-aug", type=int, metavar="K",
+                         help="repeated augmentation: each image K times per epoch, differently augmented "
+                              "(the epoch keeps the dataset's length)")
+
+
+def add_system_flags(parser):
+    system = parser.add_argument_group("system")
+    system.add_argument("--device", default="auto", help="auto (cuda, else mps, else cpu), cpu, cuda, cuda:N, mps")
+    system.add_argument("--amp", action=argparse.BooleanOptionalAction, default=None,
+                        help="bf16 autocast for training (fp16 + GradScaler on GPUs without bf16); "
+                             "default: on for CUDA and for CPUs with native bf16 (AMX, AVX512-BF16)")
+    system.add_argument("--amp-dtype", default="auto", choices=("auto", "bfloat16", "float16"),
+                        help="auto: bf16 where supported, else fp16 with a GradScaler")
+    system.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
+                        help="torch.compile the model; default: on for CUDA")
+    system.add_argument("--compile-mode", default="default", choices=("default", "reduce-overhead", "max-autotune"),
+                        help="torch.compile's mode")
+    system.add_argument("--run-dir", help="output directory (default: runs/<date-time>; with --resume, the checkpoint's)")
+    system.add_argument("--resume", metavar="CHECKPOINT",
+                        help="continue the run saved in this last.pt, with its settings (more --epochs is fine)")
+    system.add_argument("--allow-other-data", action="store_true",
+                        help="with --resume: go on with other data than the run's (same classes), recorded in config.json")
+    system.add_argument("--sync-bn", action="store_true",
+                        help="under torchrun, BatchNorm statistics over all processes (SyncBatchNorm, CUDA only); "
+                             "without it each process normalises its own share of the batch")
+    system.add_argument("--log-every", type=int, default=20,
+                        help="steps between progress updates and loss checks (a CPU-GPU sync)")
+
+
+def explicit_flags(argv):
+    """{dest: value} of the flags given on the command line (not defaulted)."""
+    probe = build_parser(add_help=False)  # --help is for the real parser, which shows the defaults
+    probe.set_defaults(**dict.fromkeys(vars(probe.parse_args([])), None))
+    return {key: value for key, value in vars(probe.parse_known_args(argv)[0]).items() if value is not None}
+
+
+def parse_args(argv):
+    parser = build_parser()
+    given = explicit_flags(argv)
+    parser.set_defaults(**PRESETS[given.get("recipe", "seed")])
+    args = parser.parse_args(argv)
+    args.given = sorted(given)
+    args.warmup_spec, args.warmup_note, args.earlier_data = args.warmup_epochs, None, []
+    if not args.resume:  # (on --resume, once the run's own epochs are known)
+        args.warmup_epochs, args.warmup_note = warmup_epochs(args.warmup_spec, args.epochs)
+        if args.warmup_note and "warmup_epochs" in given:
+            parser.error(f"--warmup-epochs {args.warmup_spec} does not end before the run does (--epochs {args.epochs}): "
+                         "give a shorter warm-up")
+    # what the recipe set, as this run's epochs resolve it (kept on --resume): compare.py labels a
+    # run by how it differs from its recipe, from its own record
+    args.recipe_defaults = {key: parser.get_default(key) for key in ("batch_size", *RECIPE_FLAGS)}
+    args.recipe_defaults["warmup_epochs"] = warmup_epochs(args.recipe_defaults["warmup_epochs"], args.epochs)[0]
+    if args.allow_other_data and not args.resume:
+        parser.error("--allow-other-data goes with --resume")
+    check_augmentation(parser, args, given)
+    for flag in ("epochs", "batch_size", "eval_batch_size", "log_every"):
+        if getattr(args, flag) < 1:
+            parser.error(f"--{flag.replace('_', '-')} must be at least 1, got {getattr(args, flag)}")
+    for flag in ("lr",):
+        if not getattr(args, flag) > 0:
+            parser.error(f"--{flag.replace('_', '-')} must be positive, got {getattr(args, flag)}")
+    for flag in ("weight_decay", "grad_clip") + (() if args.resume else ("warmup_epochs",)):
+        if not 0 <= getattr(args, flag) < math.inf:
+            parser.error(f"--{flag.replace('_', '-')} must be non-negative, got {getattr(args, flag)}")
+    for flag in ("label_smoothing", "ema_decay"):
+        if not 0 <= getattr(args, flag) < 1:
+            parser.error(f"--{flag.replace('_', '-')} must be in [0, 1), got {getattr(args, flag)}")
+    if not 0 <= args.min_lr <= args.lr:
+        parser.error(f"--min-lr must be in [0, --lr={args.lr}], got {args.min_lr}")
+    if not args.resume:  # (a resumed run's model is the checkpoint's, checked against it)
+        try:
+            with torch.device("meta"):  # every check the model makes, at no cost
+                build_model(args.model, 1, **model_settings(args))
+        except ValueError as error:
+            parser.error(str(error))
+    return args
+
+
+def epochs_or_percent(text):
+    """--warmup-epochs: a number of epochs, or P% of --epochs (kept as text until the run's
+    epochs are known: on --resume, the checkpoint's)."""
+    try:
+        value = float(text[:-1] if text.endswith("%") else text)
+    except ValueError:
+        value = math.nan
+    if not 0 <= value < math.inf:
+        raise argparse.ArgumentTypeError(f"takes a number of epochs >= 0 or a percentage of --epochs such as 10%, not {text!r}")
+    return text if text.endswith("%") else value
+
+
+def randaugment_setting(text):
+    """--randaugment N,M as (N, M), or ValueError."""
+    num_ops, magnitude = (int(part) for part in text.split(","))
+    if num_ops < 1 or not 0 <= magnitude < MAGNITUDE_BINS:
+        raise ValueError
+    return num_ops, magnitude
+
+
+POLICY_FLAGS = ("randaugment", "trivialaugment", "autoaugment")
+
+
+def check_augmentation(parser, args, given):
+    """One policy at most: a policy given on the command line replaces the recipe's."""
+    chosen = [flag for flag in POLICY_FLAGS if given.get(flag)]
+    if len(chosen) > 1:
+        parser.error(f"give one augmentation policy, not {' and '.join('--' + flag for flag in chosen)}")
+    if chosen:
+        for flag in POLICY_FLAGS:
+            if flag != chosen[0] and flag not in given:
+                setattr(args, flag, NO_AUGMENTATION[flag])
+    if args.randaugment is not None:
+        try:
+            randaugment_setting(args.randaugment)
+        except ValueError:
+            parser.error(f"--randaugment takes N,M: N >= 1 operations per image at magnitude M in "
+                         f"[0, {MAGNITUDE_BINS - 1}], got {args.randaugment!r}")
+    for flag in ("random_erase", "mix_prob", "mix_switch_prob"):
+        if not 0 <= getattr(args, flag) <= 1:
+            parser.error(f"--{flag.replace('_', '-')} must be in [0, 1], got {getattr(args, flag)}")
+    for flag in ("mixup", "cutmix"):
+        if not 0 <= getattr(args, flag) < math.inf:
+            parser.error(f"--{flag} must be a finite number >= 0 (0: off), got {getattr(args, flag)}")
+    if args.repeat_aug < 1:
+        parser.error(f"--repeat-aug must be at least 1, got {args.repeat_aug}")
+
+
+def augmentation_of(args):
+    """The Augmentation that the run's flags describe."""
+    policy = next((flag for flag in POLICY_FLAGS if getattr(args, flag)), None)
+    return Augmentation(
+        policy=policy,
+        randaugment=randaugment_setting(args.randaugment) if args.randaugment else (2, 9),
+        erase=args.random_erase, mixing=Mixing(args.mixup, args.cutmix, args.mix_prob, args.mix_switch_prob),
+        repeat=args.repeat_aug)
+
+
+def model_settings(args):
+    """The model settings of a new run: the recipe's where the model has them (stochastic depth
+    of vit-small-data), then those given on the command line."""
+    preset = {key: value for key, value in PRESET_MODEL_SETTINGS.get(args.recipe, {}).items() if key in settings_of(args.model)}
+    return {**preset, **given_settings(args)}
+
+
+def describe_recipe(args):
+    parts = [f"{args.optimizer} lr {args.lr:g}", f"weight decay {args.weight_decay:g}"]
+    if args.warmup_epochs:
+        parts.append(f"{args.warmup_epochs:g} warm-up epoch{'' if args.warmup_epochs == 1 else 's'} from {args.min_lr:g}")
+    parts.append("constant lr" if args.lr_schedule == "constant" else f"cosine to {args.min_lr:g}")
+    parts += [f"label smoothing {args.label_smoothing:g}"] if args.label_smoothing else []
+    parts += [f"grad clip {args.grad_clip:g}"] if args.grad_clip else []
+    parts += [f"EMA {args.ema_decay:g}"] if args.ema_decay else []
+    augmentation = augmentation_of(args)
+    if augmentation.policy:
+        parts.append(f"RandAugment {args.randaugment}" if augmentation.policy == "randaugment" else augmentation.policy)
+    parts += [f"random erasing {args.random_erase:g}"] if args.random_erase else []
+    if augmentation.mixing.enabled:
+        parts.append(f"MixUp {args.mixup:g} / CutMix {args.cutmix:g} (p {args.mix_prob:g}, switch {args.mix_switch_prob:g})")
+    parts += [f"repeated augmentation {args.repeat_aug}"] if args.repeat_aug > 1 else []
+    return ", ".join(parts)
