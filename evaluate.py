@@ -32,7 +32,7 @@ from checkpoint import load_checkpoint, model_from_checkpoint
 from cli import ArgumentParser, exit_code_of
 from data import BatchLoader, make_splits
 from errors import DataError
-from evaluation import checked_data, data_dir_of, evaluate_with_report, measure_throughput, peak_memory
+from evaluation import TTA_CHOICES, checked_data, data_dir_of, evaluate_with_report, measure_throughput, peak_memory, with_tta
 from layout import check_output_path, write_json
 from model import MODELS, add_setting_flags, count_parameters, given_settings
 from predict import TOP_K, class_names_for, short_name, load_any_image, own_image_files, test_image_files, write_predictions
@@ -85,6 +85,9 @@ def parse_args(argv):
     parser.add_argument("--device", default="auto", help="auto (cuda, else mps, else cpu), cpu, cuda, cuda:N, mps")
     parser.add_argument("--amp", action=argparse.BooleanOptionalAction, default=False,
                         help="bf16 autocast (fp16 on GPUs without bf16), as in train.py; off: fp32")
+    parser.add_argument("--tta", choices=TTA_CHOICES,
+                        help="test-time augmentation (flip: mean of the logits of each image and its mirror image); "
+                             "default: what the checkpoint's run evaluated with, else none")
     parser.add_argument("--no-ema", dest="ema", action="store_false",
                         help="evaluate the raw trained weights of a run that kept an EMA (default: the EMA weights)")
     parser.add_argument("--json", metavar="PATH", help="also write the whole report as JSON")
@@ -125,11 +128,13 @@ def run(args):
     memory_before_mb, _ = peak_memory(device)  # on CPU: what the runtime, model and data already hold
     x, y = make_splits(data)[args.split]
     loader = BatchLoader(x, y, args.batch_size, device)
-    metrics, report = evaluate_with_report(model, loader, device, data, dtype)
+    tta = args.tta or checkpoint.get("config", {}).get("tta") or "none"
+    metrics, report = evaluate_with_report(with_tta(model, tta), loader, device, data, dtype)
     first_batch = next(iter(loader))[0]
     memory_mb, memory_what = peak_memory(device)
     metrics = {
         "split": args.split, "checkpoint": args.checkpoint, "weights": "ema" if args.ema and "ema" in checkpoint else "trained",
+        "tta": tta,
         **metrics, "model": model.model_name, "parameters": count_parameters(model),
         "images_per_s": measure_throughput(model, first_batch, device, dtype), "batch_size": len(first_batch),
         "device": str(device), "precision": str(dtype).replace("torch.", "") if dtype else "fp32",

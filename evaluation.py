@@ -63,6 +63,27 @@ def evaluate(model, loader, device, dtype=None, pad_to=None, dist=None, num_clas
     return metrics
 
 
+TTA_CHOICES = ("none", "flip")
+
+
+class FlipTTA(torch.nn.Module):
+    """Test-time augmentation by horizontal flip: the mean of the logits of each image and of its
+    mirror image (the training augmentation flips, so both are in-distribution)."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+        self.model_name = getattr(model, "model_name", None)
+
+    def forward(self, x):
+        return (self.model(x) + self.model(x.flip(3))) / 2
+
+
+def with_tta(model, tta):
+    """The model as evaluation sees it under --tta ("none" or None: itself)."""
+    return FlipTTA(model) if tta == "flip" else model
+
+
 def top_predictions(logits, k=5):
     """The k most likely classes per row, most likely first."""
     return logits.topk(min(k, logits.shape[1]), dim=1).indices

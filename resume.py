@@ -22,7 +22,7 @@ from model import DEFAULT_MODEL, MODELS, format_setting, given_settings, make_co
 from recipe import PRESET_MODEL_SETTINGS, RECIPE_FLAGS, warmup_epochs
 
 RUN_DEFINING = ("batch_size", "seed", "recipe", *RECIPE_FLAGS)  # the model and its settings: from the checkpoint
-ADOPTED = (*RUN_DEFINING, "epochs", "eval_batch_size", "data_dir", "log_every", "earlier_data", "recipe_defaults")  # (--sync-bn is the machine's)
+ADOPTED = (*RUN_DEFINING, "epochs", "eval_batch_size", "tta", "data_dir", "log_every", "earlier_data", "recipe_defaults")  # (--sync-bn is the machine's)
 
 
 class NothingToDo(Exception):

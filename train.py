@@ -36,7 +36,7 @@ from curves import draw_curves_or_explain
 from data import BatchLoader, load_packed, make_splits
 from checkpoint import checkpoint_payload, load_checkpoint, model_from_checkpoint, rng_states, save_checkpoint
 from train_flags import augmentation_of, describe_recipe, model_settings, parse_args
-from evaluation import evaluate, evaluate_with_report, peak_memory, topk_correct
+from evaluation import evaluate, evaluate_with_report, peak_memory, topk_correct, with_tta
 from errors import DataError, TrainingError
 from layout import data_identity
 from model import (
@@ -397,7 +397,7 @@ def run_epoch(r, epoch, stop):
     pad_to = args.eval_batch_size if args.compile else None
     if r.updater.ema is not None:  # each rank's EMA averaged its own BatchNorm statistics: evaluate (and save) rank 0's
         r.dist.broadcast_buffers(r.updater.ema.module)
-    val = evaluate(r.evaluated, r.val_loader, r.device, None, pad_to, r.dist)  # always fp32: metrics independent of --amp
+    val = evaluate(with_tta(r.evaluated, args.tta), r.val_loader, r.device, None, pad_to, r.dist)  # always fp32: metrics independent of --amp
     row = {
         "epoch": epoch + 1, **{f"train_{k}": train[k] for k in ("loss", "top1", "top5")},
         **{f"val_{k}": val[k] for k in ("loss", "top1", "top5")},
@@ -444,7 +444,7 @@ def evaluate_test(r):
     pad_to = args.eval_batch_size if args.compile else None
 
     def test(model, epoch, pad_to=None):
-        metrics, _ = evaluate_with_report(model, loader, r.device, r.data, None, pad_to, dist)
+        metrics, _ = evaluate_with_report(with_tta(model, args.tta), loader, r.device, r.data, None, pad_to, dist)
         return {**metrics, "epoch": epoch}
 
     results = {"final": test(r.evaluated, progress["epoch"], pad_to)}
@@ -458,7 +458,8 @@ def evaluate_test(r):
     for name in names:
         metrics = results[name]
         weights = f"{name} EMA" if r.updater.ema else name
-        r.log(f"test ({weights} weights, epoch {metrics['epoch']}): loss {metrics['loss']:.4f} "
+        tta = ", flip TTA" if args.tta == "flip" else ""
+        r.log(f"test ({weights} weights{tta}, epoch {metrics['epoch']}): loss {metrics['loss']:.4f} "
               f"top-1 {metrics['top1']:.2%} top-5 {metrics['top5']:.2%} macro-F1 {metrics['macro_f1']:.4f} ({metrics['images']:,} images)")
     return results
 

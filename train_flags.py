@@ -10,6 +10,7 @@ import torch
 
 from augment import MAGNITUDE_BINS, Augmentation, Mixing
 from cli import ArgumentParser
+from evaluation import TTA_CHOICES
 from model import DEFAULT_MODEL, MODELS, add_setting_flags, build_model, given_settings, settings_of
 from recipe import NO_AUGMENTATION, PRESET_MODEL_SETTINGS, PRESETS, RECIPE_FLAGS, warmup_epochs
 
@@ -30,6 +31,9 @@ def add_data_and_model_flags(parser):
     data.add_argument("--data-dir", default="data", help="prepared by prepare_data.py")
     data.add_argument("--batch-size", type=int, default=64, help="images per optimizer step, over all processes")
     data.add_argument("--eval-batch-size", type=int, default=256, help="images per batch in validation and test")
+    data.add_argument("--tta", default="none", choices=TTA_CHOICES,
+                      help="test-time augmentation in validation and test (flip: the mean of the logits of each "
+                           "image and its mirror image); recorded, so evaluate.py uses it too")
     model = parser.add_argument_group("model")
     model.add_argument("--model", default=DEFAULT_MODEL, choices=tuple(MODELS),
                        help="cvt-simplified: the notebook's; `python model.py --list` shows them all")

@@ -238,3 +238,32 @@ def test_a_padded_short_batch_keeps_the_layout_of_full_batches():
     assert padded.shape == full.shape and padded.stride() == full.stride()
     assert padded._base.shape == full._base.shape and padded._base.stride() == full._base.stride()
     assert torch.equal(padded[:2], short) and not padded[2:].any()
+
+
+def test_flip_tta_is_the_mean_of_the_logits_of_each_image_and_its_mirror():
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.Flatten(), torch.nn.LazyLinear(5)).eval()
+    x = torch.randn(3, 3, 8, 8)
+    with torch.no_grad():
+        expected = (model(x) + model(torch.flip(x, dims=[3]))) / 2
+        assert torch.allclose(evaluation.with_tta(model, "flip")(x), expected)
+    assert evaluation.with_tta(model, "none") is model
+
+
+def test_a_run_with_flip_tta_records_it_and_evaluate_reproduces_its_test_figures(prepared_once, tmp_path, capsys):
+    """--tta flip applies in validation and test, is recorded in config.json, and evaluate.py on
+    the checkpoint uses it unless told otherwise (--tta none: the plain figures)."""
+    run = tmp_path / "r"
+    assert train.main(["--data-dir", prepared_once, "--run-dir", str(run), *FAST, "--epochs", "1", "--tta", "flip"]) == 0
+    assert "(final weights, flip TTA, epoch 1)" in capsys.readouterr().out
+    assert json.load(open(run / "config.json"))["tta"] == "flip"
+    recorded = json.load(open(run / "test_metrics.json"))["final"]
+    for flags, tta in (([], "flip"), (["--tta", "none"], "none")):
+        out = tmp_path / f"{tta}.json"
+        assert evaluate.main([str(run / "last.pt"), "--batch-size", "16", "--json", str(out), *flags]) == 0
+        report = json.load(open(out))
+        assert report["tta"] == tta
+        if tta == "flip":
+            assert report["top1"] == recorded["top1"] and report["loss"] == pytest.approx(recorded["loss"], abs=1e-6)
+        else:
+            assert report["loss"] != pytest.approx(recorded["loss"], abs=1e-6)  # the mirror images did count
