@@ -60,3 +60,32 @@ def test_model_costs_table_has_a_row_per_model(tmp_path):
     rows = json.load(open(out))["rows"]
     assert rows[1]["parameters"] == 13_283_848 and rows[1]["gflops"] == 1_692_286_976 / 1e9
     assert all(row["train_eager"] > 0 and row["inference_eager"] > 0 for row in rows)
+
+
+def test_hardware_probe_reports_every_operation_and_candidate_with_consistent_figures(tmp_path):
+    """benchmarks/hardware.py in its quick mode: every conv shape in the four modes, the matmuls,
+    each candidate at each side; GFLOP per image as counted by hand for a conv net; the share of
+    the peak consistent with the rate (no absolute speed is asserted)."""
+    from benchmarks import hardware
+
+    out = tmp_path / "hw.json"
+    assert hardware.main(["--quick", "--sides", "32", "64", "--json", str(out)]) == 0
+    results = json.load(open(out))
+    assert [(row["channels"], row["side"]) for row in results["conv"]] == list(hardware.CONV_SHAPES)
+    rates = [rate for row in results["conv"] + results["matmul"] for rate in row["gflops"]]
+    assert all(math.isfinite(rate) and rate > 0 for rate in rates) and results["peak_gflops"] == max(rates)
+    rows = {(row["name"], row["side"]): row for row in results["candidates"]}
+    assert set(rows) == {(name, side) for name in hardware.CANDIDATES for side in (32, 64)}
+    for row in rows.values():
+        assert row["images_per_s"] > 0 and row["share"] == pytest.approx(3 * row["gflop"] * row["images_per_s"] / results["peak_gflops"])
+
+    def by_hand(widths, side):  # 2 FLOPs per multiply-add: each block's two 3x3 convs, then the head
+        flops, channels = 0, 3
+        for width in widths:
+            flops += 2 * 9 * side * side * (channels * width + width * width)
+            channels, side = width, side // 2
+        return (flops + 2 * channels * 200) / 1e9
+
+    for name, widths in hardware.CANDIDATES.items():
+        assert rows[name, 32]["gflop"] == pytest.approx(by_hand(widths, 32), rel=1e-6)
+        assert rows[name, 64]["gflop"] == pytest.approx(by_hand(widths, 64), rel=1e-6)
