@@ -68,20 +68,29 @@ def parameter_groups(model, weight_decay):
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
+OPTIMIZERS = ("adam", "adamw", "sgd")
+SGD_MOMENTUM = 0.9  # Nesterov: the conv nets' usual choice (ResNets, airbench)
+
+
 def build_optimizer(model, name, lr, weight_decay, device):
-    """Adam (weight decay added to the gradient, L2) or AdamW (decoupled weight decay)."""
+    """Adam (weight decay added to the gradient, L2), AdamW (decoupled weight decay) or SGD with
+    Nesterov momentum 0.9 (L2 weight decay)."""
     fused = device.type == "cuda"  # CUDA only: one kernel for the whole update
+    groups = parameter_groups(model, weight_decay)
+    if name == "sgd":
+        return torch.optim.SGD(groups, lr=lr, momentum=SGD_MOMENTUM, nesterov=True, fused=fused or None)
     optimizer_class = torch.optim.AdamW if name == "adamw" else torch.optim.Adam
-    return optimizer_class(parameter_groups(model, weight_decay), lr=lr, fused=fused or None)
+    return optimizer_class(groups, lr=lr, fused=fused or None)
 
 
 @dataclass
 class LRSchedule:
     """The learning rate of every optimizer step: a linear warm-up from min_lr to lr over
-    warmup_steps, then constant, or a half cosine from lr down to min_lr at total_steps.
+    warmup_steps, then constant, a half cosine or a straight line from lr down to min_lr at
+    total_steps (linear to zero: what budgeted training finds best for a fixed number of steps).
     A pure function of the step, so a resumed run continues it exactly."""
 
-    kind: str  # "constant" or "cosine"
+    kind: str  # "constant", "cosine" or "linear"
     lr: float
     min_lr: float
     warmup_steps: int
@@ -95,6 +104,8 @@ class LRSchedule:
         if step >= self.total_steps:
             return self.min_lr
         progress = (step - self.warmup_steps) / (self.total_steps - self.warmup_steps)
+        if self.kind == "linear":
+            return self.lr - (self.lr - self.min_lr) * progress
         return self.min_lr + (self.lr - self.min_lr) * 0.5 * (1 + math.cos(math.pi * progress))
 
     @classmethod

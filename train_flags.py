@@ -12,7 +12,7 @@ from augment import MAGNITUDE_BINS, Augmentation, Mixing
 from cli import ArgumentParser
 from evaluation import TTA_CHOICES
 from model import DEFAULT_MODEL, MODELS, add_setting_flags, build_model, given_settings, settings_of
-from recipe import NO_AUGMENTATION, PRESET_MODEL_SETTINGS, PRESETS, RECIPE_FLAGS, warmup_epochs
+from recipe import NO_AUGMENTATION, OPTIMIZERS, PRESET_MODEL_SETTINGS, PRESETS, RECIPE_FLAGS, warmup_epochs
 
 DESCRIPTION = "Train a model on prepared Tiny ImageNet with a plain PyTorch loop."  # --help's first line
 
@@ -50,13 +50,15 @@ def add_recipe_flags(parser):
                             "(DeiT's: AdamW 1e-3, wd 0.05, batch 128, 10%% warm-up, cosine, smoothing 0.1, "
                             "stochastic depth 0.1, AutoAugment, MixUp/CutMix, random erasing 0.25, repeated aug 3)")
     optim.add_argument("--epochs", type=int, default=10, help="epochs to train (more with --resume extends a run)")
-    optim.add_argument("--optimizer", choices=("adam", "adamw"), help="adam: L2 weight decay; adamw: decoupled")
+    optim.add_argument("--optimizer", choices=OPTIMIZERS,
+                       help="adam: L2 weight decay; adamw: decoupled; sgd: Nesterov momentum 0.9, L2 weight decay")
     optim.add_argument("--lr", type=float, help="peak learning rate")
     optim.add_argument("--weight-decay", type=float, help="not applied to biases and LayerNorm weights")
-    optim.add_argument("--lr-schedule", choices=("constant", "cosine"), help="set every step")
+    optim.add_argument("--lr-schedule", choices=("constant", "cosine", "linear"),
+                       help="set every step; cosine and linear end at --min-lr on the last step")
     optim.add_argument("--warmup-epochs", type=epochs_or_percent,
                        help="linear warm-up from --min-lr (may be fractional, or P%% of --epochs)")
-    optim.add_argument("--min-lr", type=float, help="where the warm-up starts and the cosine ends")
+    optim.add_argument("--min-lr", type=float, help="where the warm-up starts and the cosine or linear decay ends")
     optim.add_argument("--label-smoothing", type=float, help="of the training loss (val and test losses are plain)")
     optim.add_argument("--grad-clip", type=float, help="max gradient norm; 0: off")
     optim.add_argument("--ema-decay", type=float, help="EMA of the weights, evaluated and saved; 0: off")
@@ -226,7 +228,7 @@ def describe_recipe(args):
     parts = [f"{args.optimizer} lr {args.lr:g}", f"weight decay {args.weight_decay:g}"]
     if args.warmup_epochs:
         parts.append(f"{args.warmup_epochs:g} warm-up epoch{'' if args.warmup_epochs == 1 else 's'} from {args.min_lr:g}")
-    parts.append("constant lr" if args.lr_schedule == "constant" else f"cosine to {args.min_lr:g}")
+    parts.append("constant lr" if args.lr_schedule == "constant" else f"{args.lr_schedule} to {args.min_lr:g}")
     parts += [f"label smoothing {args.label_smoothing:g}"] if args.label_smoothing else []
     parts += [f"grad clip {args.grad_clip:g}"] if args.grad_clip else []
     parts += [f"EMA {args.ema_decay:g}"] if args.ema_decay else []

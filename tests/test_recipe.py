@@ -14,7 +14,7 @@ import runs
 import train
 import train_flags
 from conftest import assert_same_training_state, signal_during_training
-from model import CvTConfig, CvTSimplifiedEmbedding
+from model import CvTConfig, CvTSimplifiedEmbedding, build_model
 from recipe import EMA, PRESETS, LRSchedule, Updater, build_optimizer
 
 FAST = ["--batch-size", "16", "--eval-batch-size", "16", "--log-every", "2", "--device", "cpu"]
@@ -79,6 +79,29 @@ def test_a_warmup_given_that_would_not_end_before_the_run_is_one_line(flags, cap
 
 
 # ---------------------------------------------------------------- the pieces
+
+
+def test_linear_schedule_goes_straight_from_lr_to_min_lr_at_the_last_step():
+    schedule = LRSchedule("linear", lr=0.4, min_lr=0.0, warmup_steps=10, total_steps=110)
+    assert schedule(0) == 0.0 and schedule(10) == pytest.approx(0.4)
+    assert schedule(35) == pytest.approx(0.3) and schedule(60) == pytest.approx(0.2) and schedule(85) == pytest.approx(0.1)
+    assert schedule(110) == 0.0 and schedule(500) == 0.0
+    assert LRSchedule("linear", 1e-3, 1e-5, 0, 100)(50) == pytest.approx((1e-3 + 1e-5) / 2)
+
+
+def test_sgd_is_nesterov_with_l2_decay_on_the_weights_and_resumes_exactly(prepared_once, tmp_path, monkeypatch):
+    model = build_model("resnet18", 5, depth=1)
+    optimizer = build_optimizer(model, "sgd", 0.1, 5e-4, torch.device("cpu"))
+    assert isinstance(optimizer, torch.optim.SGD) and optimizer.defaults["nesterov"] and optimizer.defaults["momentum"] == 0.9
+    assert [group["weight_decay"] for group in optimizer.param_groups] == [5e-4, 0.0]
+    flags = [*FAST, "--model", "resnet18", "--depth", "1", "--optimizer", "sgd", "--lr", "0.05", "--weight-decay", "5e-4",
+             "--lr-schedule", "linear", "--min-lr", "0", "--epochs", "2"]
+    assert train.main(["--data-dir", prepared_once, "--run-dir", str(tmp_path / "straight"), *flags]) == 0
+    with monkeypatch.context() as patch:
+        signal_during_training(patch, epoch=1, step=2)
+        assert train.main(["--data-dir", prepared_once, "--run-dir", str(tmp_path / "r"), *flags]) == 130
+    assert train.main(["--resume", str(tmp_path / "r" / "last.pt"), "--device", "cpu"]) == 0
+    assert_same_training_state(load(tmp_path / "straight" / "last.pt"), load(tmp_path / "r" / "last.pt"))
 
 
 def test_warmup_then_cosine_schedule():
