@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from augment import (
     ERASING,
@@ -30,7 +31,7 @@ from augment import (
     mix,
     stream_seed,
 )
-from constants import CROP_PADDING, MEAN, STD
+from constants import CROP_PADDING, IMAGE_SIZE, MEAN, STD
 from errors import DataError
 from layout import PACKED_ARRAYS, VAL_BOXES_FILE, array_path, inspect_prepared, packed_dir, prepare_advice
 
@@ -185,6 +186,35 @@ def random_crop_flip(x_uint8, generator, padding=CROP_PADDING):
     return runs.index_select(0, starts.flatten()).view(batch, height, width, channels)
 
 
+@dataclass(frozen=True)
+class ResolutionSchedule:
+    """Progressive resizing: the side of the training images at each step, a pure function of the
+    step (a resumed run continues it exactly). phases: ((side, end), ...): `side` pixels until the
+    fraction `end` of the run's steps, then the next phase; after the last, the full IMAGE_SIZE
+    (the side validation and test always use, as FixRes trains low and tests high)."""
+
+    phases: tuple = ()
+    total_steps: int = 1
+
+    def __call__(self, step):
+        return next((side for side, end in self.phases if step < end * self.total_steps), IMAGE_SIZE)
+
+    @staticmethod
+    def parse(text):
+        """'32:60%,48:85%' -> ((32, 0.6), (48, 0.85)), or ValueError saying what is wrong."""
+        phases = []
+        for part in filter(None, (text or "").split(",")):
+            side, _, end = part.partition(":")
+            try:
+                side, end = int(side), float(end.rstrip("%")) / 100
+            except ValueError:
+                raise ValueError(f"{part!r} is not SIDE:P% (e.g. 32:60%)") from None
+            if not (8 <= side < IMAGE_SIZE and 0 < end <= 1) or (phases and end <= phases[-1][1]):
+                raise ValueError(f"{part!r}: each side in [8, {IMAGE_SIZE}), each end after the last, up to 100%")
+            phases.append((side, end))
+        return tuple(phases)
+
+
 class BatchLoader:
     """Batches of (normalised images, labels) from uint8 arrays, with no per-image Python.
 
@@ -200,7 +230,7 @@ class BatchLoader:
     """
 
     def __init__(self, images, labels, batch_size, device, train=False, seed=0, rank=0, world_size=1,
-                 augmentation=Augmentation(), num_classes=None):
+                 augmentation=Augmentation(), num_classes=None, resolution=None):
         if len(images) == 0:
             raise DataError("the split is empty: is the prepared data complete?")
         if train and batch_size % world_size:
@@ -219,6 +249,7 @@ class BatchLoader:
         self.seed = seed
         self.epoch = 0
         self.augmentation = augmentation
+        self.resolution = resolution  # a ResolutionSchedule for training at lower sides, or None: IMAGE_SIZE
 
     def __len__(self):
         if self.train:
@@ -272,6 +303,9 @@ class BatchLoader:
         if augmentation.policy:
             x = apply_policy(x, augmentation.draw_policy(len(y), host_generator(*at, POLICY), x.shape[1]))
         x = normalize(x)
+        side = self.resolution(self.epoch * len(self) + step) if self.resolution else IMAGE_SIZE
+        if side != x.shape[-1]:  # progressive resizing: antialiased, as PIL resizes
+            x = F.interpolate(x, size=(side, side), mode="bilinear", antialias=True, align_corners=False)
         if augmentation.erase:
             x = erase(x, erasing_boxes(len(y), host_generator(*at, ERASING), *x.shape[-2:], augmentation.erase))
         if augmentation.mixing.enabled:

@@ -21,7 +21,7 @@ import torch
 import torch.nn as nn
 
 from constants import IMAGE_SIZE
-from models.cnn import CNNConfig, ResNetConfig, TinyImageNetCNN, resnet18
+from models.cnn import CNNConfig, ConvNet, ConvNetConfig, ResNetConfig, TinyImageNetCNN, resnet18
 from models.cvt import (  # noqa: F401 (CvTConfig, CvTSimplifiedEmbedding, config_from_state_dict: imported from here)
     ConvEmbedCvTConfig,
     CvTConfig,
@@ -56,6 +56,7 @@ MODELS = {
     "cnn": Entry(TinyImageNetCNN, CNNConfig, "study: 4 VGG-style conv blocks (64-512 channels), 2-layer classifier"),
     "vit": Entry(ViT, ViTConfig, "baseline: plain ViT, patch 8, width 192, 9 blocks, 12 heads, class token"),
     "resnet18": Entry(resnet18, ResNetConfig, "baseline: torchvision ResNet-18, 3x3 stride-1 stem, no max-pool"),
+    "convnet": Entry(ConvNet, ConvNetConfig, "CPU hour: 3 conv-BN-GELU blocks (64/192/256), any image size"),
 }
 DEFAULT_MODEL = "cvt-simplified"
 # Every setting any model has, each a flag of train.py and model.py (--embed-dim, --depth, ...).

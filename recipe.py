@@ -25,9 +25,9 @@ import torch.nn.functional as F
 AUGMENTATION_FLAGS = ("randaugment", "trivialaugment", "autoaugment", "random_erase", "mixup", "cutmix",
                       "mix_prob", "mix_switch_prob", "repeat_aug")
 RECIPE_FLAGS = ("optimizer", "lr", "weight_decay", "lr_schedule", "warmup_epochs", "min_lr",
-                "label_smoothing", "grad_clip", "ema_decay", *AUGMENTATION_FLAGS)
+                "label_smoothing", "grad_clip", "ema_decay", "low_res", *AUGMENTATION_FLAGS)
 NO_AUGMENTATION = dict(randaugment=None, trivialaugment=False, autoaugment=False, random_erase=0.0, mixup=0.0,
-                       cutmix=0.0, mix_prob=1.0, mix_switch_prob=0.5, repeat_aug=1)
+                       cutmix=0.0, mix_prob=1.0, mix_switch_prob=0.5, repeat_aug=1, low_res="")  # (and full size)
 PRESETS = {
     "seed": dict(optimizer="adam", lr=1e-3, weight_decay=0.0, lr_schedule="constant", warmup_epochs=0.0,
                  min_lr=0.0, label_smoothing=0.0, grad_clip=0.0, ema_decay=0.0, **NO_AUGMENTATION),
@@ -40,7 +40,13 @@ PRESETS = {
     "vit-small-data": dict(optimizer="adamw", lr=1e-3, weight_decay=0.05, lr_schedule="cosine", warmup_epochs="10%",
                            min_lr=1e-5, label_smoothing=0.1, grad_clip=0.0, ema_decay=0.0, batch_size=128,
                            randaugment=None, trivialaugment=False, autoaugment=True, random_erase=0.25,
-                           mixup=0.8, cutmix=1.0, mix_prob=1.0, mix_switch_prob=0.5, repeat_aug=3),
+                           mixup=0.8, cutmix=1.0, mix_prob=1.0, mix_switch_prob=0.5, repeat_aug=3, low_res=""),
+    # The CPU hour's candidate (issue 28; a first probe, not yet tuned): the convnet at 32 px for
+    # 70% of the steps, 48 px to 90%, then 64 px; SGD with Nesterov momentum, a short warm-up and
+    # a linear decay to zero, label smoothing 0.2, flip TTA at evaluation (benchmarks/README.md).
+    "speedrun": dict(optimizer="sgd", lr=0.2, weight_decay=5e-4, lr_schedule="linear", warmup_epochs="3%", min_lr=0.0,
+                     label_smoothing=0.2, grad_clip=0.0, ema_decay=0.0, batch_size=128, model="convnet", tta="flip",
+                     **{**NO_AUGMENTATION, "low_res": "32:70%,48:90%"}),
 }
 PRESET_MODEL_SETTINGS = {"vit-small-data": {"drop_path": "0.1"}}
 

@@ -33,7 +33,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from cli import StopSignal, progress_bar, resume_command, shell_command
 from curves import draw_curves_or_explain
-from data import BatchLoader, load_packed, make_splits
+from data import BatchLoader, ResolutionSchedule, load_packed, make_splits
 from checkpoint import checkpoint_payload, load_checkpoint, model_from_checkpoint, rng_states, save_checkpoint
 from train_flags import augmentation_of, describe_recipe, model_settings, parse_args
 from evaluation import evaluate, evaluate_with_report, peak_memory, topk_correct, with_tta
@@ -278,6 +278,7 @@ def start_run(args, dist, device):
     train_loader = BatchLoader(*splits["train"], args.batch_size, device, train=True, seed=args.seed, **shard,
                                augmentation=augmentation_of(args), num_classes=len(data.classes))
     val_loader = BatchLoader(*splits["val"], args.eval_batch_size, device, **shard)
+    train_loader.resolution = ResolutionSchedule(ResolutionSchedule.parse(args.low_res), args.epochs * len(train_loader))
     updater = new_updater(args, model, dtype, device, len(train_loader))
     progress = restore(checkpoint, model, updater, args.resume, dist) if checkpoint is not None else new_progress()
     trained, evaluated = compiled_for_training(model, updater, args, dist, device)

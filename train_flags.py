@@ -10,6 +10,8 @@ import torch
 
 from augment import MAGNITUDE_BINS, Augmentation, Mixing
 from cli import ArgumentParser
+from constants import IMAGE_SIZE
+from data import ResolutionSchedule
 from evaluation import TTA_CHOICES
 from model import DEFAULT_MODEL, MODELS, add_setting_flags, build_model, given_settings, settings_of
 from recipe import NO_AUGMENTATION, OPTIMIZERS, PRESET_MODEL_SETTINGS, PRESETS, RECIPE_FLAGS, warmup_epochs
@@ -48,7 +50,9 @@ def add_recipe_flags(parser):
                             "epochs, cosine; improved (measured: benchmarks/README.md): AdamW 5e-3, wd 0.05, smoothing 0.1, "
                             "1 warm-up epoch, cosine, grad clip 1; vit-small-data: the literature's for small ViTs "
                             "(DeiT's: AdamW 1e-3, wd 0.05, batch 128, 10%% warm-up, cosine, smoothing 0.1, "
-                            "stochastic depth 0.1, AutoAugment, MixUp/CutMix, random erasing 0.25, repeated aug 3)")
+                            "stochastic depth 0.1, AutoAugment, MixUp/CutMix, random erasing 0.25, repeated aug 3); "
+                            "speedrun (the CPU hour's candidate, untuned): convnet, SGD 0.2 Nesterov, batch 128, "
+                            "linear to 0, smoothing 0.2, --low-res 32:70%%,48:90%%, flip TTA")
     optim.add_argument("--epochs", type=int, default=10, help="epochs to train (more with --resume extends a run)")
     optim.add_argument("--optimizer", choices=OPTIMIZERS,
                        help="adam: L2 weight decay; adamw: decoupled; sgd: Nesterov momentum 0.9, L2 weight decay")
@@ -62,6 +66,9 @@ def add_recipe_flags(parser):
     optim.add_argument("--label-smoothing", type=float, help="of the training loss (val and test losses are plain)")
     optim.add_argument("--grad-clip", type=float, help="max gradient norm; 0: off")
     optim.add_argument("--ema-decay", type=float, help="EMA of the weights, evaluated and saved; 0: off")
+    optim.add_argument("--low-res", metavar="SIDE:P%,...",
+                       help="progressive resizing: train at SIDE px until P%% of the steps (then the next phase), "
+                            f"and at {IMAGE_SIZE} px after the last, e.g. 32:60%%,48:85%%; validation and test at {IMAGE_SIZE}")
     optim.add_argument("--seed", type=int, default=0, help="model init, dropout, shuffling and augmentation")
     optim.set_defaults(**PRESETS["seed"])
 
@@ -150,13 +157,28 @@ def parse_args(argv):
             parser.error(f"--{flag.replace('_', '-')} must be in [0, 1), got {getattr(args, flag)}")
     if not 0 <= args.min_lr <= args.lr:
         parser.error(f"--min-lr must be in [0, --lr={args.lr}], got {args.min_lr}")
+    try:
+        sides = [side for side, _ in ResolutionSchedule.parse(args.low_res)]
+    except ValueError as error:
+        parser.error(f"--low-res {error}")
     if not args.resume:  # (a resumed run's model is the checkpoint's, checked against it)
+        check_model(parser, args, sides)
+    return args
+
+
+def check_model(parser, args, sides):
+    """Every check the model makes, on the meta device at no cost; and under --low-res, that it
+    takes images of those sides (the CNN's classifier and the ViT's positions are sized for 64)."""
+    with torch.device("meta"):
         try:
-            with torch.device("meta"):  # every check the model makes, at no cost
-                build_model(args.model, 1, **model_settings(args))
+            model = build_model(args.model, 1, **model_settings(args))
         except ValueError as error:
             parser.error(str(error))
-    return args
+        for side in sides:
+            try:
+                model(torch.empty(1, 3, side, side))
+            except RuntimeError:
+                parser.error(f"--low-res: {args.model} takes only {IMAGE_SIZE}x{IMAGE_SIZE} images, not {side}x{side}")
 
 
 def epochs_or_percent(text):
@@ -239,4 +261,5 @@ def describe_recipe(args):
     if augmentation.mixing.enabled:
         parts.append(f"MixUp {args.mixup:g} / CutMix {args.cutmix:g} (p {args.mix_prob:g}, switch {args.mix_switch_prob:g})")
     parts += [f"repeated augmentation {args.repeat_aug}"] if args.repeat_aug > 1 else []
+    parts += [f"progressive resizing {args.low_res}, then {IMAGE_SIZE} px"] if args.low_res else []
     return ", ".join(parts)

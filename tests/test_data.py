@@ -12,7 +12,7 @@ from torchvision import datasets
 
 from benchmarks.notebook import VAL_TRANSFORMS, notebook_datasets
 from constants import MEAN, STD
-from data import BatchLoader, load_packed, make_splits, normalize, random_crop_flip, split_indices
+from data import BatchLoader, ResolutionSchedule, load_packed, make_splits, normalize, random_crop_flip, split_indices
 from errors import DataError
 
 
@@ -179,3 +179,26 @@ def test_packed_arrays_are_memory_mapped(prepared_once):
     data = load_packed(prepared_once)
     assert data.train_x.dtype == torch.uint8 and data.train_x.shape[1:] == (64, 64, 3)
     assert data.train_y.dtype == torch.int64
+
+
+def test_progressive_resizing_is_a_pure_function_of_the_step_and_each_batch_keeps_the_layout():
+    schedule = ResolutionSchedule(ResolutionSchedule.parse("32:50%,48:75%"), total_steps=8)
+    assert [schedule(step) for step in range(10)] == [32] * 4 + [48] * 2 + [64] * 4
+    for bad in ("32", "32:0%", "64:50%", "32:60%,48:50%", "x:10%"):
+        with pytest.raises(ValueError):
+            ResolutionSchedule.parse(bad)
+    x, y = tiny_split()
+    loader = BatchLoader(x, y, 8, "cpu", train=True, seed=1)  # 6 steps an epoch
+    loader.resolution = ResolutionSchedule(((32, 0.5),), total_steps=2 * len(loader))
+    sides = []
+    for epoch in range(2):
+        loader.set_epoch(epoch)
+        for batch, _ in loader:
+            assert batch.shape[:2] == (8, 3) and batch.shape[2] == batch.shape[3]
+            assert batch.is_contiguous(memory_format=torch.channels_last) and batch._base is not None
+            sides.append(batch.shape[-1])
+    assert sides == [32] * 6 + [64] * 6
+    loader.set_epoch(0)
+    full = next(iter(BatchLoader(x, y, 8, "cpu", train=True, seed=1)))[0]
+    small = torch.nn.functional.interpolate(full, size=(32, 32), mode="bilinear", antialias=True, align_corners=False)
+    assert torch.allclose(next(iter(loader))[0], small)  # the same crop and flip, then resized

@@ -24,8 +24,9 @@ from test_zoo import tiny
 
 DEFAULT_LAYERS = {"cvt-simplified": "embedding.proj", "cvt-conv-embed": "conv_embed.proj",
                   "cvt-enhanced-conv-embed": "conv_embed.proj2", "cvt-recurrent": "stage3.embed.proj2",
-                  "cvt-original": "stage3.embed.proj", "cnn": "features", "vit": "patch_embed", "resnet18": "layer4"}
-HAS_ATTENTION = {name for name in MODELS if name not in ("cnn", "resnet18")}
+                  "cvt-original": "stage3.embed.proj", "cnn": "features", "vit": "patch_embed", "resnet18": "layer4",
+                  "convnet": "features"}
+HAS_ATTENTION = {name for name in MODELS if name not in ("cnn", "resnet18", "convnet")}
 CPU = torch.device("cpu")
 
 

@@ -104,6 +104,27 @@ def test_sgd_is_nesterov_with_l2_decay_on_the_weights_and_resumes_exactly(prepar
     assert_same_training_state(load(tmp_path / "straight" / "last.pt"), load(tmp_path / "r" / "last.pt"))
 
 
+def test_a_run_stopped_in_its_low_resolution_phase_resumes_exactly_across_the_switch(prepared_once, tmp_path, monkeypatch):
+    """--low-res: 32 px for the first half of the steps, then 64; stopped at step 2 (32 px),
+    resumed, it equals the straight run, whose test ran at 64 px."""
+    flags = [*FAST, "--embed-dim", "16", "--depth", "1", "--low-res", "32:50%", "--epochs", "2"]
+    assert train.main(["--data-dir", prepared_once, "--run-dir", str(tmp_path / "straight"), *flags]) == 0
+    with monkeypatch.context() as patch:
+        signal_during_training(patch, epoch=0, step=2)
+        assert train.main(["--data-dir", prepared_once, "--run-dir", str(tmp_path / "r"), *flags]) == 130
+    assert train.main(["--resume", str(tmp_path / "r" / "last.pt"), "--device", "cpu"]) == 0
+    assert_same_training_state(load(tmp_path / "straight" / "last.pt"), load(tmp_path / "r" / "last.pt"))
+    assert json.load(open(tmp_path / "r" / "config.json"))["low_res"] == "32:50%"
+
+
+@pytest.mark.parametrize("model", ["vit", "cnn"])
+def test_low_res_for_a_model_sized_for_64_pixels_is_one_line(model, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        train_flags.parse_args(["--model", model, "--low-res", "32:50%"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert exit_info.value.code == 2 and len(err) == 1 and f"{model} takes only 64x64 images, not 32x32" in err[0]
+
+
 def test_warmup_then_cosine_schedule():
     schedule = LRSchedule("cosine", lr=1e-3, min_lr=1e-6, warmup_steps=10, total_steps=110)
     assert schedule(0) == pytest.approx(1e-6)  # warm-up starts at min_lr ...
@@ -266,6 +287,18 @@ def test_presets_run_end_to_end(prepared_once, tmp_path, capsys):
                "0.1 epochs (10% of the run's 1) instead" in out
         assert load(run_dir / "last.pt")["schedule"]["warmup_steps"] == round(0.1 * 6)
         assert math.isfinite(json.load(open(run_dir / "test_metrics.json"))["final"]["loss"])
+
+
+def test_the_speedrun_recipe_trains_its_convnet_low_then_full_size_and_tests_with_flip_tta(prepared_once, tmp_path, capsys):
+    run_dir = tmp_path / "speedrun"
+    flags = ["--data-dir", prepared_once, "--run-dir", str(run_dir), *FAST, "--epochs", "2", "--recipe", "speedrun",
+             "--channels", "8,16"]
+    assert train.main(flags) == 0
+    config = json.load(open(run_dir / "config.json"))
+    assert (config["model"], config["optimizer"], config["lr_schedule"], config["tta"], config["low_res"]) == \
+        ("convnet", "sgd", "linear", "flip", "32:70%,48:90%")
+    assert "(final weights, flip TTA, epoch 2)" in capsys.readouterr().out
+    assert math.isfinite(json.load(open(run_dir / "test_metrics.json"))["final"]["loss"])
 
 
 def test_under_mixup_the_training_accuracy_is_named_for_the_dominant_label(full_recipe_run, capsys):

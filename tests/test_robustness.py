@@ -148,6 +148,7 @@ def test_every_model_of_the_registry_sweeps(name):
     assert list(results) == [(fill, dx, dy) for fill in FILLS for dx, dy in shift_list([2])]
     evaluated = evaluation.evaluate(model, BatchLoader(x, y, 3, cpu), cpu)["top1"]
     assert evaluated == 0.25
+    divergences = []
     for fill in FILLS:
         assert results[fill, 0, 0] == {"top1": evaluated, "agreement": 1.0, "kl": 0.0}, fill
         for dx, dy in ((2, 0), (-2, -2)):  # one horizontal and one diagonal shift per fill: quick enough
@@ -156,7 +157,10 @@ def test_every_model_of_the_registry_sweeps(name):
             assert results[fill, dx, dy] == pytest.approx({"top1": (moved.argmax(1) == y).float().mean().item(),
                                                           "agreement": (moved.argmax(1) == unshifted.argmax(1)).float().mean().item(),
                                                           "kl": kl}, rel=1e-4, abs=1e-9), (fill, dx, dy)
-            assert kl > 0, (fill, dx, dy)  # the moved image gives other outputs
+            divergences.append(kl)
+            assert not torch.equal(moved, unshifted), (fill, dx, dy)  # the images did move
+    # KL >= 0 up to float noise (a global-pooled convnet barely moves under a 2-pixel shift of noise)
+    assert min(divergences) > -1e-6
     assert list(consistency) == list(FILLS) and all(0 <= value <= 1 for value in consistency.values())
 
 

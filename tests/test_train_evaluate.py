@@ -192,7 +192,7 @@ def test_unprepared_data_names_the_command(tmp_path, capsys):
                                        "give the --data-dir that prepare_data.py prepared")
 
 
-@pytest.mark.parametrize("flags", [["--epochs", "0"], ["--batch-size", "-1"], ["--lr", "0"], ["--lr", "-1e-3"], ["--optimizer", "sgd"]])
+@pytest.mark.parametrize("flags", [["--epochs", "0"], ["--batch-size", "-1"], ["--lr", "0"], ["--lr", "-1e-3"], ["--optimizer", "lion"]])
 def test_invalid_flag_values_exit_2(flags, capsys):
     with pytest.raises(SystemExit) as exit_info:
         train.main(flags)

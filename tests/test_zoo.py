@@ -41,10 +41,11 @@ TINY = {
     "cnn": dict(channels=(8, 16), hidden_dim=32),
     "vit": dict(embed_dim=32, depth=2, num_heads=4),
     "resnet18": dict(depth=1),
+    "convnet": dict(channels=(16, 32)),
 }
 PARAMETERS = {"cvt-simplified": 122_568, "cvt-conv-embed": 5_829_704, "cvt-enhanced-conv-embed": 6_751_496,
               "cvt-recurrent": 21_292_040, "cvt-original": 24_354_504, "cnn": 13_283_848,
-              "vit": 2_756_744, "resnet18": 11_271_432}
+              "vit": 2_756_744, "resnet18": 11_271_432, "convnet": 1_566_600}
 
 
 def tiny(name, num_classes=5, **changes):
@@ -64,9 +65,10 @@ def study_models():
 
 
 def test_the_registry_has_every_model_of_the_study_and_both_baselines():
-    """The study's models (as its code names them), the seed notebook's, and the two baselines."""
+    """The study's models (as its code names them), the seed notebook's, the two baselines, and the
+    CPU hour's convnet."""
     study = study_models()
-    assert set(MODELS) == {*study, "cvt-simplified", "vit", "resnet18"}
+    assert set(MODELS) == {*study, "cvt-simplified", "vit", "resnet18", "convnet"}
     assert {name: entry["study_class"] for name, entry in study.items()} == {name: cls.__name__ for name, cls in STUDY_CLASSES.items()}
 
 
@@ -89,15 +91,25 @@ def resnet18_parameters(classes=200):
         return count_parameters(torchvision.models.resnet18(num_classes=classes)) - 7 * 7 * 3 * 64 + 3 * 3 * 3 * 64
 
 
+def convnet_parameters(classes=200, widths=(64, 192, 256)):
+    """Two bias-free 3x3 convs and two BatchNorms (weight and bias) per block, then a linear head."""
+    total, channels = 0, 3
+    for width in widths:
+        total += 9 * (channels * width + width * width) + 2 * 2 * width
+        channels = width
+    return total + channels * classes + classes
+
+
 def parameters_elsewhere(name):
     """The parameter count at the default size (200 classes) from a source other than model.py:
-    what was measured from the study's code, the notebook's own class, torchvision, the ViT's layout."""
+    what was measured from the study's code, the notebook's own class, torchvision, the ViT's and
+    the convnet's layouts."""
     if name in STUDY_CLASSES:
         return study_models()[name]["parameters"]
     if name == "cvt-simplified":
         with torch.device("meta"):
             return count_parameters(NotebookModel(num_classes=200))
-    return {"vit": vit_parameters, "resnet18": resnet18_parameters}[name]()
+    return {"vit": vit_parameters, "resnet18": resnet18_parameters, "convnet": convnet_parameters}[name]()
 
 
 @pytest.mark.parametrize("name", MODELS)
