@@ -73,7 +73,7 @@ from runtime import (
     sum_over_ranks,
 )
 
-NOT_RECORDED = ("given", "warmup_note")  # which flags were given, and a note printed once
+NOT_RECORDED = ("given", "notes")  # which flags were given, and notes printed once
 
 
 # ---------------------------------------------------------------- pieces of the loop
@@ -368,8 +368,8 @@ def announce_run(r):
           f"{len(splits['train'][1]):,} train / {len(splits['val'][1]):,} val images, "
           f"{len(r.data.classes)} classes, {args.epochs} epoch{'s' if args.epochs != 1 else ''} -> {r.run_dir}")
     r.log(f"model {args.model}: {count_parameters(r.model):,} parameters; recipe {args.recipe}: {describe_recipe(args)}")
-    if args.warmup_note:
-        r.log(f"note: {args.warmup_note}")
+    for note in args.notes:
+        r.log(f"note: {note}")
     if dist.enabled and has_batchnorm(r.model) and not args.sync_bn:
         r.log(f"note: {args.model} has BatchNorm: each of the {dist.world_size} processes normalises its own share of "
               "the batch, so this is not exactly one process's training (--sync-bn on CUDA makes it so)")

@@ -130,10 +130,11 @@ def parse_args(argv):
     parser.set_defaults(**PRESETS[given.get("recipe", "seed")])
     args = parser.parse_args(argv)
     args.given = sorted(given)
-    args.warmup_spec, args.warmup_note, args.earlier_data = args.warmup_epochs, None, []
+    args.warmup_spec, args.notes, args.earlier_data = args.warmup_epochs, [], []
     if not args.resume:  # (on --resume, once the run's own epochs are known)
-        args.warmup_epochs, args.warmup_note = warmup_epochs(args.warmup_spec, args.epochs)
-        if args.warmup_note and "warmup_epochs" in given:
+        args.warmup_epochs, warmup_note = warmup_epochs(args.warmup_spec, args.epochs)
+        args.notes += [warmup_note] if warmup_note else []
+        if warmup_note and "warmup_epochs" in given:
             parser.error(f"--warmup-epochs {args.warmup_spec} does not end before the run does (--epochs {args.epochs}): "
                          "give a shorter warm-up")
     # what the recipe set, as this run's epochs resolve it (kept on --resume): compare.py labels a
@@ -162,13 +163,15 @@ def parse_args(argv):
     except ValueError as error:
         parser.error(f"--low-res {error}")
     if not args.resume:  # (a resumed run's model is the checkpoint's, checked against it)
-        check_model(parser, args, sides)
+        check_model(parser, args, sides, "low_res" in given)
     return args
 
 
-def check_model(parser, args, sides):
+def check_model(parser, args, sides, low_res_given):
     """Every check the model makes, on the meta device at no cost; and under --low-res, that it
-    takes images of those sides (the CNN's classifier and the ViT's positions are sized for 64)."""
+    takes images of those sides (the CNN's classifier and the ViT's positions are sized for 64).
+    A recipe's progressive resizing is its default, not a demand: on such a model the run stays
+    at 64 px and a note says so; a --low-res the user gave is refused."""
     with torch.device("meta"):
         try:
             model = build_model(args.model, 1, **model_settings(args))
@@ -178,7 +181,12 @@ def check_model(parser, args, sides):
             try:
                 model(torch.empty(1, 3, side, side))
             except RuntimeError:
-                parser.error(f"--low-res: {args.model} takes only {IMAGE_SIZE}x{IMAGE_SIZE} images, not {side}x{side}")
+                if low_res_given:
+                    parser.error(f"--low-res: {args.model} takes only {IMAGE_SIZE}x{IMAGE_SIZE} images, not {side}x{side}")
+                args.notes.append(f"{args.model} takes only {IMAGE_SIZE}x{IMAGE_SIZE} images: recipe {args.recipe}'s "
+                                  f"progressive resizing ({args.low_res}) is left out")
+                args.low_res = args.recipe_defaults["low_res"] = ""
+                return
 
 
 def epochs_or_percent(text):

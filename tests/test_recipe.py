@@ -125,6 +125,15 @@ def test_low_res_for_a_model_sized_for_64_pixels_is_one_line(model, capsys):
     assert exit_info.value.code == 2 and len(err) == 1 and f"{model} takes only 64x64 images, not 32x32" in err[0]
 
 
+def test_a_recipes_progressive_resizing_is_left_out_with_a_note_for_a_model_sized_for_64_pixels():
+    """speedrun's 32/48 px phases are its default, not a demand: --model vit under it trains at 64
+    px and says so (the study's grid crosses every model with every recipe); the convnet keeps them."""
+    args = train_flags.parse_args(["--recipe", "speedrun", "--model", "vit"])
+    assert args.low_res == "" and args.recipe_defaults["low_res"] == ""
+    assert args.notes == ["vit takes only 64x64 images: recipe speedrun's progressive resizing (32:70%,48:90%) is left out"]
+    assert train_flags.parse_args(["--recipe", "speedrun"]).low_res == "32:70%,48:90%"
+
+
 def test_warmup_then_cosine_schedule():
     schedule = LRSchedule("cosine", lr=1e-3, min_lr=1e-6, warmup_steps=10, total_steps=110)
     assert schedule(0) == pytest.approx(1e-6)  # warm-up starts at min_lr ...
