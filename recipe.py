@@ -51,6 +51,11 @@ PRESETS = {
 PRESET_MODEL_SETTINGS = {"vit-small-data": {"drop_path": "0.1"}}
 
 
+def total_steps(args, steps_per_epoch):
+    """The run's optimizer steps: its --steps (given, or planned by --time-budget), else whole epochs."""
+    return args.steps or args.epochs * steps_per_epoch
+
+
 def warmup_epochs(spec, epochs):
     """(warm-up epochs, note) of a run of `epochs`: spec is a number of epochs or 'P%' of the run.
     A warm-up ends before the run does: a longer one (study's 5 epochs in a 2-epoch run) is cut to
@@ -117,7 +122,7 @@ class LRSchedule:
     @classmethod
     def from_args(cls, args, steps_per_epoch):
         return cls(args.lr_schedule, args.lr, args.min_lr, round(args.warmup_epochs * steps_per_epoch),
-                   args.epochs * steps_per_epoch)
+                   total_steps(args, steps_per_epoch))
 
 
 class EMA:

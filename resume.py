@@ -22,7 +22,8 @@ from model import DEFAULT_MODEL, MODELS, format_setting, given_settings, make_co
 from recipe import PRESET_MODEL_SETTINGS, RECIPE_FLAGS, warmup_epochs
 
 RUN_DEFINING = ("batch_size", "seed", "recipe", *RECIPE_FLAGS)  # the model and its settings: from the checkpoint
-ADOPTED = (*RUN_DEFINING, "epochs", "eval_batch_size", "tta", "data_dir", "log_every", "earlier_data", "recipe_defaults")  # (--sync-bn is the machine's)
+ADOPTED = (*RUN_DEFINING, "epochs", "steps", "time_budget", "budget_plan", "eval_batch_size", "tta", "data_dir",
+           "log_every", "earlier_data", "recipe_defaults")  # (--sync-bn is the machine's)
 
 
 class NothingToDo(Exception):
@@ -136,6 +137,9 @@ def adopt_saved_settings(args, checkpoint, path):
     if "recipe_defaults" not in saved:  # (a run from before the record: what its recipe set is not known)
         args.recipe_defaults = {}
     args.model = saved["model"]
+    if saved.get("steps") and "epochs" in args.given:
+        raise DataError(f"cannot resume {path} with --epochs: the run is {saved['steps']} steps long, as "
+                        f"{'--time-budget' if saved.get('time_budget') else '--steps'} planned it")
     check_epochs_to_go(args, checkpoint["progress"], path)
 
 

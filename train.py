@@ -32,10 +32,11 @@ import torch
 from torch.nn.parallel import DistributedDataParallel
 
 from cli import StopSignal, progress_bar, resume_command, shell_command
+from budget import fit_to_budget
 from curves import draw_curves_or_explain
 from data import BatchLoader, ResolutionSchedule, load_packed, make_splits
 from checkpoint import checkpoint_payload, load_checkpoint, model_from_checkpoint, rng_states, save_checkpoint
-from train_flags import augmentation_of, describe_recipe, model_settings, parse_args
+from train_flags import augmentation_of, describe_recipe, model_settings, parse_args, resolve_length
 from evaluation import evaluate, evaluate_with_report, peak_memory, topk_correct, with_tta
 from errors import DataError, TrainingError
 from layout import data_identity
@@ -47,7 +48,7 @@ from model import (
     count_parameters,
     describe_settings,
 )
-from recipe import EMA, LRSchedule, Updater, build_optimizer
+from recipe import EMA, LRSchedule, Updater, build_optimizer, total_steps
 from resume import (
     NothingToDo,
     adopt_saved_settings,
@@ -91,14 +92,16 @@ def summarize(totals):
     return {"loss": loss, "top1": top1, "top5": top5, "images": totals["count"], "skipped_steps": int(totals["skipped"].item())}
 
 
-def train_one_epoch(model, loader, updater, device, dtype, totals, start_step, log_every, bar, stop=None, dist=None):
-    """Train on the loader's batches from start_step on, adding to totals; return the next step
-    (len(loader) unless stop() asked to stop early: checked after each step, or under torchrun
-    every log_every steps, where all ranks agree on it).
+def train_one_epoch(model, loader, updater, device, dtype, totals, start_step, log_every, bar, stop=None, dist=None,
+                    end_step=None):
+    """Train on the loader's batches from start_step to end_step (len(loader) but in a --steps
+    run's last epoch), adding to totals; return the next step (end_step unless stop() asked to
+    stop early: checked after each step, or under torchrun every log_every steps, where all ranks
+    agree on it).
 
     Metrics accumulate on the device; they are read (a CPU-GPU sync) only every log_every steps.
     """
-    dist = dist or Distributed()
+    dist, end_step = dist or Distributed(), end_step or len(loader)
     model.train()
     start = time.perf_counter()
     for step, (x, y) in enumerate(loader.iterate(start_step), start_step):
@@ -113,7 +116,7 @@ def train_one_epoch(model, loader, updater, device, dtype, totals, start_step, l
         totals["correct"] += topk_correct(logits.detach().float(), labels)
         totals["count"] += len(y)
         stop_now = stop is not None and not dist.enabled and stop()
-        if (step + 1) % log_every == 0 or step + 1 == len(loader):
+        if (step + 1) % log_every == 0 or step + 1 == end_step:
             # The sync point; under torchrun also where the ranks agree on the loss and on stopping,
             # so that no rank leaves the others waiting in a collective.
             shared = torch.stack([totals["loss_sum"].float(), torch.tensor(float(totals["count"]), device=device),
@@ -129,9 +132,9 @@ def train_one_epoch(model, loader, updater, device, dtype, totals, start_step, l
             images_per_s = (step + 1 - start_step) * len(y) * dist.world_size / (time.perf_counter() - start)
             bar.set_postfix_str(f"loss {mean_loss:.3f}, {images_per_s:.0f} img/s")
         bar.update(1)
-        if stop_now:
+        if stop_now or step + 1 == end_step:
             return step + 1
-    return len(loader)
+    return end_step
 
 
 # ---------------------------------------------------------------- setup
@@ -180,12 +183,13 @@ def print_epoch(epoch, epochs, train, val, row, improved, mixed=False):
 
 
 def main(argv=None):
+    started = time.monotonic()  # --time-budget counts from here
     args = parse_args(argv)
     dist = Distributed()
     try:
         dist, device = setup_distributed(args.device)
         with StopSignal() as stop:
-            run(args, stop, dist, device)
+            run(args, stop, dist, device, started)
         # Free DDP's reducer (kept alive by reference cycles) while the process group still
         # exists, and let every rank finish, before the group goes away: otherwise Gloo's
         # threads can abort the process at exit.
@@ -237,8 +241,8 @@ class Run:
         on_main(self.dist, lambda: save_checkpoint(checkpoint_payload(*payload), os.path.join(self.run_dir, name)))
 
 
-def run(args, stop, dist, device):
-    r = start_run(args, dist, device)
+def run(args, stop, dist, device, started):
+    r = start_run(args, dist, device, started)
     with RunStatus(r.run_dir, enabled=dist.is_main) as status:
         for epoch in range(r.progress["epoch"], args.epochs):
             finished_epoch = run_epoch(r, epoch, stop)
@@ -252,6 +256,9 @@ def run(args, stop, dist, device):
         test_metrics = evaluate_test(r)
         on_main(dist, lambda: write_test_metrics(r.run_dir, test_metrics))
         status.set("finished")
+    if args.time_budget:
+        r.log(f"{(time.monotonic() - started) / 60:.1f} min from the start of train.py to the end of its test, "
+              f"for a --time-budget of {args.time_budget:g} min{' (this part of the run)' if args.resume else ''}")
     if dist.is_main:
         draw_curves_or_explain(r.run_dir)
     best = os.path.join(r.run_dir, "best.pt")
@@ -260,7 +267,7 @@ def run(args, stop, dist, device):
     return test_metrics
 
 
-def start_run(args, dist, device):
+def start_run(args, dist, device, started):
     """Data, run directory, model, optimizer and (with --resume) the saved state."""
     if args.sync_bn and device.type != "cuda":
         raise DataError("--sync-bn needs CUDA: SyncBatchNorm runs on GPUs only")
@@ -278,7 +285,12 @@ def start_run(args, dist, device):
     train_loader = BatchLoader(*splits["train"], args.batch_size, device, train=True, seed=args.seed, **shard,
                                augmentation=augmentation_of(args), num_classes=len(data.classes))
     val_loader = BatchLoader(*splits["val"], args.eval_batch_size, device, **shard)
-    train_loader.resolution = ResolutionSchedule(ResolutionSchedule.parse(args.low_res), args.epochs * len(train_loader))
+    if args.time_budget and checkpoint is None:
+        fit_to_budget(args, model, lambda probe: new_updater(args, probe, dtype, device, len(train_loader)),
+                      train_loader, splits, device, dtype, dist, started)
+    resolve_length(args, len(train_loader))
+    steps = total_steps(args, len(train_loader))
+    train_loader.resolution = ResolutionSchedule(ResolutionSchedule.parse(args.low_res), steps)
     updater = new_updater(args, model, dtype, device, len(train_loader))
     progress = restore(checkpoint, model, updater, args.resume, dist) if checkpoint is not None else new_progress()
     trained, evaluated = compiled_for_training(model, updater, args, dist, device)
@@ -381,15 +393,16 @@ def run_epoch(r, epoch, stop):
     args, progress, train_loader = r.args, r.progress, r.train_loader
     train_loader.set_epoch(epoch)
     start_step, totals, seconds_before = resume_point(progress, r.device)
+    end_step = min(len(train_loader), total_steps(args, len(train_loader)) - epoch * len(train_loader))
     start = time.perf_counter()
-    with progress_bar(len(train_loader), f"epoch {epoch + 1}/{args.epochs}", "steps", initial=start_step, leave=False,
-                  disable=not r.dist.is_main) as bar:
+    with progress_bar(end_step, f"epoch {epoch + 1}/{args.epochs}", "steps", initial=start_step, leave=False,
+                      disable=not r.dist.is_main) as bar:
         next_step = train_one_epoch(r.trained, train_loader, r.updater, r.device, r.dtype, totals,
-                                    start_step, args.log_every, bar, stop, r.dist)
+                                    start_step, args.log_every, bar, stop, r.dist, end_step)
     seconds = seconds_before + time.perf_counter() - start
     progress["step"] += next_step - start_step
     totals = sum_over_ranks(totals, r.dist)
-    if next_step < len(train_loader):
+    if next_step < end_step:
         progress.update(step_in_epoch=next_step, partial={**plain_totals(totals), "seconds": seconds})
         r.save("last.pt")
         return False
@@ -470,12 +483,8 @@ def resume_point(progress, device):
     partial = progress["partial"]
     if not partial:
         return 0, new_totals(device), 0.0
-    totals = {
-        "loss_sum": torch.tensor(partial["loss_sum"], device=device),
-        "correct": torch.tensor(partial["correct"], device=device),
-        "count": partial["count"],
-        "skipped": torch.tensor(partial["skipped"], device=device),
-    }
+    totals = {key: partial[key] if key == "count" else torch.tensor(partial[key], device=device)
+              for key in ("loss_sum", "correct", "count", "skipped")}
     return progress["step_in_epoch"], totals, partial["seconds"]
 
 

@@ -12,6 +12,7 @@ from augment import MAGNITUDE_BINS, Augmentation, Mixing
 from cli import ArgumentParser
 from constants import IMAGE_SIZE
 from data import ResolutionSchedule
+from errors import DataError
 from evaluation import TTA_CHOICES
 from model import DEFAULT_MODEL, MODELS, add_setting_flags, build_model, given_settings, settings_of
 from recipe import NO_AUGMENTATION, OPTIMIZERS, PRESET_MODEL_SETTINGS, PRESETS, RECIPE_FLAGS, warmup_epochs
@@ -54,6 +55,11 @@ def add_recipe_flags(parser):
                             "speedrun (the CPU hour's candidate, untuned): convnet, SGD 0.2 Nesterov, batch 128, "
                             "linear to 0, smoothing 0.2, --low-res 32:70%%,48:90%%, flip TTA")
     optim.add_argument("--epochs", type=int, default=10, help="epochs to train (more with --resume extends a run)")
+    optim.add_argument("--steps", type=int,
+                       help="train exactly this many optimizer steps instead (the last epoch partial); --epochs follows")
+    optim.add_argument("--time-budget", type=float, metavar="MINUTES",
+                       help="fit the run into MINUTES of wall time, from the start of train.py to the end of its test: "
+                            "a probe of a few steps at each training side fixes --steps (recorded in config.json)")
     optim.add_argument("--optimizer", choices=OPTIMIZERS,
                        help="adam: L2 weight decay; adamw: decoupled; sgd: Nesterov momentum 0.9, L2 weight decay")
     optim.add_argument("--lr", type=float, help="peak learning rate")
@@ -130,8 +136,10 @@ def parse_args(argv):
     parser.set_defaults(**PRESETS[given.get("recipe", "seed")])
     args = parser.parse_args(argv)
     args.given = sorted(given)
-    args.warmup_spec, args.notes, args.earlier_data = args.warmup_epochs, [], []
-    if not args.resume:  # (on --resume, once the run's own epochs are known)
+    args.warmup_spec, args.notes, args.earlier_data, args.budget_plan = args.warmup_epochs, [], [], None
+    check_length(parser, args, given)
+    # on --resume the run's own epochs apply; with --steps or --time-budget, they are known once the data is
+    if not (args.resume or args.steps or args.time_budget):
         args.warmup_epochs, warmup_note = warmup_epochs(args.warmup_spec, args.epochs)
         args.notes += [warmup_note] if warmup_note else []
         if warmup_note and "warmup_epochs" in given:
@@ -140,7 +148,8 @@ def parse_args(argv):
     # what the recipe set, as this run's epochs resolve it (kept on --resume): compare.py labels a
     # run by how it differs from its recipe, from its own record
     args.recipe_defaults = {key: parser.get_default(key) for key in ("batch_size", *RECIPE_FLAGS)}
-    args.recipe_defaults["warmup_epochs"] = warmup_epochs(args.recipe_defaults["warmup_epochs"], args.epochs)[0]
+    if not (args.steps or args.time_budget):  # (else resolve_length resolves it)
+        args.recipe_defaults["warmup_epochs"] = warmup_epochs(args.recipe_defaults["warmup_epochs"], args.epochs)[0]
     if args.allow_other_data and not args.resume:
         parser.error("--allow-other-data goes with --resume")
     check_augmentation(parser, args, given)
@@ -150,7 +159,7 @@ def parse_args(argv):
     for flag in ("lr",):
         if not getattr(args, flag) > 0:
             parser.error(f"--{flag.replace('_', '-')} must be positive, got {getattr(args, flag)}")
-    for flag in ("weight_decay", "grad_clip") + (() if args.resume else ("warmup_epochs",)):
+    for flag in ("weight_decay", "grad_clip") + (() if args.resume or args.steps or args.time_budget else ("warmup_epochs",)):
         if not 0 <= getattr(args, flag) < math.inf:
             parser.error(f"--{flag.replace('_', '-')} must be non-negative, got {getattr(args, flag)}")
     for flag in ("label_smoothing", "ema_decay"):
@@ -165,6 +174,40 @@ def parse_args(argv):
     if not args.resume:  # (a resumed run's model is the checkpoint's, checked against it)
         check_model(parser, args, sides, "low_res" in given)
     return args
+
+
+def check_length(parser, args, given):
+    """--epochs, --steps and --time-budget: one of them says how long a new run is; a resumed run
+    keeps its own length (more --epochs extends a run that has no planned --steps)."""
+    chosen = [flag for flag in ("epochs", "steps", "time_budget") if flag in given]
+    if len(chosen) > 1:
+        parser.error(f"{' and '.join(flag_name(flag) for flag in chosen)} both say how long the run is: give one")
+    if args.resume and {"steps", "time_budget"} & set(given):
+        parser.error(f"{flag_name(chosen[0])} plans a new run; --resume continues a run as it was planned")
+    if args.steps is not None and args.steps < 1:
+        parser.error(f"--steps must be at least 1, got {args.steps}")
+    if args.time_budget is not None and not 0 < args.time_budget < math.inf:
+        parser.error(f"--time-budget must be a positive number of minutes, got {args.time_budget}")
+
+
+def flag_name(dest):
+    return f"--{dest.replace('_', '-')}"
+
+
+def resolve_length(args, steps_per_epoch):
+    """With --steps (given, or planned by --time-budget): the epochs they span (the last one
+    partial) and the warm-up as a share of them; a given warm-up that would not end before the
+    run does is a DataError."""
+    if not args.steps or args.resume:
+        return
+    epochs = args.steps / steps_per_epoch
+    args.epochs = math.ceil(epochs)
+    args.warmup_epochs, note = warmup_epochs(args.warmup_spec, epochs)
+    if note and "warmup_epochs" in args.given:
+        raise DataError(f"--warmup-epochs {args.warmup_spec} does not end before the run does ({args.steps} steps, "
+                        f"{epochs:.2f} epochs): give a shorter warm-up, or a percentage")
+    args.recipe_defaults["warmup_epochs"] = warmup_epochs(args.recipe_defaults["warmup_epochs"], epochs)[0]
+    args.notes += [note] if note else []
 
 
 def check_model(parser, args, sides, low_res_given):

@@ -1,0 +1,111 @@
+"""--steps and --time-budget: a run of a fixed number of steps (the last epoch partial), and a
+wall-clock budget turned into such a run by a measured probe, planned once and resumed exactly."""
+import json
+import math
+
+import pytest
+import torch
+
+import budget
+import train
+import train_flags
+from budget import Costs, plan_steps, planned_seconds, train_seconds
+from conftest import assert_same_training_state, signal_during_training
+from data import ResolutionSchedule
+from errors import DataError
+
+FAST = ["--batch-size", "16", "--eval-batch-size", "16", "--log-every", "2", "--device", "cpu",
+        "--embed-dim", "16", "--depth", "1"]  # 96 training images: 6 steps an epoch
+SLOW_MACHINE = Costs(step_seconds={32: 0.2, 64: 0.4}, eval_image_seconds=0.004, first_call_seconds=0.5)
+
+
+def load(path):
+    return torch.load(path, weights_only=True)
+
+
+def test_each_phase_costs_its_steps_as_the_resolution_schedule_counts_them():
+    seconds = {24: 1.0, 40: 10.0, 64: 100.0}
+    phases = ((24, 0.3), (40, 0.75))
+    for steps in (1, 2, 3, 7, 10, 33, 101):
+        schedule = ResolutionSchedule(phases, steps)
+        assert train_seconds(steps, phases, seconds) == sum(seconds[schedule(step)] for step in range(steps))
+    assert train_seconds(10, (), {64: 0.5}) == 5.0
+
+
+def test_the_plan_is_the_most_steps_that_fit_what_is_left_of_the_budget():
+    costs, phases = SLOW_MACHINE, ((32, 0.5),)
+    plan = plan_steps(5, 20.0, costs, phases, steps_per_epoch=100, val_images=2000, test_images=8000)
+    available = 5 * 60 * (1 - budget.HEADROOM) - 20.0
+    cost = lambda steps: planned_seconds(steps, 100, phases, costs, 2000, 8000)  # noqa: E731
+    assert cost(plan.steps) <= available < cost(plan.steps + 1)
+    assert plan.epochs == math.ceil(plan.steps / 100)
+    assert plan.estimated_minutes == pytest.approx((20.0 + cost(plan.steps)) / 60)
+    # each epoch's validation is in the plan: 2,000 images at 4 ms, once for each epoch begun
+    at_64 = lambda steps: planned_seconds(steps, 100, (), costs, 2000, 8000)  # noqa: E731
+    assert at_64(100) - at_64(99) == pytest.approx(0.4)
+    assert at_64(101) - at_64(100) == pytest.approx(0.4 + 2000 * 0.004)
+
+
+def test_a_budget_too_short_for_one_step_says_so_in_one_line():
+    with pytest.raises(DataError, match=r"^--time-budget 0.1 is too short: setting up took 0.1 min .* give more minutes$"):
+        plan_steps(0.1, 6.0, SLOW_MACHINE, (), steps_per_epoch=6, val_images=8, test_images=32)
+
+
+@pytest.mark.parametrize("flags, said", [
+    (["--epochs", "3", "--time-budget", "5"], "--epochs and --time-budget both say how long the run is: give one"),
+    (["--steps", "30", "--epochs", "3"], "--epochs and --steps both say how long the run is: give one"),
+    (["--time-budget", "0"], "--time-budget must be a positive number of minutes, got 0.0"),
+    (["--steps", "0"], "--steps must be at least 1, got 0"),
+    (["--resume", "last.pt", "--time-budget", "5"], "--time-budget plans a new run; --resume continues a run as it was planned"),
+])
+def test_conflicting_or_bad_length_flags_are_one_line(flags, said, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        train_flags.parse_args(flags)
+    err = capsys.readouterr().err.strip().splitlines()
+    assert exit_info.value.code == 2 and len(err) == 1 and said in err[0]
+
+
+def test_a_steps_run_trains_exactly_its_steps_its_last_epoch_partial(prepared_once, tmp_path):
+    """15 steps of 6 per epoch: epochs 1, 2 whole, epoch 3 of 3 steps; the lr schedule spans the 15."""
+    run_dir = tmp_path / "run"
+    flags = ["--steps", "15", "--optimizer", "sgd", "--lr", "0.1", "--lr-schedule", "linear", "--warmup-epochs", "10%"]
+    assert train.main(["--data-dir", prepared_once, "--run-dir", str(run_dir), *FAST, *flags]) == 0
+    config, saved = json.load(open(run_dir / "config.json")), load(run_dir / "last.pt")
+    assert (config["steps"], config["epochs"], config["warmup_epochs"]) == (15, 3, pytest.approx(0.25))
+    assert saved["progress"]["step"] == 15 and saved["schedule"]["total_steps"] == 15
+    assert [row["epoch"] for row in saved["progress"]["history"]] == [1, 2, 3]
+    assert train.main(["--resume", str(run_dir / "last.pt"), "--epochs", "4"]) == 2  # its length is its steps
+
+
+def test_a_time_budget_run_measures_plans_and_records_its_steps(prepared_once, tmp_path, capsys):
+    """The real probe, on this machine: every side it trains at is measured, the plan is recorded
+    and the run trains exactly the planned steps."""
+    run_dir = tmp_path / "run"
+    assert train.main(["--data-dir", prepared_once, "--run-dir", str(run_dir), *FAST, "--low-res", "32:50%",
+                       "--time-budget", "0.1"]) == 0
+    config, saved = json.load(open(run_dir / "config.json")), load(run_dir / "last.pt")
+    plan = config["budget_plan"]
+    assert set(plan["costs"]["step_seconds"]) == {"32", "64"} and plan["costs"]["eval_image_seconds"] > 0
+    assert config["steps"] == plan["steps"] == saved["progress"]["step"] and config["epochs"] == math.ceil(plan["steps"] / 6)
+    assert plan["estimated_minutes"] <= 0.1 * (1 - budget.HEADROOM)
+    out = capsys.readouterr().out
+    assert f"planned {plan['steps']:,} steps" in out and "min from the start of train.py to the end of its test" in out
+
+
+def test_a_budget_run_stopped_at_low_resolution_resumes_exactly_as_the_steps_run_it_planned(prepared_once, tmp_path,
+                                                                                             monkeypatch):
+    """Planned on a slow machine's costs, stopped at step 2 (32 px), resumed across the switch to
+    64 px: it equals a straight --steps run of the steps it planned (the probe left the random
+    generators as they were)."""
+    monkeypatch.setattr(budget, "measure_costs", lambda *args: SLOW_MACHINE)
+    flags = [*FAST, "--low-res", "32:50%"]
+    with monkeypatch.context() as patch:
+        signal_during_training(patch, epoch=0, step=2)
+        assert train.main(["--data-dir", prepared_once, "--run-dir", str(tmp_path / "budget"), *flags,
+                           "--time-budget", "0.2"]) == 130
+    assert train.main(["--resume", str(tmp_path / "budget" / "last.pt"), "--device", "cpu"]) == 0
+    steps = json.load(open(tmp_path / "budget" / "config.json"))["steps"]
+    assert 6 < steps < 60  # (so the run switches to 64 px after its first epoch)
+    assert train.main(["--data-dir", prepared_once, "--run-dir", str(tmp_path / "straight"), *flags,
+                       "--steps", str(steps)]) == 0
+    assert_same_training_state(load(tmp_path / "straight" / "last.pt"), load(tmp_path / "budget" / "last.pt"))
