@@ -133,15 +133,16 @@ def fit_to_budget(args, model, make_updater, train_loader, splits, device, dtype
     """Plan a new run for --time-budget: measure (on a copy of the model), plan its steps, and set
     args.steps and args.budget_plan (train_flags.resolve_length does the rest).
     Every rank follows rank 0's plan. `started`: time.monotonic() at the start of train.py."""
-    probe = copy.deepcopy(model)
+    probe, probe_args = copy.deepcopy(model), copy.copy(args)
+    probe_args.warmup_epochs = 0.0  # (a percentage is resolved once the plan is made; the probe needs none)
     sample = [tensor[:2 * args.eval_batch_size] for tensor in splits["val"]]
     sides = [side for side, _ in ResolutionSchedule.parse(args.low_res)] + [IMAGE_SIZE]
     # The probe's dropout draws from the global generator: forked, so that the run that follows
     # is exactly the --steps run of its planned steps.
     accelerators = [device] if device.type != "cpu" else []
     with torch.random.fork_rng(accelerators, device_type=device.type if accelerators else "cuda"):
-        costs = measure_costs(maybe_compile(probe, args.compile, args.compile_mode), make_updater(probe), train_loader,
-                              BatchLoader(*sample, args.eval_batch_size, device), sides, device, dtype, args.tta)
+        costs = measure_costs(maybe_compile(probe, args.compile, args.compile_mode), make_updater(probe_args, probe),
+                              train_loader, BatchLoader(*sample, args.eval_batch_size, device), sides, device, dtype, args.tta)
     del probe
     shard = dist.world_size  # (each process evaluates its share of the splits)
     plan = plan_steps(args.time_budget, time.monotonic() - started, costs, ResolutionSchedule.parse(args.low_res),

@@ -286,7 +286,7 @@ def start_run(args, dist, device, started):
                                augmentation=augmentation_of(args), num_classes=len(data.classes))
     val_loader = BatchLoader(*splits["val"], args.eval_batch_size, device, **shard)
     if args.time_budget and checkpoint is None:
-        fit_to_budget(args, model, lambda probe: new_updater(args, probe, dtype, device, len(train_loader)),
+        fit_to_budget(args, model, lambda probe_args, probe: new_updater(probe_args, probe, dtype, device, len(train_loader)),
                       train_loader, splits, device, dtype, dist, started)
     resolve_length(args, len(train_loader))
     steps = total_steps(args, len(train_loader))

@@ -82,12 +82,13 @@ def test_a_time_budget_run_measures_plans_and_records_its_steps(prepared_once, t
     and the run trains exactly the planned steps."""
     run_dir = tmp_path / "run"
     assert train.main(["--data-dir", prepared_once, "--run-dir", str(run_dir), *FAST, "--low-res", "32:50%",
-                       "--time-budget", "0.1"]) == 0
+                       "--warmup-epochs", "10%", "--time-budget", "0.1"]) == 0
     config, saved = json.load(open(run_dir / "config.json")), load(run_dir / "last.pt")
     plan = config["budget_plan"]
     assert set(plan["costs"]["step_seconds"]) == {"32", "64"} and plan["costs"]["eval_image_seconds"] > 0
     assert config["steps"] == plan["steps"] == saved["progress"]["step"] and config["epochs"] == math.ceil(plan["steps"] / 6)
     assert plan["estimated_minutes"] <= 0.1 * (1 - budget.HEADROOM)
+    assert config["warmup_epochs"] == pytest.approx(0.1 * plan["steps"] / 6)  # 10% of the planned run
     out = capsys.readouterr().out
     assert f"planned {plan['steps']:,} steps" in out and "min from the start of train.py to the end of its test" in out
 
