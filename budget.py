@@ -71,9 +71,10 @@ def plan_steps(minutes, spent_seconds, costs, phases, steps_per_epoch, val_image
         return planned_seconds(steps, steps_per_epoch, phases, costs, val_images, test_images) <= available
 
     if not fits(1):
-        need = (spent_seconds + planned_seconds(1, steps_per_epoch, phases, costs, val_images, test_images)) / 60 / (1 - HEADROOM)
-        raise DataError(f"--time-budget {minutes:g} is too short: setting up took {spent_seconds / 60:.1f} min and "
-                        f"one step with its validation and test {need:.1f} min in all; give more minutes")
+        one_step = planned_seconds(1, steps_per_epoch, phases, costs, val_images, test_images)
+        need = (spent_seconds + one_step) / 60 / (1 - HEADROOM)
+        raise DataError(f"--time-budget {minutes:g} is too short: setting up took {spent_seconds:.0f} s and one step with "
+                        f"its validation and the test takes {one_step:.0f} s more; give at least {need:.2g} minutes")
     low, high = 1, 2
     while fits(high):  # planned time grows with the steps: double, then bisect
         low, high = high, high * 2
@@ -84,10 +85,10 @@ def plan_steps(minutes, spent_seconds, costs, phases, steps_per_epoch, val_image
     return Plan(low, math.ceil(low / steps_per_epoch), minutes, asdict(costs), (spent_seconds + planned) / 60)
 
 
-def measure_costs(model, updater, train_loader, eval_loader, sides, device, dtype, tta):
+def measure_costs(model, updater, train_loader, eval_loader, sides, device, dtype, tta, eval_dtype):
     """Costs, measured with `model` and `updater` (copies the run does not use: the probe trains
     them) on the run's own batches at each side, and on eval_loader's images as validation sees
-    them (fp32, with the run's TTA)."""
+    them (in eval_dtype, None: fp32, with the run's TTA)."""
     loader = copy.copy(train_loader)
     step_seconds, first_calls = {}, 0.0
     for side in sides:
@@ -96,10 +97,10 @@ def measure_costs(model, updater, train_loader, eval_loader, sides, device, dtyp
         first_calls += warmup - PROBE_WARMUP * step_seconds[side]
     evaluated = with_tta(model, tta)
     start = time.perf_counter()
-    evaluate(evaluated, eval_loader, device)
+    evaluate(evaluated, eval_loader, device, eval_dtype)
     warmup = time.perf_counter() - start
     start = time.perf_counter()
-    images = evaluate(evaluated, eval_loader, device)["images"]
+    images = evaluate(evaluated, eval_loader, device, eval_dtype)["images"]
     eval_image_seconds = (time.perf_counter() - start) / images
     first_calls += warmup - images * eval_image_seconds
     return Costs(step_seconds, eval_image_seconds, max(first_calls, 0.0))
@@ -142,7 +143,8 @@ def fit_to_budget(args, model, make_updater, train_loader, splits, device, dtype
     accelerators = [device] if device.type != "cpu" else []
     with torch.random.fork_rng(accelerators, device_type=device.type if accelerators else "cuda"):
         costs = measure_costs(maybe_compile(probe, args.compile, args.compile_mode), make_updater(probe_args, probe),
-                              train_loader, BatchLoader(*sample, args.eval_batch_size, device), sides, device, dtype, args.tta)
+                              train_loader, BatchLoader(*sample, args.eval_batch_size, device), sides, device, dtype, args.tta,
+                              dtype if args.eval_amp else None)
     del probe
     shard = dist.world_size  # (each process evaluates its share of the splits)
     plan = plan_steps(args.time_budget, time.monotonic() - started, costs, ResolutionSchedule.parse(args.low_res),

@@ -63,7 +63,8 @@ def predict_own_images(args, checkpoint, model, data_dir):
         raise DataError(f"{args.checkpoint} predicts {model.config.num_classes} classes but lists {len(classes)}")
     device = resolve_device(args.device)
     rows = write_predictions(model.to(device), own_image_files(args.files), load_any_image, lambda path: path,
-                             classes, class_names, device, amp_dtype(device, args.amp), args.batch_size, args.predict)
+                             classes, class_names, device, evaluation_dtype(args.amp, checkpoint, device), args.batch_size,
+                             args.predict)
     for row in rows[:5]:
         alternatives = [f"{short_name(row[i + 1])} {float(row[i + 2]):.1%}" for i in range(4, len(row), 3) if row[i]][:2]
         print(f"{row[0]}: {short_name(row[2])} ({row[1]}) {float(row[3]):.1%}" + "".join(f", then {a}" for a in alternatives))
@@ -83,8 +84,9 @@ def parse_args(argv):
     parser.add_argument("--split", default="test", choices=("train", "val", "test"), help="the split to evaluate")
     parser.add_argument("--batch-size", type=int, default=256, help="images per forward pass")
     parser.add_argument("--device", default="auto", help="auto (cuda, else mps, else cpu), cpu, cuda, cuda:N, mps")
-    parser.add_argument("--amp", action=argparse.BooleanOptionalAction, default=False,
-                        help="bf16 autocast (fp16 on GPUs without bf16), as in train.py; off: fp32")
+    parser.add_argument("--amp", action=argparse.BooleanOptionalAction,
+                        help="bf16 autocast (fp16 on GPUs without bf16), as in train.py; off: fp32; default: as the "
+                             "checkpoint's run evaluated (train.py --eval-amp), else fp32")
     parser.add_argument("--tta", choices=TTA_CHOICES,
                         help="test-time augmentation (flip: mean of the logits of each image and its mirror image); "
                              "default: what the checkpoint's run evaluated with, else none")
@@ -108,6 +110,15 @@ def parse_args(argv):
     return args
 
 
+def evaluation_dtype(amp, checkpoint, device):
+    """--amp as given; else the autocast dtype the checkpoint's run validated and tested in
+    (train.py --eval-amp under --amp), else None (fp32)."""
+    if amp is not None:
+        return amp_dtype(device, amp)
+    config = checkpoint.get("config", {})
+    return amp_dtype(device, True, config["amp_dtype"]) if config.get("eval_amp") and config.get("amp_dtype") else None
+
+
 def run(args):
     for path, flag in ((args.json, "--json"), (args.predict, "--predict")):
         if path:  # before any work: an unwritable output must not waste an evaluation
@@ -121,7 +132,7 @@ def run(args):
     data = checked_data(checkpoint, model, args.checkpoint, data_dir)
     test_images = test_image_files(data_dir) if args.predict else None  # before any work: fail fast
     device = resolve_device(args.device)
-    dtype = amp_dtype(device, args.amp)
+    dtype = evaluation_dtype(args.amp, checkpoint, device)
     model = model.to(device)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)

@@ -144,6 +144,11 @@ def build_model(name, num_classes=None, config=None, **settings):
 # ---------------------------------------------------------------- costs and the command line
 
 
+def has_batchnorm(model):
+    """Whether the model normalises with batch statistics (each process's own under torchrun)."""
+    return any(isinstance(module, torch.nn.modules.batchnorm._BatchNorm) for module in model.modules())
+
+
 def count_parameters(model):
     return sum(p.numel() for p in model.parameters())
 

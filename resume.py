@@ -22,7 +22,7 @@ from model import DEFAULT_MODEL, MODELS, format_setting, given_settings, make_co
 from recipe import PRESET_MODEL_SETTINGS, RECIPE_FLAGS, warmup_epochs
 
 RUN_DEFINING = ("batch_size", "seed", "recipe", *RECIPE_FLAGS)  # the model and its settings: from the checkpoint
-ADOPTED = (*RUN_DEFINING, "epochs", "steps", "time_budget", "budget_plan", "eval_batch_size", "tta", "data_dir",
+ADOPTED = (*RUN_DEFINING, "epochs", "steps", "time_budget", "budget_plan", "eval_batch_size", "tta", "eval_amp", "data_dir",
            "log_every", "earlier_data", "recipe_defaults")  # (--sync-bn is the machine's)
 
 

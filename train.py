@@ -47,6 +47,7 @@ from model import (
     changed_settings,
     count_parameters,
     describe_settings,
+    has_batchnorm,
 )
 from recipe import EMA, LRSchedule, Updater, build_optimizer, total_steps
 from resume import (
@@ -153,10 +154,6 @@ def new_model(args, checkpoint, num_classes, dist, device):
     if args.sync_bn and dist.enabled:
         model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
     return model.to(device)
-
-
-def has_batchnorm(model):
-    return any(isinstance(module, torch.nn.modules.batchnorm._BatchNorm) for module in model.modules())
 
 
 def resolved_config(args, model, data, device, dtype, run_dir, dist):
@@ -411,7 +408,8 @@ def run_epoch(r, epoch, stop):
     pad_to = args.eval_batch_size if args.compile else None
     if r.updater.ema is not None:  # each rank's EMA averaged its own BatchNorm statistics: evaluate (and save) rank 0's
         r.dist.broadcast_buffers(r.updater.ema.module)
-    val = evaluate(with_tta(r.evaluated, args.tta), r.val_loader, r.device, None, pad_to, r.dist)  # always fp32: metrics independent of --amp
+    eval_dtype = r.dtype if args.eval_amp else None  # fp32 by default: metrics independent of --amp
+    val = evaluate(with_tta(r.evaluated, args.tta), r.val_loader, r.device, eval_dtype, pad_to, r.dist)
     row = {
         "epoch": epoch + 1, **{f"train_{k}": train[k] for k in ("loss", "top1", "top5")},
         **{f"val_{k}": val[k] for k in ("loss", "top1", "top5")},
@@ -458,7 +456,8 @@ def evaluate_test(r):
     pad_to = args.eval_batch_size if args.compile else None
 
     def test(model, epoch, pad_to=None):
-        metrics, _ = evaluate_with_report(with_tta(model, args.tta), loader, r.device, r.data, None, pad_to, dist)
+        dtype = r.dtype if args.eval_amp else None
+        metrics, _ = evaluate_with_report(with_tta(model, args.tta), loader, r.device, r.data, dtype, pad_to, dist)
         return {**metrics, "epoch": epoch}
 
     results = {"final": test(r.evaluated, progress["epoch"], pad_to)}
@@ -472,7 +471,7 @@ def evaluate_test(r):
     for name in names:
         metrics = results[name]
         weights = f"{name} EMA" if r.updater.ema else name
-        tta = ", flip TTA" if args.tta == "flip" else ""
+        tta = (", flip TTA" if args.tta == "flip" else "") + (f", {r.config['amp_dtype']}" if args.eval_amp and r.dtype else "")
         r.log(f"test ({weights} weights{tta}, epoch {metrics['epoch']}): loss {metrics['loss']:.4f} "
               f"top-1 {metrics['top1']:.2%} top-5 {metrics['top5']:.2%} macro-F1 {metrics['macro_f1']:.4f} ({metrics['images']:,} images)")
     return results

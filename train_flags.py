@@ -37,6 +37,9 @@ def add_data_and_model_flags(parser):
     data.add_argument("--tta", default="none", choices=TTA_CHOICES,
                       help="test-time augmentation in validation and test (flip: the mean of the logits of each "
                            "image and its mirror image); recorded, so evaluate.py uses it too")
+    data.add_argument("--eval-amp", action=argparse.BooleanOptionalAction, default=False,
+                      help="validate and test under the training's autocast (bf16 here: about twice as fast on a CPU); "
+                           "off: fp32, metrics independent of --amp; recorded, so evaluate.py uses it too")
     model = parser.add_argument_group("model")
     model.add_argument("--model", default=DEFAULT_MODEL, choices=tuple(MODELS),
                        help="cvt-simplified: the notebook's; `python model.py --list` shows them all")

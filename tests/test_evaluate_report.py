@@ -267,3 +267,20 @@ def test_a_run_with_flip_tta_records_it_and_evaluate_reproduces_its_test_figures
             assert report["top1"] == recorded["top1"] and report["loss"] == pytest.approx(recorded["loss"], abs=1e-6)
         else:
             assert report["loss"] != pytest.approx(recorded["loss"], abs=1e-6)  # the mirror images did count
+
+
+def test_a_run_with_eval_amp_validates_and_tests_in_bf16_and_evaluate_reproduces_it(prepared_once, tmp_path, capsys):
+    """--eval-amp: validation and test under the training's bf16 autocast, recorded, so evaluate.py
+    gives the run's test figure; --no-amp gives the fp32 one (by default a run evaluates in fp32)."""
+    run = tmp_path / "r"
+    assert train.main(["--data-dir", prepared_once, "--run-dir", str(run), *FAST, "--epochs", "1", "--amp", "--eval-amp"]) == 0
+    assert "(final weights, bfloat16, epoch 1)" in capsys.readouterr().out
+    assert json.load(open(run / "config.json"))["eval_amp"] is True
+    recorded = json.load(open(run / "test_metrics.json"))["final"]
+    reports = {}
+    for name, flags in (("recorded", []), ("fp32", ["--no-amp"])):
+        assert evaluate.main([str(run / "last.pt"), "--batch-size", "16", "--json", str(tmp_path / name), *flags]) == 0
+        reports[name] = json.load(open(tmp_path / name))
+    assert reports["recorded"]["precision"] == "bfloat16" and reports["fp32"]["precision"] == "fp32"
+    assert reports["recorded"]["top1"] == recorded["top1"] and reports["recorded"]["loss"] == pytest.approx(recorded["loss"], abs=1e-6)
+    assert reports["fp32"]["loss"] != pytest.approx(recorded["loss"], abs=1e-6)

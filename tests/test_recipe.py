@@ -304,9 +304,9 @@ def test_the_speedrun_recipe_trains_its_convnet_low_then_full_size_and_tests_wit
              "--channels", "8,16"]
     assert train.main(flags) == 0
     config = json.load(open(run_dir / "config.json"))
-    assert (config["model"], config["optimizer"], config["lr_schedule"], config["tta"], config["low_res"]) == \
-        ("convnet", "sgd", "linear", "flip", "32:70%,48:90%")
-    assert "(final weights, flip TTA, epoch 2)" in capsys.readouterr().out
+    assert (config["model"], config["optimizer"], config["lr_schedule"], config["tta"], config["low_res"], config["eval_amp"]) == \
+        ("convnet", "sgd", "linear", "flip", "32:70%,48:90%", True)
+    assert "(final weights, flip TTA" in capsys.readouterr().out  # (then bfloat16, where the run trains in it)
     assert math.isfinite(json.load(open(run_dir / "test_metrics.json"))["final"]["loss"])
 
 
