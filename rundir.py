@@ -25,7 +25,7 @@ CONFIG, METRICS, STATUS, TEST_METRICS, CURVES = "config.json", "metrics.csv", "s
 LAST, BEST = "last.pt", "best.pt"
 METRIC_FIELDS = (
     "epoch", "train_loss", "train_top1", "train_top5", "val_loss", "val_top1", "val_top5",
-    "lr", "seconds", "images_per_s", "skipped_steps", "peak_memory_mb",
+    "lr", "seconds", "images_per_s", "skipped_steps", "peak_memory_mb", "elapsed_minutes",
 )
 DOMINANT = "_dominant_label"  # the suffix of the training accuracy columns under MixUp/CutMix
 

@@ -40,15 +40,7 @@ from train_flags import augmentation_of, describe_recipe, model_settings, parse_
 from evaluation import evaluate, evaluate_with_report, peak_memory, topk_correct, with_tta
 from errors import DataError, TrainingError
 from layout import data_identity
-from model import (
-    MODELS,
-    SETTINGS,
-    build_model,
-    changed_settings,
-    count_parameters,
-    describe_settings,
-    has_batchnorm,
-)
+from model import MODELS, SETTINGS, build_model, changed_settings, count_parameters, describe_settings, has_batchnorm
 from recipe import EMA, LRSchedule, Updater, build_optimizer, total_steps
 from resume import (
     NothingToDo,
@@ -227,6 +219,8 @@ class Run:
     progress: dict
     config: dict
     best_weights: dict = None  # a CPU copy of the evaluated weights of the best epoch, on every rank
+    started: float = 0.0  # time.monotonic() when train.py started
+    minutes_before: float = 0.0  # wall minutes of the earlier processes of a resumed run, to their last epoch
 
     def log(self, *args, **kwargs):
         if self.dist.is_main:  # only rank 0 talks and writes
@@ -254,8 +248,9 @@ def run(args, stop, dist, device, started):
         on_main(dist, lambda: write_test_metrics(r.run_dir, test_metrics))
         status.set("finished")
     if args.time_budget:
-        r.log(f"{(time.monotonic() - started) / 60:.1f} min from the start of train.py to the end of its test, "
-              f"for a --time-budget of {args.time_budget:g} min{' (this part of the run)' if args.resume else ''}")
+        resumed = " (with the earlier processes' minutes to their last finished epoch)" if args.resume else ""
+        r.log(f"{test_metrics['final']['elapsed_minutes']:.1f} min from the start of train.py to the end of its test, "
+              f"for a --time-budget of {args.time_budget:g} min{resumed}")
     if dist.is_main:
         draw_curves_or_explain(r.run_dir)
     best = os.path.join(r.run_dir, "best.pt")
@@ -293,8 +288,8 @@ def start_run(args, dist, device, started):
     trained, evaluated = compiled_for_training(model, updater, args, dist, device)
     config = resolved_config(args, model, data, device, dtype, run_dir, dist)
     on_main(dist, lambda: write_config(run_dir, config))
-    r = Run(args, dist, device, dtype, data, splits, run_dir, model, trained, evaluated, updater,
-            train_loader, val_loader, progress, config)
+    r = Run(args, dist, device, dtype, data, splits, run_dir, model, trained, evaluated, updater, train_loader, val_loader,
+            progress, config, started=started, minutes_before=(progress["history"] or [{}])[-1].get("elapsed_minutes", 0.0))
     if checkpoint is not None:
         announce_resume(r, checkpoint)
     announce_run(r)
@@ -416,6 +411,7 @@ def run_epoch(r, epoch, stop):
         "lr": r.updater.optimizer.param_groups[0]["lr"], "seconds": round(seconds, 2),
         "images_per_s": round(train["images"] / seconds, 1), "skipped_steps": train["skipped_steps"],
         "peak_memory_mb": round(peak_memory(r.device)[0], 1),  # rank 0's, since this process started
+        "elapsed_minutes": round(r.minutes_before + (time.monotonic() - r.started) / 60, 3),
     }
     progress["history"].append(row)
     progress["epoch"] = epoch + 1
@@ -467,6 +463,7 @@ def evaluate_test(r):
         results["best"] = test(best, progress["best_epoch"])
     else:
         results["best"] = results["final"]
+    results["final"]["elapsed_minutes"] = round(r.minutes_before + (time.monotonic() - r.started) / 60, 3)  # the run's end
     names = ("final", "best") if results["best"] is not results["final"] else ("final",)
     for name in names:
         metrics = results[name]

@@ -1,5 +1,6 @@
 """--steps and --time-budget: a run of a fixed number of steps (the last epoch partial), and a
 wall-clock budget turned into such a run by a measured probe, planned once and resumed exactly."""
+import csv
 import json
 import math
 
@@ -75,6 +76,9 @@ def test_a_steps_run_trains_exactly_its_steps_its_last_epoch_partial(prepared_on
     assert (config["steps"], config["epochs"], config["warmup_epochs"]) == (15, 3, pytest.approx(0.25))
     assert saved["progress"]["step"] == 15 and saved["schedule"]["total_steps"] == 15
     assert [row["epoch"] for row in saved["progress"]["history"]] == [1, 2, 3]
+    elapsed = [float(row["elapsed_minutes"]) for row in csv.DictReader(open(run_dir / "metrics.csv"))]
+    tested = json.load(open(run_dir / "test_metrics.json"))["final"]["elapsed_minutes"]
+    assert 0 < elapsed[0] < elapsed[1] < elapsed[2] < tested  # wall minutes since train.py started
     assert train.main(["--resume", str(run_dir / "last.pt"), "--epochs", "4"]) == 2  # its length is its steps
 
 
@@ -108,7 +112,8 @@ def test_a_budget_run_stopped_at_low_resolution_resumes_exactly_as_the_steps_run
         assert train.main(["--data-dir", prepared_once, "--run-dir", str(tmp_path / "budget"), *flags,
                            "--time-budget", "0.5"]) == 130
     assert train.main(["--resume", str(tmp_path / "budget" / "last.pt"), "--device", "cpu"]) == 0
-    assert "min from the start of train.py to the end of its test, for a --time-budget of 0.5 min (this part of the run)" \
+    assert "min from the start of train.py to the end of its test, for a --time-budget of 0.5 min (with the earlier " \
+           "processes' minutes to their last finished epoch)" \
         in capsys.readouterr().out
     steps = json.load(open(tmp_path / "budget" / "config.json"))["steps"]
     assert steps > 6  # (so that the run switches to 64 px after its first epoch)

@@ -2,6 +2,7 @@
 clear note when matplotlib is missing."""
 import csv
 import importlib.util
+import json
 import sys
 
 import pytest
@@ -61,6 +62,39 @@ def test_several_runs_in_one_picture(prepared_once, tmp_path):
                            "--seed", str(ord(name))]) == 0
     assert curves.main([str(tmp_path / "a"), str(tmp_path / "b"), "--out", str(tmp_path / "both.png")]) == 0
     assert is_png(tmp_path / "both.png")
+
+
+@needs_matplotlib
+def test_runs_against_wall_clock_minutes_with_the_test_marked_where_each_ended(prepared_once, tmp_path, capsys):
+    """--against minutes: each val point at the minute its epoch's validation ended (metrics.csv's
+    elapsed_minutes), the test's top-1 at the minute the run ended; a run from before that record
+    is refused in one line."""
+    for name in ("a", "b"):
+        assert train.main(["--data-dir", prepared_once, "--run-dir", str(tmp_path / name), *FAST, "--epochs", "2",
+                           "--seed", str(ord(name))]) == 0
+    runs = [str(tmp_path / "a"), str(tmp_path / "b")]
+    figure = curves.build_figure(runs, against="minutes")
+    top1_ax = figure.axes[1]
+    val = [line for line in top1_ax.get_lines() if line.get_label() == "a val"][0]
+    assert list(val.get_xdata()) == curves.read_metrics(runs[0])["elapsed_minutes"]
+    test = [line for line in top1_ax.get_lines() if line.get_label().startswith("a test ")][0]
+    recorded = json.load(open(tmp_path / "a" / "test_metrics.json"))["final"]
+    assert (test.get_xdata()[0], test.get_ydata()[0]) == (recorded["elapsed_minutes"], recorded["top1"] * 100)
+    assert test.get_xdata()[0] > val.get_xdata()[-1] and top1_ax.get_xlabel() == "wall-clock minutes since train.py started"
+    assert curves.main([*runs, "--against", "minutes", "--out", str(tmp_path / "hour.png")]) == 0 and is_png(tmp_path / "hour.png")
+    metrics = tmp_path / "a" / "metrics.csv"
+    rows = list(csv.DictReader(open(metrics)))
+    with open(metrics, "w", newline="") as f:  # as train.py wrote it before elapsed_minutes
+        writer = csv.DictWriter(f, [key for key in rows[0] if key != "elapsed_minutes"], extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(rows)
+    capsys.readouterr()
+    assert curves.main([runs[0], "--against", "minutes", "--out", str(tmp_path / "old.png")]) == 2
+    assert capsys.readouterr().err.strip().endswith("has no elapsed_minutes (train.py records them since 2026-12-07): "
+                                                    "draw it against epochs")
+    import matplotlib.pyplot as plt
+
+    plt.close("all")
 
 
 def test_without_matplotlib_training_says_how_to_install_it_and_carries_on(prepared_once, tmp_path, monkeypatch, capsys):
