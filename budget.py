@@ -55,9 +55,10 @@ def train_seconds(steps, phases, step_seconds):
 
 
 def planned_seconds(steps, steps_per_epoch, phases, costs, val_images, test_images):
-    """Training, one validation per epoch (the last one may be partial) and the test, in seconds."""
+    """Training, one validation per epoch (the last one may be partial) and the test, in seconds.
+    The test counts twice: train.py also tests best.pt when its epoch was not the last."""
     epochs = math.ceil(steps / steps_per_epoch)
-    evaluated = epochs * val_images + test_images
+    evaluated = epochs * val_images + 2 * test_images
     return (train_seconds(steps, phases, costs.step_seconds) + evaluated * costs.eval_image_seconds
             + costs.first_call_seconds)
 
@@ -94,7 +95,7 @@ def measure_costs(model, updater, train_loader, eval_loader, sides, device, dtyp
     for side in sides:
         loader.resolution = ResolutionSchedule(((side, 1.0),), 2**62) if side < IMAGE_SIZE else None
         warmup, step_seconds[side] = time_steps(model, updater, batches_of_every_epoch(loader), device, dtype)
-        first_calls += warmup - PROBE_WARMUP * step_seconds[side]
+        first_calls += max(warmup - PROBE_WARMUP * step_seconds[side], 0.0)
     evaluated = with_tta(model, tta)
     start = time.perf_counter()
     evaluate(evaluated, eval_loader, device, eval_dtype)
@@ -102,8 +103,8 @@ def measure_costs(model, updater, train_loader, eval_loader, sides, device, dtyp
     start = time.perf_counter()
     images = evaluate(evaluated, eval_loader, device, eval_dtype)["images"]
     eval_image_seconds = (time.perf_counter() - start) / images
-    first_calls += warmup - images * eval_image_seconds
-    return Costs(step_seconds, eval_image_seconds, max(first_calls, 0.0))
+    first_calls += max(warmup - images * eval_image_seconds, 0.0)
+    return Costs(step_seconds, eval_image_seconds, first_calls)
 
 
 def batches_of_every_epoch(loader):
@@ -133,7 +134,8 @@ def time_steps(model, updater, batches, device, dtype):
 def fit_to_budget(args, model, make_updater, train_loader, splits, device, dtype, dist, started):
     """Plan a new run for --time-budget: measure (on a copy of the model), plan its steps, and set
     args.steps and args.budget_plan (train_flags.resolve_length does the rest).
-    Every rank follows rank 0's plan. `started`: time.monotonic() at the start of train.py."""
+    Every rank plans from rank 0's measurements (so all make the same plan, or raise the same
+    error). `started`: time.monotonic() at the start of train.py's main()."""
     probe, probe_args = copy.deepcopy(model), copy.copy(args)
     probe_args.warmup_epochs = 0.0  # (a percentage is resolved once the plan is made; the probe needs none)
     sample = [tensor[:2 * args.eval_batch_size] for tensor in splits["val"]]
@@ -146,10 +148,12 @@ def fit_to_budget(args, model, make_updater, train_loader, splits, device, dtype
                               train_loader, BatchLoader(*sample, args.eval_batch_size, device), sides, device, dtype, args.tta,
                               dtype if args.eval_amp else None)
     del probe
+    if device.type == "cuda":  # the probe's copies are no part of the run's peak memory
+        torch.cuda.reset_peak_memory_stats(device)
+    costs, spent = dist.all_gather((costs, time.monotonic() - started))[0]
     shard = dist.world_size  # (each process evaluates its share of the splits)
-    plan = plan_steps(args.time_budget, time.monotonic() - started, costs, ResolutionSchedule.parse(args.low_res),
+    plan = plan_steps(args.time_budget, spent, costs, ResolutionSchedule.parse(args.low_res),
                       len(train_loader), len(splits["val"][1]) / shard, len(splits["test"][1]) / shard)
-    plan = dist.all_gather(plan)[0]
     args.steps, args.budget_plan = plan.steps, plan.record()
     args.notes.append(describe_plan(plan, len(train_loader)))
     return plan

@@ -36,7 +36,7 @@ from cli import ArgumentParser
 from curves import plot_or_note, pyplot, save_figure
 from constants import IMAGE_SIZE
 from data import BatchLoader, load_packed, make_splits
-from evaluation import evaluate_with_report, measure_throughput
+from evaluation import evaluate_with_report, evaluation_dtype, measure_throughput, with_tta
 from errors import DataError
 from layout import check_output_path, data_identity, write_rows
 from model import MODELS, build_model, count_parameters, flops_per_image
@@ -52,7 +52,9 @@ FIGURES = {"top1": "top1", "top5": "top5", "f1": "macro_f1", "loss": "loss"}  # 
 # What may differ between the runs of one row besides the seed: where they were written, and
 # settings that change no figure (how often to log, the evaluation batch) or are derived.
 NOT_DEFINING = ("seed", "run_dir", "resume", "data_dir", "log_every", "eval_batch_size", "model_description",
-                "peak_memory_what")
+                "peak_memory_what", "budget_plan")
+# a --time-budget run's plan is measured, so each seed's length differs: its budget defines it
+PLANNED = ("steps", "epochs", "warmup_epochs", "recipe_defaults")
 LATENCY_WARMUP, LATENCY_RUNS, LATENCY_SECONDS = 10, 50, 1.0
 THROUGHPUT_BATCH = 256
 NOT_CHECKPOINTS = (".json", ".csv", ".png", ".md", ".txt", ".log")  # files beside runs that need no mention
@@ -109,7 +111,8 @@ def run_record(config, source, weights, test, checkpoint_path, speed_dir=None, i
     """One run as compare.py reads it: what defines its group, its labels and its figures."""
     identity = identity or config.get("data") or {"data_dir": config.get("data_dir")}  # (old runs: the folder name)
     images_per_s, seconds, memory = training_speed(speed_dir) if speed_dir else (None, None, None)
-    defining = {key: value for key, value in config.items() if key not in NOT_DEFINING}
+    planned = PLANNED if config.get("time_budget") else ()
+    defining = {key: value for key, value in config.items() if key not in NOT_DEFINING + planned}
     if "device" in config:  # cuda:0 and cuda:1 are the same kind of machine
         defining["device"] = torch.device(config["device"]).type
     return {
@@ -171,7 +174,7 @@ def read_checkpoint(path, data_dir, device, batch_size):
 
 def test_figures(model, checkpoint, path, data_dir, device, batch_size, expected=None):
     """(top-1, top-5, macro-F1 and loss on the test split, the data's identity), computed with
-    evaluate.py's own functions, in fp32 as train.py's test; a DataError when the data is not
+    evaluate.py's own functions, as the run tested (its precision and TTA); a DataError when the data is not
     what the checkpoint was trained on (expected: the identity its run recorded)."""
     try:
         data = load_packed(data_dir)
@@ -185,7 +188,8 @@ def test_figures(model, checkpoint, path, data_dir, device, batch_size, expected
     if model.config.num_classes != len(data.classes):
         raise DataError(f"{path} predicts {model.config.num_classes} classes, the data in {data_dir}/ has {len(data.classes)}")
     loader = BatchLoader(*make_splits(data)["test"], batch_size, device)
-    return evaluate_with_report(model.to(device), loader, device, data)[0], identity
+    tested = with_tta(model.to(device), checkpoint.get("config", {}).get("tta"))
+    return evaluate_with_report(tested, loader, device, data, evaluation_dtype(None, checkpoint, device))[0], identity
 
 
 def reevaluate(record, data_dir, device, batch_size):

@@ -32,11 +32,12 @@ from checkpoint import load_checkpoint, model_from_checkpoint
 from cli import ArgumentParser, exit_code_of
 from data import BatchLoader, make_splits
 from errors import DataError
-from evaluation import TTA_CHOICES, checked_data, data_dir_of, evaluate_with_report, measure_throughput, peak_memory, with_tta
+from evaluation import (TTA_CHOICES, checked_data, data_dir_of, evaluate_with_report, evaluation_dtype, measure_throughput,
+                        peak_memory, with_tta)
 from layout import check_output_path, write_json
 from model import MODELS, add_setting_flags, count_parameters, given_settings
 from predict import TOP_K, class_names_for, short_name, load_any_image, own_image_files, test_image_files, write_predictions
-from runtime import amp_dtype, resolve_device
+from runtime import resolve_device
 
 
 def print_report(m, show=5):
@@ -108,15 +109,6 @@ def parse_args(argv):
     if args.files and args.json:
         parser.error("--json is the report of an evaluation, which --files does not run: drop --json")
     return args
-
-
-def evaluation_dtype(amp, checkpoint, device):
-    """--amp as given; else the autocast dtype the checkpoint's run validated and tested in
-    (train.py --eval-amp under --amp), else None (fp32)."""
-    if amp is not None:
-        return amp_dtype(device, amp)
-    config = checkpoint.get("config", {})
-    return amp_dtype(device, True, config["amp_dtype"]) if config.get("eval_amp") and config.get("amp_dtype") else None
 
 
 def run(args):

@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from checkpoint import check_classes
 from data import batch_buffer, is_laid_out_as_normalize, load_packed
 from errors import DataError
-from runtime import autocast, synchronize
+from runtime import amp_dtype, autocast, synchronize
 
 
 def pad_batch(x, size):
@@ -77,6 +77,19 @@ class FlipTTA(torch.nn.Module):
 
     def forward(self, x):
         return (self.model(x) + self.model(x.flip(3))) / 2
+
+
+def evaluation_dtype(amp, checkpoint, device):
+    """The autocast dtype to evaluate a checkpoint in (None: fp32): --amp as given; else as its
+    run validated and tested (train.py --eval-amp under --amp: its dtype on the same kind of
+    device, this device's own autocast dtype on another), else fp32."""
+    if amp is not None:
+        return amp_dtype(device, amp)
+    config = checkpoint.get("config", {})
+    if not (config.get("eval_amp") and config.get("amp_dtype")):
+        return None
+    same_kind = torch.device(config.get("device", "cpu")).type == device.type
+    return amp_dtype(device, True, config["amp_dtype"] if same_kind else "auto")
 
 
 def with_tta(model, tta):

@@ -153,8 +153,10 @@ def check_epochs_to_go(args, progress, path):
                         f"give --epochs {begun} or more")
     tested = read_test_metrics(os.path.dirname(os.path.abspath(path))).get("final", {})
     if args.epochs == done and begun == done and tested.get("epoch") == done:
+        more = (f"give --epochs {done + 1} or more" if not args.steps else
+                "its length is its planned steps: start a new run with more --steps or a longer --time-budget")
         raise NothingToDo(f"nothing to do: {path} has trained its {done} epoch{'s' if done != 1 else ''} and been "
-                          f"tested; to train on, give --epochs {done + 1} or more")
+                          f"tested; to train on, {more}")
 
 
 def check_same_data(args, checkpoint, data, path):

@@ -184,7 +184,7 @@ def check_length(parser, args, given):
     keeps its own length (more --epochs extends a run that has no planned --steps)."""
     chosen = [flag for flag in ("epochs", "steps", "time_budget") if flag in given]
     if len(chosen) > 1:
-        parser.error(f"{' and '.join(flag_name(flag) for flag in chosen)} both say how long the run is: give one")
+        parser.error(f"{' and '.join(flag_name(flag) for flag in chosen)} each say how long the run is: give one")
     if args.resume and {"steps", "time_budget"} & set(given):
         parser.error(f"{flag_name(chosen[0])} plans a new run; --resume continues a run as it was planned")
     if args.steps is not None and args.steps < 1:
@@ -201,10 +201,12 @@ def resolve_length(args, steps_per_epoch):
     """With --steps (given, or planned by --time-budget): the epochs they span (the last one
     partial) and the warm-up as a share of them; a given warm-up that would not end before the
     run does is a DataError."""
-    if not args.steps or args.resume:
+    if not args.steps:
         return
     epochs = args.steps / steps_per_epoch
-    args.epochs = math.ceil(epochs)
+    args.epochs = math.ceil(epochs)  # (on --resume too: --allow-other-data may bring another epoch length)
+    if args.resume:
+        return
     args.warmup_epochs, note = warmup_epochs(args.warmup_spec, epochs)
     if note and "warmup_epochs" in args.given:
         raise DataError(f"--warmup-epochs {args.warmup_spec} does not end before the run does ({args.steps} steps, "

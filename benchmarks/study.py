@@ -47,7 +47,7 @@ TRAIN = os.path.join(ROOT, "train.py")
 LABEL = re.compile(r"[A-Za-z0-9._-]+")  # one folder name, no path
 GRID_SETS = ("seed", "epochs", "data_dir")  # train.py flags that the grid sets itself (and where runs go)
 # what a finished run must have been trained with to count as this run of the grid
-DEFINING = (*RUN_DEFINING, "amp", "amp_dtype", "compile", "compile_mode", "sync_bn")
+DEFINING = (*RUN_DEFINING, "amp", "amp_dtype", "compile", "compile_mode", "sync_bn", "tta", "eval_amp")
 
 
 def parse_entry(entry, flag):
@@ -90,6 +90,8 @@ class GridRun:
             differences = self.differences(config, data)
         except (DataError, KeyError, TypeError, ValueError) as error:  # a config this version cannot read
             return "refused", f"holds a run that cannot be compared with this one ({error}): use another --out-dir"
+        if config.get("steps"):
+            return "refused", "holds a run of planned --steps (or --time-budget), not of whole epochs: use another --out-dir"
         if differences:
             return "refused", f"holds a run with other settings ({', '.join(differences)}): use another --out-dir or label"
         if config.get("epochs", 0) > self.epochs:

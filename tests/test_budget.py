@@ -54,8 +54,8 @@ def test_a_budget_too_short_for_one_step_says_so_in_one_line():
 
 
 @pytest.mark.parametrize("flags, said", [
-    (["--epochs", "3", "--time-budget", "5"], "--epochs and --time-budget both say how long the run is: give one"),
-    (["--steps", "30", "--epochs", "3"], "--epochs and --steps both say how long the run is: give one"),
+    (["--epochs", "3", "--time-budget", "5"], "--epochs and --time-budget each say how long the run is: give one"),
+    (["--steps", "30", "--epochs", "3"], "--epochs and --steps each say how long the run is: give one"),
     (["--time-budget", "0"], "--time-budget must be a positive number of minutes, got 0.0"),
     (["--steps", "0"], "--steps must be at least 1, got 0"),
     (["--resume", "last.pt", "--time-budget", "5"], "--time-budget plans a new run; --resume continues a run as it was planned"),
@@ -67,7 +67,7 @@ def test_conflicting_or_bad_length_flags_are_one_line(flags, said, capsys):
     assert exit_info.value.code == 2 and len(err) == 1 and said in err[0]
 
 
-def test_a_steps_run_trains_exactly_its_steps_its_last_epoch_partial(prepared_once, tmp_path):
+def test_a_steps_run_trains_exactly_its_steps_its_last_epoch_partial(prepared_once, tmp_path, capsys):
     """15 steps of 6 per epoch: epochs 1, 2 whole, epoch 3 of 3 steps; the lr schedule spans the 15."""
     run_dir = tmp_path / "run"
     flags = ["--steps", "15", "--optimizer", "sgd", "--lr", "0.1", "--lr-schedule", "linear", "--warmup-epochs", "10%"]
@@ -80,6 +80,9 @@ def test_a_steps_run_trains_exactly_its_steps_its_last_epoch_partial(prepared_on
     tested = json.load(open(run_dir / "test_metrics.json"))["final"]["elapsed_minutes"]
     assert 0 < elapsed[0] < elapsed[1] < elapsed[2] < tested  # wall minutes since train.py started
     assert train.main(["--resume", str(run_dir / "last.pt"), "--epochs", "4"]) == 2  # its length is its steps
+    capsys.readouterr()
+    assert train.main(["--resume", str(run_dir / "last.pt")]) == 0
+    assert "nothing to do" in capsys.readouterr().out
 
 
 def test_a_time_budget_run_measures_and_records_its_plan(prepared_once, tmp_path, monkeypatch, capsys):
@@ -102,13 +105,20 @@ def test_a_time_budget_run_measures_and_records_its_plan(prepared_once, tmp_path
 
 def test_a_budget_run_stopped_at_low_resolution_resumes_exactly_as_the_steps_run_it_planned(prepared_once, tmp_path,
                                                                                              monkeypatch, capsys):
-    """Planned on a slow machine's costs, stopped at step 2 (32 px), resumed across the switch to
-    64 px: it equals a straight --steps run of the steps it planned (the probe left the random
-    generators as they were)."""
-    monkeypatch.setattr(budget, "measure_costs", lambda *args: SLOW_MACHINE)
+    """Planned on a slow machine's costs, stopped at step 14 (32 px; the probe's 2 x 8 steps use
+    the first two epochs' batches, so the signal waits for the third epoch), resumed across the switch to
+    64 px: it equals a straight --steps run of the steps it planned (the probe, which really runs
+    and draws dropout masks, left the random generators as they were)."""
+    measure = budget.measure_costs
+
+    def probe_then_plan_as_a_slow_machine(*args):
+        measure(*args)
+        return SLOW_MACHINE
+
+    monkeypatch.setattr(budget, "measure_costs", probe_then_plan_as_a_slow_machine)
     flags = [*FAST, "--low-res", "32:50%"]
     with monkeypatch.context() as patch:
-        signal_during_training(patch, epoch=0, step=2)
+        signal_during_training(patch, epoch=2, step=2)
         assert train.main(["--data-dir", prepared_once, "--run-dir", str(tmp_path / "budget"), *flags,
                            "--time-budget", "0.5"]) == 130
     assert train.main(["--resume", str(tmp_path / "budget" / "last.pt"), "--device", "cpu"]) == 0
@@ -116,7 +126,7 @@ def test_a_budget_run_stopped_at_low_resolution_resumes_exactly_as_the_steps_run
            "processes' minutes to their last finished epoch)" \
         in capsys.readouterr().out
     steps = json.load(open(tmp_path / "budget" / "config.json"))["steps"]
-    assert steps > 6  # (so that the run switches to 64 px after its first epoch)
+    assert steps > 2 * 15  # (so that it stopped at 32 px, and switched to 64 px later)
     assert train.main(["--data-dir", prepared_once, "--run-dir", str(tmp_path / "straight"), *flags,
                        "--steps", str(steps)]) == 0
     assert_same_training_state(load(tmp_path / "straight" / "last.pt"), load(tmp_path / "budget" / "last.pt"))

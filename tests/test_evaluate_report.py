@@ -260,7 +260,7 @@ def test_a_run_with_flip_tta_records_it_and_evaluate_reproduces_its_test_figures
     recorded = json.load(open(run / "test_metrics.json"))["final"]
     for flags, tta in (([], "flip"), (["--tta", "none"], "none")):
         out = tmp_path / f"{tta}.json"
-        assert evaluate.main([str(run / "last.pt"), "--batch-size", "16", "--json", str(out), *flags]) == 0
+        assert evaluate.main([str(run / "last.pt"), "--batch-size", "16", "--device", "cpu", "--json", str(out), *flags]) == 0
         report = json.load(open(out))
         assert report["tta"] == tta
         if tta == "flip":
@@ -279,7 +279,8 @@ def test_a_run_with_eval_amp_validates_and_tests_in_bf16_and_evaluate_reproduces
     recorded = json.load(open(run / "test_metrics.json"))["final"]
     reports = {}
     for name, flags in (("recorded", []), ("fp32", ["--no-amp"])):
-        assert evaluate.main([str(run / "last.pt"), "--batch-size", "16", "--json", str(tmp_path / name), *flags]) == 0
+        assert evaluate.main([str(run / "last.pt"), "--batch-size", "16", "--device", "cpu", "--json", str(tmp_path / name),
+                              *flags]) == 0
         reports[name] = json.load(open(tmp_path / name))
     assert reports["recorded"]["precision"] == "bfloat16" and reports["fp32"]["precision"] == "fp32"
     assert reports["recorded"]["top1"] == recorded["top1"] and reports["recorded"]["loss"] == pytest.approx(recorded["loss"], abs=1e-6)
