@@ -134,6 +134,26 @@ def test_outputs_csv_plot_and_markdown_with_inference_timings(real_run, tmp_path
     assert "SYNTHETIC" in table[2]
 
 
+def test_time_budget_runs_group_by_their_budget_not_their_measured_plan(real_run, tmp_path):
+    """Each seed of a --time-budget run measures its own plan (steps, warm-up, and so epochs): they
+    are one row; another budget is another row."""
+    plan = lambda steps, seconds: dict(steps=steps, warmup_epochs=steps / 60,  # noqa: E731
+                                       budget_plan={"steps": steps, "costs": {"step_seconds": {"64": seconds}}})
+    runs = [copy_run(real_run, tmp_path / "a", seed=0, time_budget=60, **plan(3876, 2.09)),
+            copy_run(real_run, tmp_path / "b", seed=1, time_budget=60, **plan(3790, 2.15)),
+            copy_run(real_run, tmp_path / "c", seed=2, time_budget=30, **plan(1900, 2.10))]
+    rows = compare_json(tmp_path, *runs)
+    assert [row["runs"] for row in rows] == [[str(runs[0]), str(runs[1])], [str(runs[2])]]
+
+
+def test_reevaluation_evaluates_as_the_run_tested_with_flip_tta_in_bf16(prepared_once, tmp_path, capsys):
+    run = tmp_path / "tta"
+    assert train.main(["--data-dir", prepared_once, "--run-dir", str(run), "--device", "cpu", "--epochs", "1",
+                       "--batch-size", "16", "--eval-batch-size", "16", "--tta", "flip", "--amp", "--eval-amp"]) == 0
+    assert compare.main([str(run), "--reevaluate", "--no-speed", "--device", "cpu", "--batch-size", "16"]) == 0
+    assert "differs" not in capsys.readouterr().err
+
+
 def test_reevaluation_agrees_with_the_record_and_flags_a_run_that_does_not(real_run, tmp_path, capsys):
     recorded = json.load(open(real_run / "test_metrics.json"))["final"]
     rounding = copy_run(real_run, tmp_path / "rounding", test={"loss": recorded["loss"] * (1 + 1e-6)})
