@@ -9,6 +9,7 @@ Not here: the loop itself (train.py).
 import copy
 import itertools
 import math
+import statistics
 import time
 from dataclasses import asdict, dataclass
 
@@ -21,7 +22,10 @@ from evaluation import evaluate, with_tta
 from runtime import autocast, maybe_compile
 
 HEADROOM = 0.03  # share of the budget left unplanned: this machine's speed drifts by a few percent
-PROBE_STEPS, PROBE_WARMUP = 6, 2  # timed steps per side, after warm-up steps (first-call costs)
+# timed steps per side, after warm-up steps (first-call costs); a step's cost is the median of
+# the timed ones, as a step now and then runs slow (6 steps' mean once said 0.60 s where the run
+# then took 0.51)
+PROBE_STEPS, PROBE_WARMUP = 8, 3
 
 
 @dataclass
@@ -115,20 +119,20 @@ def batches_of_every_epoch(loader):
 
 
 def time_steps(model, updater, batches, device, dtype):
-    """(seconds of the PROBE_WARMUP first steps, seconds per step of the PROBE_STEPS after them)."""
+    """(seconds of the PROBE_WARMUP first steps, the median seconds of the PROBE_STEPS after them)."""
     model.train()
 
-    def seconds_of(steps):
+    def seconds_of_step(step):
         start = time.perf_counter()
-        for step in range(steps):
-            x, y = next(batches)
-            with autocast(device, dtype):
-                loss = updater.loss(model(x), y)
-            updater.step(loss, step)
-        loss.item()  # (a sync: on a GPU the steps are done when the clock stops)
+        x, y = next(batches)
+        with autocast(device, dtype):
+            loss = updater.loss(model(x), y)
+        updater.step(loss, step)
+        loss.item()  # (a sync: on a GPU the step is done when the clock stops)
         return time.perf_counter() - start
 
-    return seconds_of(PROBE_WARMUP), seconds_of(PROBE_STEPS) / PROBE_STEPS
+    warmup = sum(seconds_of_step(step) for step in range(PROBE_WARMUP))
+    return warmup, statistics.median(seconds_of_step(step) for step in range(PROBE_WARMUP, PROBE_WARMUP + PROBE_STEPS))
 
 
 def fit_to_budget(args, model, make_updater, train_loader, splits, device, dtype, dist, started):

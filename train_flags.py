@@ -55,8 +55,8 @@ def add_recipe_flags(parser):
                             "1 warm-up epoch, cosine, grad clip 1; vit-small-data: the literature's for small ViTs "
                             "(DeiT's: AdamW 1e-3, wd 0.05, batch 128, 10%% warm-up, cosine, smoothing 0.1, "
                             "stochastic depth 0.1, AutoAugment, MixUp/CutMix, random erasing 0.25, repeated aug 3); "
-                            "speedrun (the CPU hour's candidate, untuned): convnet, SGD 0.2 Nesterov, batch 128, "
-                            "linear to 0, smoothing 0.2, --low-res 32:70%%,48:90%%, flip TTA")
+                            "speedrun (the CPU hour's candidate, barely tuned): convnet, SGD 0.1 Nesterov, batch 128, "
+                            "linear to 0, smoothing 0.2, --low-res 32:90%%, flip TTA, bf16 evaluation")
     optim.add_argument("--epochs", type=int, default=10, help="epochs to train (more with --resume extends a run)")
     optim.add_argument("--steps", type=int,
                        help="train exactly this many optimizer steps instead (the last epoch partial); --epochs follows")

@@ -88,7 +88,7 @@ def test_a_steps_run_trains_exactly_its_steps_its_last_epoch_partial(prepared_on
 def test_a_time_budget_run_measures_and_records_its_plan(prepared_once, tmp_path, monkeypatch, capsys):
     """The real probe, on this machine: every side the run trains at is measured, and the plan
     (its steps, the epochs they span, the warm-up as their share) is recorded before the first step
-    (the run is stopped in its third epoch, which the probe's 2 x 8 steps never reach: the rest is
+    (the run is stopped in its third epoch, which the probe's 11 steps a side never reach: the rest is
     any --steps run's)."""
     run_dir = tmp_path / "run"
     signal_during_training(monkeypatch, epoch=2, step=0)
@@ -105,7 +105,7 @@ def test_a_time_budget_run_measures_and_records_its_plan(prepared_once, tmp_path
 
 def test_a_budget_run_stopped_at_low_resolution_resumes_exactly_as_the_steps_run_it_planned(prepared_once, tmp_path,
                                                                                              monkeypatch, capsys):
-    """Planned on a slow machine's costs, stopped at step 14 (32 px; the probe's 2 x 8 steps use
+    """Planned on a slow machine's costs, stopped at step 14 (32 px; the probe's 11 steps a side use
     the first two epochs' batches, so the signal waits for the third epoch), resumed across the switch to
     64 px: it equals a straight --steps run of the steps it planned (the probe, which really runs
     and draws dropout masks, left the random generators as they were)."""

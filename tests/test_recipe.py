@@ -130,8 +130,8 @@ def test_a_recipes_progressive_resizing_is_left_out_with_a_note_for_a_model_size
     px and says so (the study's grid crosses every model with every recipe); the convnet keeps them."""
     args = train_flags.parse_args(["--recipe", "speedrun", "--model", "vit"])
     assert args.low_res == "" and args.recipe_defaults["low_res"] == ""
-    assert args.notes == ["vit takes only 64x64 images: recipe speedrun's progressive resizing (32:70%,48:90%) is left out"]
-    assert train_flags.parse_args(["--recipe", "speedrun"]).low_res == "32:70%,48:90%"
+    assert args.notes == ["vit takes only 64x64 images: recipe speedrun's progressive resizing (32:90%) is left out"]
+    assert train_flags.parse_args(["--recipe", "speedrun"]).low_res == "32:90%"
 
 
 def test_warmup_then_cosine_schedule():
@@ -305,7 +305,7 @@ def test_the_speedrun_recipe_trains_its_convnet_low_then_full_size_and_tests_wit
     assert train.main(flags) == 0
     config = json.load(open(run_dir / "config.json"))
     assert (config["model"], config["optimizer"], config["lr_schedule"], config["tta"], config["low_res"], config["eval_amp"]) == \
-        ("convnet", "sgd", "linear", "flip", "32:70%,48:90%", True)
+        ("convnet", "sgd", "linear", "flip", "32:90%", True)
     assert "(final weights, flip TTA" in capsys.readouterr().out  # (then bfloat16, where the run trains in it)
     assert math.isfinite(json.load(open(run_dir / "test_metrics.json"))["final"]["loss"])
 
