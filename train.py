@@ -411,7 +411,7 @@ def run_epoch(r, epoch, stop):
         "lr": r.updater.optimizer.param_groups[0]["lr"], "seconds": round(seconds, 2),
         "images_per_s": round(train["images"] / seconds, 1), "skipped_steps": train["skipped_steps"],
         "peak_memory_mb": round(peak_memory(r.device)[0], 1),  # rank 0's, since this process started
-        "elapsed_minutes": round(r.minutes_before + (time.monotonic() - r.started) / 60, 3),
+        "elapsed_minutes": round(r.minutes_before + (time.monotonic() - r.started) / 60, 4),
     }
     progress["history"].append(row)
     progress["epoch"] = epoch + 1
@@ -463,7 +463,7 @@ def evaluate_test(r):
         results["best"] = test(best, progress["best_epoch"])
     else:
         results["best"] = results["final"]
-    results["final"]["elapsed_minutes"] = round(r.minutes_before + (time.monotonic() - r.started) / 60, 3)  # the run's end
+    results["final"]["elapsed_minutes"] = round(r.minutes_before + (time.monotonic() - r.started) / 60, 4)  # the run's end
     names = ("final", "best") if results["best"] is not results["final"] else ("final",)
     for name in names:
         metrics = results[name]

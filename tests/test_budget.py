@@ -78,7 +78,7 @@ def test_a_steps_run_trains_exactly_its_steps_its_last_epoch_partial(prepared_on
     assert [row["epoch"] for row in saved["progress"]["history"]] == [1, 2, 3]
     elapsed = [float(row["elapsed_minutes"]) for row in csv.DictReader(open(run_dir / "metrics.csv"))]
     tested = json.load(open(run_dir / "test_metrics.json"))["final"]["elapsed_minutes"]
-    assert 0 < elapsed[0] < elapsed[1] < elapsed[2] < tested  # wall minutes since train.py started
+    assert 0 < elapsed[0] <= elapsed[1] <= elapsed[2] <= tested  # wall minutes since train.py started (to 6 ms)
     assert train.main(["--resume", str(run_dir / "last.pt"), "--epochs", "4"]) == 2  # its length is its steps
     capsys.readouterr()
     assert train.main(["--resume", str(run_dir / "last.pt")]) == 0

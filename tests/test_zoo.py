@@ -2,6 +2,7 @@
 settings from the command line, and every model through train.py, resume and evaluate.py."""
 import json
 import os
+import time
 import warnings
 
 import pytest
@@ -387,7 +388,7 @@ def test_sync_bn_needs_cuda_under_torchrun_and_converts_the_batchnorms(prepared_
     dist = train.Distributed(rank=0, local_rank=0, world_size=2)
     for processes in (dist, train.Distributed()):  # under torchrun or not
         with pytest.raises(DataError, match="--sync-bn needs CUDA"):
-            train.start_run(train_flags.parse_args([*argv, "--sync-bn"]), processes, torch.device("cpu"))
+            train.start_run(train_flags.parse_args([*argv, "--sync-bn"]), processes, torch.device("cpu"), time.monotonic())
     assert not (tmp_path / "r").exists()  # refused before any work
     args = train_flags.parse_args(["--model", "cnn", "--sync-bn"])
     converted = train.new_model(args, None, 4, dist, torch.device("cpu"))
