@@ -60,9 +60,10 @@ def train_seconds(steps, phases, step_seconds):
 
 def planned_seconds(steps, steps_per_epoch, phases, costs, val_images, test_images):
     """Training, one validation per epoch (the last one may be partial) and the test, in seconds.
-    The test counts twice: train.py also tests best.pt when its epoch was not the last."""
+    In a run of two epochs or more the test counts twice: train.py also tests best.pt when its
+    epoch was not the last."""
     epochs = math.ceil(steps / steps_per_epoch)
-    evaluated = epochs * val_images + 2 * test_images
+    evaluated = epochs * val_images + (2 if epochs > 1 else 1) * test_images
     return (train_seconds(steps, phases, costs.step_seconds) + evaluated * costs.eval_image_seconds
             + costs.first_call_seconds)
 

@@ -12,6 +12,10 @@ gradient clipping and an exponential moving average (EMA) of the weights.
                        cosine, label smoothing 0.1, stochastic depth 0.1, AutoAugment, MixUp 0.8 /
                        CutMix 1.0 (switching with probability 0.5), random erasing 0.25, repeated
                        augmentation 3
+    --recipe speedrun  the CPU hour's candidate (issue 28): the convnet, SGD Nesterov lr 0.1,
+                       weight decay 5e-4, batch 128, 3% warm-up, linear to 0, smoothing 0.2,
+                       32 px for 90% of the steps then 64, flip TTA, evaluation in the training's
+                       autocast; give it --time-budget MINUTES
 
 A preset only sets defaults: any flag given explicitly overrides it.
 """
@@ -42,7 +46,7 @@ PRESETS = {
                            randaugment=None, trivialaugment=False, autoaugment=True, random_erase=0.25,
                            mixup=0.8, cutmix=1.0, mix_prob=1.0, mix_switch_prob=0.5, repeat_aug=3, low_res=""),
     # The CPU hour's candidate (issue 28; barely tuned): the convnet at 32 px for 90% of the steps
-    # (more than 32:70%,48:90%, which gave 2-3 points less val top-1 in 10-minute ablations), then
+    # (32:70%,48:90% gave 2.3-3.6 points less val top-1 in 10-minute ablations, one seed each), then
     # 64 px; SGD with Nesterov momentum at lr 0.1 (ahead of 0.2 at 10 minutes, where the probe also
     # gave it more steps), a short warm-up and a linear decay to zero, label
     # smoothing 0.2, flip TTA at evaluation, which runs in the training's bf16 (twice as fast as

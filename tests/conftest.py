@@ -13,6 +13,7 @@ sys.path.insert(0, ROOT)
 
 import data  # noqa: E402
 import prepare_data  # noqa: E402
+import train  # noqa: E402
 from synthetic import write_synthetic_zip  # noqa: E402
 
 MINI_ZIP = os.path.join(ROOT, "..", "shared", "data", "tiny-imagenet-200-mini.zip")
@@ -80,6 +81,17 @@ def signal_during_training(monkeypatch, epoch, step, signals=(signal.SIGINT,)):
             yield batch
 
     monkeypatch.setattr(data.BatchLoader, "iterate", iterate)
+
+
+def assert_resumes_exactly(monkeypatch, data_dir, tmp_path, flags, epoch, step):
+    """A run of `flags` stopped by Ctrl-C just before batch `step` of `epoch`, then resumed with
+    no flags, ends in exactly the state of the straight run (tmp_path/straight, tmp_path/r)."""
+    assert train.main(["--data-dir", data_dir, "--run-dir", str(tmp_path / "straight"), *flags]) == 0
+    with monkeypatch.context() as patch:
+        signal_during_training(patch, epoch=epoch, step=step)
+        assert train.main(["--data-dir", data_dir, "--run-dir", str(tmp_path / "r"), *flags]) == 130
+    assert train.main(["--resume", str(tmp_path / "r" / "last.pt"), "--device", "cpu"]) == 0
+    assert_same_training_state(*(torch.load(tmp_path / run / "last.pt", weights_only=True) for run in ("straight", "r")))
 
 
 # train.py as its command line runs it, saying "first step done" once its first optimizer step

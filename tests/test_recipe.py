@@ -13,7 +13,7 @@ import evaluate
 import runs
 import train
 import train_flags
-from conftest import assert_same_training_state, signal_during_training
+from conftest import assert_resumes_exactly, assert_same_training_state, signal_during_training
 from model import CvTConfig, CvTSimplifiedEmbedding, build_model
 from recipe import EMA, PRESETS, LRSchedule, Updater, build_optimizer
 
@@ -96,24 +96,14 @@ def test_sgd_is_nesterov_with_l2_decay_on_the_weights_and_resumes_exactly(prepar
     assert [group["weight_decay"] for group in optimizer.param_groups] == [5e-4, 0.0]
     flags = [*FAST, "--model", "resnet18", "--depth", "1", "--optimizer", "sgd", "--lr", "0.05", "--weight-decay", "5e-4",
              "--lr-schedule", "linear", "--min-lr", "0", "--epochs", "2"]
-    assert train.main(["--data-dir", prepared_once, "--run-dir", str(tmp_path / "straight"), *flags]) == 0
-    with monkeypatch.context() as patch:
-        signal_during_training(patch, epoch=1, step=2)
-        assert train.main(["--data-dir", prepared_once, "--run-dir", str(tmp_path / "r"), *flags]) == 130
-    assert train.main(["--resume", str(tmp_path / "r" / "last.pt"), "--device", "cpu"]) == 0
-    assert_same_training_state(load(tmp_path / "straight" / "last.pt"), load(tmp_path / "r" / "last.pt"))
+    assert_resumes_exactly(monkeypatch, prepared_once, tmp_path, flags, epoch=1, step=2)
 
 
 def test_a_run_stopped_in_its_low_resolution_phase_resumes_exactly_across_the_switch(prepared_once, tmp_path, monkeypatch):
     """--low-res: 32 px for the first half of the steps, then 64; stopped at step 2 (32 px),
     resumed, it equals the straight run, whose test ran at 64 px."""
     flags = [*FAST, "--embed-dim", "16", "--depth", "1", "--low-res", "32:50%", "--epochs", "2"]
-    assert train.main(["--data-dir", prepared_once, "--run-dir", str(tmp_path / "straight"), *flags]) == 0
-    with monkeypatch.context() as patch:
-        signal_during_training(patch, epoch=0, step=2)
-        assert train.main(["--data-dir", prepared_once, "--run-dir", str(tmp_path / "r"), *flags]) == 130
-    assert train.main(["--resume", str(tmp_path / "r" / "last.pt"), "--device", "cpu"]) == 0
-    assert_same_training_state(load(tmp_path / "straight" / "last.pt"), load(tmp_path / "r" / "last.pt"))
+    assert_resumes_exactly(monkeypatch, prepared_once, tmp_path, flags, epoch=0, step=2)
     assert json.load(open(tmp_path / "r" / "config.json"))["low_res"] == "32:50%"
 
 
@@ -343,9 +333,4 @@ def test_resume_is_exact_with_the_other_policies_and_every_augmentation_on(polic
     """As the full-recipe resume test (RandAugment), with TrivialAugmentWide and AutoAugment."""
     flags = [*FAST, "--epochs", "2", *policy, "--random-erase", "0.5", "--mixup", "0.8", "--cutmix", "1.0",
              "--repeat-aug", "2", "--label-smoothing", "0.1"]
-    assert train.main(["--data-dir", prepared_once, "--run-dir", str(tmp_path / "straight"), *flags]) == 0
-    with monkeypatch.context() as patch:
-        signal_during_training(patch, epoch=1, step=2)
-        assert train.main(["--data-dir", prepared_once, "--run-dir", str(tmp_path / "r"), *flags]) == 130
-    assert train.main(["--resume", str(tmp_path / "r" / "last.pt"), "--device", "cpu"]) == 0
-    assert_same_training_state(load(tmp_path / "straight" / "last.pt"), load(tmp_path / "r" / "last.pt"))
+    assert_resumes_exactly(monkeypatch, prepared_once, tmp_path, flags, epoch=1, step=2)
