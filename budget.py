@@ -22,10 +22,12 @@ from evaluation import evaluate, with_tta
 from runtime import autocast, maybe_compile
 
 HEADROOM = 0.03  # share of the budget left unplanned: this machine's speed drifts by a few percent
-# timed steps per side, after warm-up steps (first-call costs); a step's cost is the median of
-# the timed ones, as a step now and then runs slow (6 steps' mean once said 0.60 s where the run
-# then took 0.51)
-PROBE_STEPS, PROBE_WARMUP = 8, 3
+# The probe warms every side up (PROBE_WARMUP steps each: first-call costs) before it times any,
+# then times PROBE_STEPS steps a side in each of PROBE_ROUNDS rounds over the sides; a side's cost
+# is the lowest of its rounds' medians. Timing each side once, right after its warm-up, planned
+# 10-20% short on this CPU (0.50-0.61 s for a 32 px step that the runs trained at 0.44: the first
+# side timed carried the process's start; a step now and then runs slow).
+PROBE_STEPS, PROBE_WARMUP, PROBE_ROUNDS = 8, 3, 2
 
 
 @dataclass
@@ -96,44 +98,45 @@ def measure_costs(model, updater, train_loader, eval_loader, sides, device, dtyp
     them) on the run's own batches at each side, and on eval_loader's images as validation sees
     them (in eval_dtype, None: fp32, with the run's TTA)."""
     loader = copy.copy(train_loader)
-    step_seconds, first_calls = {}, 0.0
-    for side in sides:
+    batches, steps = probe_batches(loader), itertools.count()
+
+    def seconds_of_steps(side, count):
         loader.resolution = ResolutionSchedule(((side, 1.0),), 2**62) if side < IMAGE_SIZE else None
-        warmup, step_seconds[side] = time_steps(model, updater, batches_of_every_epoch(loader), device, dtype)
-        first_calls += max(warmup - PROBE_WARMUP * step_seconds[side], 0.0)
+        return [time_step(model, updater, batches, next(steps), device, dtype) for _ in range(count)]
+
+    warmup = {side: sum(seconds_of_steps(side, PROBE_WARMUP)) for side in sides}
+    rounds = [{side: statistics.median(seconds_of_steps(side, PROBE_STEPS)) for side in sides} for _ in range(PROBE_ROUNDS)]
+    step_seconds = {side: min(medians[side] for medians in rounds) for side in sides}
+    first_calls = sum(max(warmup[side] - PROBE_WARMUP * step_seconds[side], 0.0) for side in sides)
     evaluated = with_tta(model, tta)
     start = time.perf_counter()
     evaluate(evaluated, eval_loader, device, eval_dtype)
-    warmup = time.perf_counter() - start
+    eval_warmup = time.perf_counter() - start
     start = time.perf_counter()
     images = evaluate(evaluated, eval_loader, device, eval_dtype)["images"]
     eval_image_seconds = (time.perf_counter() - start) / images
-    first_calls += max(warmup - images * eval_image_seconds, 0.0)
+    first_calls += max(eval_warmup - images * eval_image_seconds, 0.0)
     return Costs(step_seconds, eval_image_seconds, first_calls)
 
 
-def batches_of_every_epoch(loader):
-    """The loader's batches, epoch after epoch (a small data set's epoch may be shorter than the probe)."""
-    for epoch in itertools.count():
-        loader.set_epoch(epoch)
+def probe_batches(loader):
+    """The batches of the loader's first epoch, over and over (the probe may take more steps than
+    a small data set's epoch has; it never reaches an epoch the run's own hooks could act on)."""
+    while True:
+        loader.set_epoch(0)
         yield from loader.iterate(0)
 
 
-def time_steps(model, updater, batches, device, dtype):
-    """(seconds of the PROBE_WARMUP first steps, the median seconds of the PROBE_STEPS after them)."""
+def time_step(model, updater, batches, step, device, dtype):
+    """Seconds of one training step, from fetching its batch to its loss on the host."""
     model.train()
-
-    def seconds_of_step(step):
-        start = time.perf_counter()
-        x, y = next(batches)
-        with autocast(device, dtype):
-            loss = updater.loss(model(x), y)
-        updater.step(loss, step)
-        loss.item()  # (a sync: on a GPU the step is done when the clock stops)
-        return time.perf_counter() - start
-
-    warmup = sum(seconds_of_step(step) for step in range(PROBE_WARMUP))
-    return warmup, statistics.median(seconds_of_step(step) for step in range(PROBE_WARMUP, PROBE_WARMUP + PROBE_STEPS))
+    start = time.perf_counter()
+    x, y = next(batches)
+    with autocast(device, dtype):
+        loss = updater.loss(model(x), y)
+    updater.step(loss, step)
+    loss.item()  # (a sync: on a GPU the step is done when the clock stops)
+    return time.perf_counter() - start
 
 
 def fit_to_budget(args, model, make_updater, train_loader, splits, device, dtype, dist, started):

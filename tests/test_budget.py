@@ -12,7 +12,7 @@ import train
 import train_flags
 from budget import Costs, plan_steps, planned_seconds, train_seconds
 from conftest import assert_same_training_state, signal_during_training
-from data import ResolutionSchedule
+from data import BatchLoader, ResolutionSchedule
 from errors import DataError
 
 FAST = ["--batch-size", "16", "--eval-batch-size", "16", "--log-every", "2", "--device", "cpu",
@@ -88,8 +88,8 @@ def test_a_steps_run_trains_exactly_its_steps_its_last_epoch_partial(prepared_on
 def test_a_time_budget_run_measures_and_records_its_plan(prepared_once, tmp_path, monkeypatch, capsys):
     """The real probe, on this machine: every side the run trains at is measured, and the plan
     (its steps, the epochs they span, the warm-up as their share) is recorded before the first step
-    (the run is stopped in its third epoch, which the probe's 11 steps a side never reach: the rest is
-    any --steps run's)."""
+    (the run is stopped in its third epoch; the probe only ever takes the first epoch's batches: the
+    rest is any --steps run's)."""
     run_dir = tmp_path / "run"
     signal_during_training(monkeypatch, epoch=2, step=0)
     assert train.main(["--data-dir", prepared_once, "--run-dir", str(run_dir), *FAST, "--low-res", "32:50%",
@@ -105,8 +105,8 @@ def test_a_time_budget_run_measures_and_records_its_plan(prepared_once, tmp_path
 
 def test_a_budget_run_stopped_at_low_resolution_resumes_exactly_as_the_steps_run_it_planned(prepared_once, tmp_path,
                                                                                              monkeypatch, capsys):
-    """Planned on a slow machine's costs, stopped at step 14 (32 px; the probe's 11 steps a side use
-    the first two epochs' batches, so the signal waits for the third epoch), resumed across the switch to
+    """Planned on a slow machine's costs, stopped at step 14 (32 px, in the third epoch: the probe,
+    which takes the first epoch's batches over and over, never reaches it), resumed across the switch to
     64 px: it equals a straight --steps run of the steps it planned (the probe, which really runs
     and draws dropout masks, left the random generators as they were)."""
     measure = budget.measure_costs
@@ -130,3 +130,27 @@ def test_a_budget_run_stopped_at_low_resolution_resumes_exactly_as_the_steps_run
     assert train.main(["--data-dir", prepared_once, "--run-dir", str(tmp_path / "straight"), *flags,
                        "--steps", str(steps)]) == 0
     assert_same_training_state(load(tmp_path / "straight" / "last.pt"), load(tmp_path / "budget" / "last.pt"))
+
+
+def test_the_probe_warms_every_side_up_before_timing_and_a_slow_first_round_does_not_set_the_plan(monkeypatch):
+    """Every side's warm-up steps come before any timed step; then each side is timed in each of
+    PROBE_ROUNDS rounds, and its cost is the lowest round's median: a first round that ran at half
+    speed (as the first seconds of a process can) does not shorten the plan."""
+    images, labels = torch.randint(0, 256, (32, 64, 64, 3), dtype=torch.uint8), torch.arange(32) % 4  # (NHWC, as packed)
+    model = torch.nn.Sequential(torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(), torch.nn.Linear(3, 4))
+    sides, seen = [32, 64], []
+    warmup_steps, round_steps = budget.PROBE_WARMUP * len(sides), budget.PROBE_STEPS * len(sides)
+
+    def step_at_half_speed_in_the_first_round(model, updater, batches, step, device, dtype):
+        side = next(batches)[0].shape[-1]
+        seen.append(side)
+        return {32: 0.1, 64: 0.3}[side] * (2 if step < warmup_steps + round_steps else 1)
+
+    monkeypatch.setattr(budget, "time_step", step_at_half_speed_in_the_first_round)
+    costs = budget.measure_costs(model, None, BatchLoader(images, labels, 8, "cpu", train=True),
+                                 BatchLoader(images[:8], labels[:8], 8, "cpu"), sides, torch.device("cpu"), None, "none", None)
+    warmups = [side for side in sides for _ in range(budget.PROBE_WARMUP)]
+    timed = [side for side in sides for _ in range(budget.PROBE_STEPS)]
+    assert budget.PROBE_ROUNDS >= 2 and seen == warmups + timed * budget.PROBE_ROUNDS
+    assert costs.step_seconds == {32: pytest.approx(0.1), 64: pytest.approx(0.3)}
+    assert costs.first_call_seconds >= budget.PROBE_WARMUP * (0.1 + 0.3)  # the warm-up's extra cost, counted
