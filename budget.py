@@ -25,7 +25,7 @@ HEADROOM = 0.03  # share of the budget left unplanned: this machine's speed drif
 # The probe warms every side up (PROBE_WARMUP steps each: first-call costs) before it times any,
 # then times PROBE_STEPS steps a side in each of PROBE_ROUNDS rounds over the sides; a side's cost
 # is the lowest of its rounds' medians. Timing each side once, right after its warm-up, planned
-# 10-20% short on this CPU (0.50-0.61 s for a 32 px step that the runs trained at 0.44: the first
+# 10-20% short on this CPU (0.52-0.61 s for a 32 px step that the runs trained at 0.46: the first
 # side timed carried the process's start; a step now and then runs slow).
 PROBE_STEPS, PROBE_WARMUP, PROBE_ROUNDS = 8, 3, 2
 
