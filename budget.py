@@ -19,7 +19,7 @@ from constants import IMAGE_SIZE
 from data import BatchLoader, ResolutionSchedule
 from errors import DataError
 from evaluation import evaluate, with_tta
-from runtime import autocast, maybe_compile
+from runtime import maybe_compile
 
 HEADROOM = 0.03  # share of the budget left unplanned: this machine's speed drifts by a few percent
 # The probe warms every side up (PROBE_WARMUP steps each: first-call costs) before it times any,
@@ -132,9 +132,7 @@ def time_step(model, updater, batches, step, device, dtype):
     model.train()
     start = time.perf_counter()
     x, y = next(batches)
-    with autocast(device, dtype):
-        loss = updater.loss(model(x), y)
-    updater.step(loss, step)
+    _, loss, _ = updater.train_step(model, x, y, step, device, dtype)
     loss.item()  # (a sync: on a GPU the step is done when the clock stops)
     return time.perf_counter() - start
 

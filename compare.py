@@ -33,7 +33,7 @@ import torch
 
 from checkpoint import check_classes, load_checkpoint, model_from_checkpoint
 from cli import ArgumentParser
-from curves import plot_or_note, pyplot, save_figure
+from figures import plot_or_note, pyplot, save_figure
 from constants import IMAGE_SIZE
 from data import BatchLoader, load_packed, make_splits
 from evaluation import evaluate_with_report, evaluation_dtype, measure_throughput, with_tta
@@ -52,7 +52,7 @@ FIGURES = {"top1": "top1", "top5": "top5", "f1": "macro_f1", "loss": "loss"}  # 
 # What may differ between the runs of one row besides the seed: where they were written, and
 # settings that change no figure (how often to log, the evaluation batch) or are derived.
 NOT_DEFINING = ("seed", "run_dir", "resume", "data_dir", "log_every", "eval_batch_size", "model_description",
-                "peak_memory_what", "budget_plan")
+                "peak_memory_what", "budget_plan", "save_top_k")
 # a --time-budget run's plan is measured, so each seed's length differs: its budget defines it
 PLANNED = ("steps", "epochs", "warmup_epochs", "recipe_defaults")
 LATENCY_WARMUP, LATENCY_RUNS, LATENCY_SECONDS = 10, 50, 1.0
@@ -72,6 +72,7 @@ def recipe_label(config):
     shown = [f"batch {config[key]}" if key == "batch_size" else
              f"{key.replace('_', '-')} {config[key]:g}" if isinstance(config[key], float) else
              f"{key.replace('_', '-')} {config[key]}" for key in changed]
+    shown += [f"grad-accum {config['grad_accum']}"] if config.get("grad_accum", 1) > 1 else []
     name = config.get("recipe", "?")
     return f"{name} ({', '.join(shown)})" if shown else name
 
@@ -113,6 +114,8 @@ def run_record(config, source, weights, test, checkpoint_path, speed_dir=None, i
     images_per_s, seconds, memory = training_speed(speed_dir) if speed_dir else (None, None, None)
     planned = PLANNED if config.get("time_budget") else ()
     defining = {key: value for key, value in config.items() if key not in NOT_DEFINING + planned}
+    if defining.get("grad_accum") == 1:  # runs from before --grad-accum recorded none: the same runs
+        del defining["grad_accum"]
     if "device" in config:  # cuda:0 and cuda:1 are the same kind of machine
         defining["device"] = torch.device(config["device"]).type
     return {

@@ -13,40 +13,11 @@ import sys
 
 from cli import ArgumentParser, exit_quietly_on_ctrl_c
 from errors import DataError
-from layout import check_output_path, write_atomically
+from figures import MATPLOTLIB_HINT, pyplot, save_figure
+from layout import check_output_path
 from rundir import CURVES, read_config, read_metrics, read_test_metrics
 
-MATPLOTLIB_HINT = "matplotlib is not installed: `python -m pip install matplotlib`"
 INSTALL_HINT = f"{MATPLOTLIB_HINT} to draw curves.png"
-
-
-def pyplot():
-    """matplotlib.pyplot, drawing to files only (so it works without a display); ImportError
-    when matplotlib is missing. How every script of the kit that draws gets it."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
-def save_figure(fig, out):
-    """Write the figure to out as a PNG (atomically: never half a file) and free it."""
-    try:
-        write_atomically(out, lambda tmp: fig.savefig(tmp, format="png", dpi=100))
-    finally:
-        pyplot().close(fig)
-
-
-def plot_or_note(draw, rows, out):
-    """draw(rows, out), announced in a line; without matplotlib, a note on stderr instead (the
-    other outputs are written all the same)."""
-    try:
-        draw(rows, out)
-        print(f"plot: {out}")
-    except ImportError:
-        print(f"note: {MATPLOTLIB_HINT} to draw {out}", file=sys.stderr)
 
 
 AGAINST = {"epoch": "epoch", "minutes": "wall-clock minutes since train.py started"}

@@ -44,7 +44,7 @@ import torch.nn.functional as F
 
 from checkpoint import load_checkpoint, model_from_checkpoint, save_checkpoint
 from cli import ArgumentParser, exit_code_of, progress_bar, short_label
-from curves import MATPLOTLIB_HINT, pyplot, save_figure
+from figures import MATPLOTLIB_HINT, pyplot, save_figure
 from constants import IMAGE_SIZE
 from data import make_splits, normalize, split_boxes
 from evaluation import checked_data, data_dir_of

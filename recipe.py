@@ -19,12 +19,15 @@ gradient clipping and an exponential moving average (EMA) of the weights.
 
 A preset only sets defaults: any flag given explicitly overrides it.
 """
+import contextlib
 import copy
 import math
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+
+from runtime import autocast
 
 AUGMENTATION_FLAGS = ("randaugment", "trivialaugment", "autoaugment", "random_erase", "mixup", "cutmix",
                       "mix_prob", "mix_switch_prob", "repeat_aug")
@@ -167,7 +170,8 @@ class EMA:
 class Updater:
     """The recipe applied to one batch: the loss (with label smoothing), then the update: set
     the step's learning rate, backpropagate (through the fp16 GradScaler when it is on), clip
-    the gradient norm, step the optimizer, update the EMA."""
+    the gradient norm, step the optimizer, update the EMA. With accumulate N (--grad-accum) the
+    batch goes forward and backward in N chunks before the one update."""
 
     optimizer: torch.optim.Optimizer
     scaler: torch.amp.GradScaler
@@ -175,6 +179,7 @@ class Updater:
     label_smoothing: float = 0.0
     grad_clip: float = 0.0  # 0: off
     ema: EMA = None
+    accumulate: int = 1  # chunks a batch is split into (gradient accumulation)
 
     def __post_init__(self):
         groups = self.optimizer.param_groups if self.optimizer is not None else []
@@ -185,13 +190,34 @@ class Updater:
         label smoothing then mixes with the uniform distribution: (1 - e) * target + e / classes."""
         return F.cross_entropy(logits.float(), y, label_smoothing=self.label_smoothing)
 
-    def step(self, loss, global_step):
-        """Returns the number of steps the fp16 GradScaler skipped (a device tensor) or None."""
+    def train_step(self, model, x, y, global_step, device, dtype):
+        """One optimizer step on the batch (x, y), forward and backward in `accumulate` chunks:
+        the gradient of the whole batch's mean loss with the activations of one chunk in memory
+        (BatchNorm normalises each chunk on its own). Under DDP the gradients are all-reduced in
+        the last chunk's backward only. Returns (logits, mean loss, steps skipped or None)."""
+        self.optimizer.zero_grad(set_to_none=True)
+        chunks = list(zip(x.tensor_split(self.accumulate), y.tensor_split(self.accumulate)))
+        outputs, losses = [], []
+        for index, (x_chunk, y_chunk) in enumerate(chunks):
+            last = index == len(chunks) - 1
+            with contextlib.nullcontext() if last else no_gradient_sync(model):
+                with autocast(device, dtype):
+                    logits = model(x_chunk)
+                loss = self.loss(logits, y_chunk)
+                share = len(y_chunk) / len(y)  # (chunks may differ by one image)
+                self.scaler.scale(loss if len(chunks) == 1 else loss * share).backward()
+            outputs.append(logits.detach())
+            losses.append(loss.detach() * share)
+        if len(chunks) == 1:
+            return outputs[0], losses[0], self.update(global_step)
+        return torch.cat(outputs), torch.stack(losses).sum(), self.update(global_step)
+
+    def update(self, global_step):
+        """Set the step's lr, clip, step the optimizer and the EMA on the gradients already
+        accumulated. Returns the number of steps the fp16 GradScaler skipped (a device tensor) or None."""
         lr = self.schedule(global_step)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
-        self.optimizer.zero_grad(set_to_none=True)
-        self.scaler.scale(loss).backward()
         if self.grad_clip:
             self.scaler.unscale_(self.optimizer)  # clip the true gradients, not the scaled ones
             torch.nn.utils.clip_grad_norm_(self.parameters, self.grad_clip)
@@ -203,3 +229,10 @@ class Updater:
         if self.ema is not None:
             self.ema.update()
         return skipped
+
+
+def no_gradient_sync(model):
+    """DDP's no_sync() (reached through torch.compile's wrapper too): this backward accumulates
+    the gradients locally, without an all-reduce; for a model outside DDP, nothing."""
+    no_sync = getattr(model, "no_sync", None)
+    return no_sync() if no_sync is not None else contextlib.nullcontext()

@@ -21,9 +21,10 @@ from runtime import on_main
 from model import DEFAULT_MODEL, MODELS, format_setting, given_settings, make_config, parse_setting
 from recipe import PRESET_MODEL_SETTINGS, RECIPE_FLAGS, warmup_epochs
 
-RUN_DEFINING = ("batch_size", "seed", "recipe", *RECIPE_FLAGS)  # the model and its settings: from the checkpoint
+RUN_DEFINING = ("batch_size", "grad_accum", "seed", "recipe", *RECIPE_FLAGS)  # the model and its settings: from the checkpoint
+NOT_RECORDED_MEANT = {"grad_accum": 1}  # what a run from before a setting was recorded had
 ADOPTED = (*RUN_DEFINING, "epochs", "steps", "time_budget", "budget_plan", "eval_batch_size", "tta", "eval_amp", "data_dir",
-           "log_every", "earlier_data", "recipe_defaults")  # (--sync-bn is the machine's)
+           "log_every", "earlier_data", "recipe_defaults", "save_top_k")  # (--sync-bn is the machine's)
 
 
 class NothingToDo(Exception):
@@ -45,7 +46,7 @@ def run_differences(args, saved, keys, data=None, model_from_saved=False):
     A warm-up is compared as asked for (warmup_compared): a run extended keeps the warm-up it had.
     model_from_saved: settings not given are the saved model's (a resume adopts them); else the
     model's defaults with the recipe's (a grid's entry names the whole model)."""
-    found = []
+    found, saved = [], {**NOT_RECORDED_MEANT, **saved}
     for key in keys:
         if key not in saved:
             continue

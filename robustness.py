@@ -33,7 +33,7 @@ import torch.nn.functional as F
 
 from checkpoint import load_checkpoint, model_from_checkpoint
 from cli import ArgumentParser, exit_code_of, progress_bar, short_label
-from curves import plot_or_note, pyplot, save_figure
+from figures import plot_or_note, pyplot, save_figure
 from constants import IMAGE_SIZE
 from data import load_packed, make_splits, normalize
 from model import MODELS, add_setting_flags, given_settings

@@ -7,6 +7,7 @@
       test_metrics.json  the test split, once, at the end ({"final": ..., "best": ...})
       curves.png         drawn from metrics.csv (curves.py)
       last.pt, best.pt   checkpoints (their contents: checkpoint.py)
+      epoch-NNN.pt       with --save-top-k K: the checkpoints of the K best epochs by val top-1
 
 train.py writes them; runs.py, curves.py, compare.py, resume.py and benchmarks/study.py read them.
 Not here: what a checkpoint holds (checkpoint.py), drawing (curves.py).
@@ -28,6 +29,26 @@ METRIC_FIELDS = (
     "lr", "seconds", "images_per_s", "skipped_steps", "peak_memory_mb", "elapsed_minutes",
 )
 DOMINANT = "_dominant_label"  # the suffix of the training accuracy columns under MixUp/CutMix
+
+
+def epoch_checkpoint(epoch):
+    return f"epoch-{epoch:03d}.pt"
+
+
+def top_epochs(history, k):
+    """The k best epochs of a run's history by val top-1, ties going to the lower val loss, then
+    the earlier epoch (as best.pt is chosen): a function of the history, so a resumed run keeps
+    the same ones."""
+    ranked = sorted(history, key=lambda row: (-row["val_top1"], row["val_loss"], row["epoch"]))
+    return {row["epoch"] for row in ranked[:k]}
+
+
+def remove_epoch_checkpoints(run_dir, keep):
+    """Delete the epoch-NNN.pt files of the epochs not in keep."""
+    for name in os.listdir(run_dir):
+        stem = name.removeprefix("epoch-").removesuffix(".pt")
+        if name != stem and stem.isdigit() and int(stem) not in keep:
+            os.remove(file_of(run_dir, name))
 
 
 def file_of(run_dir, name):

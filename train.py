@@ -22,6 +22,7 @@ if __name__ == "__main__":  # before the imports below, which take a moment
 
 import argparse
 import copy
+import functools
 import gc
 import math
 import os
@@ -32,14 +33,16 @@ import torch
 from torch.nn.parallel import DistributedDataParallel
 
 from cli import StopSignal, progress_bar, resume_command, shell_command
-from budget import fit_to_budget
+from budget import fit_to_budget, probe_batches
 from curves import draw_curves_or_explain
 from data import BatchLoader, ResolutionSchedule, load_packed, make_splits
 from checkpoint import checkpoint_payload, load_checkpoint, model_from_checkpoint, rng_states, save_checkpoint
 from train_flags import augmentation_of, describe_recipe, model_settings, parse_args, resolve_length
 from evaluation import evaluate, evaluate_with_report, peak_memory, topk_correct, with_tta
+from totals import epoch_line, new_totals, plain_totals, resume_point, summarize
 from errors import DataError, TrainingError
 from layout import data_identity
+from lr_find import find_lr, lr_at
 from model import MODELS, SETTINGS, build_model, changed_settings, count_parameters, describe_settings, has_batchnorm
 from recipe import EMA, LRSchedule, Updater, build_optimizer, total_steps
 from resume import (
@@ -52,11 +55,11 @@ from resume import (
     load_on_every_rank,
     restore,
 )
-from rundir import RunStatus, choose_run_dir, prepare_run_dir, write_config, write_metrics, write_test_metrics
+from rundir import (RunStatus, choose_run_dir, epoch_checkpoint, prepare_run_dir, remove_epoch_checkpoints, top_epochs,
+                    write_config, write_metrics, write_test_metrics)
 from runtime import (
     Distributed,
     amp_dtype,
-    autocast,
     check_ranks_agree,
     cleanup_distributed,
     configure_backends,
@@ -67,22 +70,10 @@ from runtime import (
     sum_over_ranks,
 )
 
-NOT_RECORDED = ("given", "notes")  # which flags were given, and notes printed once
+NOT_RECORDED = ("given", "notes", "lr_find", "lr_find_steps")  # which flags were given, notes printed once; --lr-find trains no run
 
 
 # ---------------------------------------------------------------- pieces of the loop
-
-
-def new_totals(device):
-    """Running sums of one epoch's training metrics, kept on the device."""
-    zero = torch.zeros((), device=device)
-    return {"loss_sum": zero, "correct": torch.zeros(2, device=device), "count": 0, "skipped": zero.clone()}
-
-
-def summarize(totals):
-    count = max(totals["count"], 1)
-    loss, (top1, top5) = (totals["loss_sum"] / count).item(), (totals["correct"] / count).tolist()
-    return {"loss": loss, "top1": top1, "top5": top5, "images": totals["count"], "skipped_steps": int(totals["skipped"].item())}
 
 
 def train_one_epoch(model, loader, updater, device, dtype, totals, start_step, log_every, bar, stop=None, dist=None,
@@ -98,10 +89,7 @@ def train_one_epoch(model, loader, updater, device, dtype, totals, start_step, l
     model.train()
     start = time.perf_counter()
     for step, (x, y) in enumerate(loader.iterate(start_step), start_step):
-        with autocast(device, dtype):
-            logits = model(x)
-        loss = updater.loss(logits, y)
-        skipped = updater.step(loss, loader.epoch * len(loader) + step)
+        logits, loss, skipped = updater.train_step(model, x, y, loader.epoch * len(loader) + step, device, dtype)
         if skipped is not None:
             totals["skipped"] += skipped
         totals["loss_sum"] += loss.detach() * len(y)
@@ -159,13 +147,6 @@ def resolved_config(args, model, data, device, dtype, run_dir, dist):
                   amp_dtype=str(dtype).replace("torch.", "") if dtype else None, run_dir=run_dir, world_size=dist.world_size,
                   data=data_identity(data.meta), peak_memory_what=peak_memory(device)[1])
     return config
-
-
-def print_epoch(epoch, epochs, train, val, row, improved, mixed=False):
-    skipped = f", {train['skipped_steps']} fp16 steps skipped by the GradScaler" if train["skipped_steps"] else ""
-    print(f"epoch {epoch + 1}/{epochs}: train loss {train['loss']:.4f} top-1{' (dominant label)' if mixed else ''} {train['top1']:.2%} | "
-          f"val loss {val['loss']:.4f} top-1 {val['top1']:.2%} top-5 {val['top5']:.2%} | "
-          f"{row['seconds']:.0f} s, {row['images_per_s']:.0f} img/s{skipped}{'  *best*' if improved else ''}")
 
 
 # ---------------------------------------------------------------- main
@@ -233,6 +214,8 @@ class Run:
 
 
 def run(args, stop, dist, device, started):
+    if args.lr_find:
+        return range_test(args, dist, device)
     r = start_run(args, dist, device, started)
     with RunStatus(r.run_dir, enabled=dist.is_main) as status:
         for epoch in range(r.progress["epoch"], args.epochs):
@@ -273,10 +256,8 @@ def start_run(args, dist, device, started):
     model = new_model(args, checkpoint, len(data.classes), dist, device)
     if dist.enabled:
         torch.manual_seed(args.seed * 1_000_003 + dist.rank)  # but different dropout on each rank
-    shard = {"rank": dist.rank, "world_size": dist.world_size}
-    train_loader = BatchLoader(*splits["train"], args.batch_size, device, train=True, seed=args.seed, **shard,
-                               augmentation=augmentation_of(args), num_classes=len(data.classes))
-    val_loader = BatchLoader(*splits["val"], args.eval_batch_size, device, **shard)
+    train_loader = new_train_loader(args, data, splits, device, dist)
+    val_loader = BatchLoader(*splits["val"], args.eval_batch_size, device, rank=dist.rank, world_size=dist.world_size)
     if args.time_budget and checkpoint is None:
         fit_to_budget(args, model, lambda probe_args, probe: new_updater(probe_args, probe, dtype, device, len(train_loader)),
                       train_loader, splits, device, dtype, dist, started)
@@ -294,6 +275,24 @@ def start_run(args, dist, device, started):
         announce_resume(r, checkpoint)
     announce_run(r)
     return r
+
+
+def range_test(args, dist, device):
+    """--lr-find: lr_find.py's sweep on a fresh model with the run's data, batch and recipe (its
+    lr schedule replaced by the sweep's), at the side the run would start at."""
+    if dist.enabled:
+        raise DataError("--lr-find runs in one process: run it without torchrun")
+    dtype = settle_settings(args, None, device)
+    data, splits = load_data(args, None, dist)
+    torch.manual_seed(args.seed)
+    model = new_model(args, None, len(data.classes), dist, device)
+    loader = new_train_loader(args, data, splits, device, dist)
+    first_side = ResolutionSchedule.parse(args.low_res)[:1]
+    loader.resolution = ResolutionSchedule(((first_side[0][0], 1.0),), 2**62) if first_side else None
+    updater = new_updater(args, model, dtype, device, len(loader))
+    updater.schedule = functools.partial(lr_at, steps=args.lr_find_steps)
+    return find_lr(maybe_compile(model, args.compile, args.compile_mode), updater, probe_batches(loader),
+                   args.lr_find_steps, device, dtype, choose_run_dir(args))
 
 
 def settle_settings(args, checkpoint, device):
@@ -317,9 +316,19 @@ def load_data(args, checkpoint, dist):
     if data.synthetic and dist.is_main:
         print("warning: SYNTHETIC data (prepare_data.py --synthetic): a smoke test, not a result", file=sys.stderr)
     splits = make_splits(data)
-    if len(splits["train"][1]) < args.batch_size:
-        raise DataError(f"--batch-size {args.batch_size} is larger than the training set ({len(splits['train'][1])} images)")
+    if args.batch_size % dist.world_size:  # (with --grad-accum each chunk is a global batch too)
+        raise DataError(f"--batch-size {args.batch_size} (the global batch) is not divisible by the {dist.world_size} processes")
+    if len(splits["train"][1]) < args.batch_size * args.grad_accum:
+        batch = f"--batch-size {args.batch_size}" + (f" x --grad-accum {args.grad_accum}" if args.grad_accum > 1 else "")
+        raise DataError(f"{batch} is larger than the training set ({len(splits['train'][1])} images)")
     return data, splits
+
+
+def new_train_loader(args, data, splits, device, dist):
+    """The training batches: N x --batch-size images under --grad-accum N, this rank's share of them."""
+    return BatchLoader(*splits["train"], args.batch_size * args.grad_accum, device, train=True, seed=args.seed,
+                       rank=dist.rank, world_size=dist.world_size, augmentation=augmentation_of(args),
+                       num_classes=len(data.classes))
 
 
 def new_updater(args, model, dtype, device, steps_per_epoch):
@@ -328,7 +337,7 @@ def new_updater(args, model, dtype, device, steps_per_epoch):
         scaler=torch.amp.GradScaler(device.type, enabled=dtype == torch.float16),
         schedule=LRSchedule.from_args(args, steps_per_epoch),
         label_smoothing=args.label_smoothing, grad_clip=args.grad_clip,
-        ema=EMA(model, args.ema_decay) if args.ema_decay else None,
+        ema=EMA(model, args.ema_decay) if args.ema_decay else None, accumulate=args.grad_accum,
     )
 
 
@@ -424,10 +433,20 @@ def run_epoch(r, epoch, stop):
         # Every rank keeps them: the final test needs no best.pt, which only rank 0's disk holds.
         r.best_weights = {key: value.detach().to("cpu", copy=True) for key, value in evaluated_module(r).state_dict().items()}
         r.save("best.pt")
+    if args.save_top_k:
+        keep_top_checkpoints(r)
     r.save("last.pt")
     if r.dist.is_main:
-        print_epoch(epoch, args.epochs, train, val, row, improved, r.train_loader.augmentation.mixing.enabled)
+        print(epoch_line(epoch, args.epochs, train, val, row, improved, r.train_loader.augmentation.mixing.enabled))
     return True
+
+
+def keep_top_checkpoints(r):
+    """--save-top-k: this epoch's checkpoint when it is among the K best so far, the others' removed."""
+    keep = top_epochs(r.progress["history"], r.args.save_top_k)
+    if r.progress["epoch"] in keep:
+        r.save(epoch_checkpoint(r.progress["epoch"]))
+    on_main(r.dist, lambda: remove_epoch_checkpoints(r.run_dir, keep))
 
 
 def evaluated_module(r):
@@ -472,22 +491,6 @@ def evaluate_test(r):
         r.log(f"test ({weights} weights{tta}, epoch {metrics['epoch']}): loss {metrics['loss']:.4f} "
               f"top-1 {metrics['top1']:.2%} top-5 {metrics['top5']:.2%} macro-F1 {metrics['macro_f1']:.4f} ({metrics['images']:,} images)")
     return results
-
-
-def resume_point(progress, device):
-    """(first step, metric totals, seconds already spent) for the epoch about to run."""
-    partial = progress["partial"]
-    if not partial:
-        return 0, new_totals(device), 0.0
-    totals = {key: partial[key] if key == "count" else torch.tensor(partial[key], device=device)
-              for key in ("loss_sum", "correct", "count", "skipped")}
-    return progress["step_in_epoch"], totals, partial["seconds"]
-
-
-def plain_totals(totals):
-    """Totals as plain numbers for the checkpoint (float32 values survive the round trip exactly)."""
-    return {"loss_sum": totals["loss_sum"].item(), "correct": totals["correct"].tolist(), "count": totals["count"],
-            "skipped": totals["skipped"].item()}
 
 
 if __name__ == "__main__":

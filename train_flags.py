@@ -32,7 +32,11 @@ def build_parser(add_help=True):
 def add_data_and_model_flags(parser):
     data = parser.add_argument_group("data")
     data.add_argument("--data-dir", default="data", help="prepared by prepare_data.py")
-    data.add_argument("--batch-size", type=int, default=64, help="images per optimizer step, over all processes")
+    data.add_argument("--batch-size", type=int, default=64,
+                      help="images per optimizer step, over all processes (with --grad-accum: per forward pass)")
+    data.add_argument("--grad-accum", type=int, default=1, metavar="N",
+                      help="gradient accumulation: each optimizer step sums the gradients of N batches of --batch-size "
+                           "(an effective batch of N x --batch-size, the memory of one)")
     data.add_argument("--eval-batch-size", type=int, default=256, help="images per batch in validation and test")
     data.add_argument("--tta", default="none", choices=TTA_CHOICES,
                       help="test-time augmentation in validation and test (flip: the mean of the logits of each "
@@ -79,6 +83,11 @@ def add_recipe_flags(parser):
                        help="progressive resizing: train at SIDE px until P%% of the steps (then the next phase), "
                             f"and at {IMAGE_SIZE} px after the last, e.g. 32:60%%,48:85%%; validation and test at {IMAGE_SIZE}")
     optim.add_argument("--seed", type=int, default=0, help="model init, dropout, shuffling and augmentation")
+    optim.add_argument("--lr-find", action="store_true",
+                       help="instead of training: the learning-rate range test with this model, data and recipe (lr "
+                            "growing geometrically from 1e-7 to 10); writes lr_find.csv and lr_find.png in --run-dir "
+                            "and suggests an --lr; leaves no run behind")
+    optim.add_argument("--lr-find-steps", type=int, default=200, metavar="N", help="steps of the range test at most")
     optim.set_defaults(**PRESETS["seed"])
 
 
@@ -122,6 +131,9 @@ def add_system_flags(parser):
     system.add_argument("--sync-bn", action="store_true",
                         help="under torchrun, BatchNorm statistics over all processes (SyncBatchNorm, CUDA only); "
                              "without it each process normalises its own share of the batch")
+    system.add_argument("--save-top-k", type=int, default=0, metavar="K",
+                        help="also keep the checkpoints of the K best epochs by val top-1 as epoch-NNN.pt (for average.py); "
+                             "0: only best.pt and last.pt")
     system.add_argument("--log-every", type=int, default=20,
                         help="steps between progress updates and loss checks (a CPU-GPU sync)")
 
@@ -156,12 +168,15 @@ def parse_args(argv):
     if args.allow_other_data and not args.resume:
         parser.error("--allow-other-data goes with --resume")
     check_augmentation(parser, args, given)
-    for flag in ("epochs", "batch_size", "eval_batch_size", "log_every"):
+    check_lr_find(parser, args, given)
+    for flag in ("epochs", "batch_size", "grad_accum", "eval_batch_size", "log_every", "lr_find_steps"):
         if getattr(args, flag) < 1:
             parser.error(f"--{flag.replace('_', '-')} must be at least 1, got {getattr(args, flag)}")
     for flag in ("lr",):
         if not getattr(args, flag) > 0:
             parser.error(f"--{flag.replace('_', '-')} must be positive, got {getattr(args, flag)}")
+    if args.save_top_k < 0:
+        parser.error(f"--save-top-k must be 0 (off) or more, got {args.save_top_k}")
     for flag in ("weight_decay", "grad_clip") + (() if args.resume or args.steps or args.time_budget else ("warmup_epochs",)):
         if not 0 <= getattr(args, flag) < math.inf:
             parser.error(f"--{flag.replace('_', '-')} must be non-negative, got {getattr(args, flag)}")
@@ -191,6 +206,15 @@ def check_length(parser, args, given):
         parser.error(f"--steps must be at least 1, got {args.steps}")
     if args.time_budget is not None and not 0 < args.time_budget < math.inf:
         parser.error(f"--time-budget must be a positive number of minutes, got {args.time_budget}")
+
+
+def check_lr_find(parser, args, given):
+    """--lr-find trains no run: the flags that say how long a run is, or continue one, do not go with it."""
+    if not args.lr_find:
+        return
+    clashing = [flag for flag in ("resume", "steps", "time_budget", "epochs") if flag in given]
+    if clashing:
+        parser.error(f"--lr-find runs its own --lr-find-steps and trains no run: drop {flag_name(clashing[0])}")
 
 
 def flag_name(dest):
@@ -304,6 +328,8 @@ def model_settings(args):
 
 def describe_recipe(args):
     parts = [f"{args.optimizer} lr {args.lr:g}", f"weight decay {args.weight_decay:g}"]
+    if args.grad_accum > 1:
+        parts.append(f"batch {args.batch_size * args.grad_accum} ({args.grad_accum} x {args.batch_size} accumulated)")
     if args.warmup_epochs:
         parts.append(f"{args.warmup_epochs:g} warm-up epoch{'' if args.warmup_epochs == 1 else 's'} from {args.min_lr:g}")
     parts.append("constant lr" if args.lr_schedule == "constant" else f"{args.lr_schedule} to {args.min_lr:g}")

@@ -34,7 +34,8 @@ from layout import check_output_path, read_meta, write_json  # noqa: E402
 from model import DEFAULT_MODEL, build_model, flops_per_image  # noqa: E402
 from runtime import default_amp, maybe_compile, synchronize  # noqa: E402
 from recipe import LRSchedule, Updater, build_optimizer  # noqa: E402
-from train import new_totals, train_one_epoch  # noqa: E402
+from totals import new_totals  # noqa: E402
+from train import train_one_epoch  # noqa: E402
 
 warnings.filterwarnings("ignore")  # the notebook's libraries are noisy; but --sync-debug's warnings must show:
 warnings.filterwarnings("default", message=".*synchroniz")

@@ -103,17 +103,17 @@ sys.path.insert(0, {root!r})
 import recipe
 import train
 
-step = recipe.Updater.step
+update = recipe.Updater.update
 
 
-def step_and_say(self, loss, global_step):
-    skipped = step(self, loss, global_step)
+def update_and_say(self, global_step):
+    skipped = update(self, global_step)
     if global_step == 0 and os.environ.get("RANK", "0") == "0":  # (under torchrun, rank 0 alone)
         print("first step done", flush=True)
     return skipped
 
 
-recipe.Updater.step = step_and_say
+recipe.Updater.update = update_and_say
 sys.exit(train.main())
 """
 

@@ -9,7 +9,7 @@ import os
 import pytest
 from conftest import ROOT
 
-SCRIPTS = {"prepare_data", "train", "evaluate", "curves", "runs", "compare", "robustness", "explain"}  # CLIs
+SCRIPTS = {"prepare_data", "train", "evaluate", "curves", "runs", "compare", "robustness", "explain", "average"}  # CLIs
 
 
 def modules():

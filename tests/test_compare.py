@@ -115,6 +115,11 @@ def test_a_rows_recipe_label_says_what_the_run_changed_from_its_recipe_as_its_co
     config = json.load(open(tmp_path / "a" / "config.json"))
     assert compare.recipe_label(config) == "vit-small-data"
     assert compare.recipe_label({**config, "batch_size": 64, "lr": 3e-3}) == "vit-small-data (lr 0.003, batch 64)"
+    assert compare.recipe_label({**config, "grad_accum": 2}) == "vit-small-data (grad-accum 2)"
+    # and a run from before --grad-accum (nothing recorded) is a run without it: one row, not two
+    older, accumulated = {key: value for key, value in config.items() if key != "grad_accum"}, {**config, "grad_accum": 2}
+    keys = [compare.run_record(each, "a", "final", {}, None)["key"] for each in (older, config, accumulated)]
+    assert keys[0] == keys[1] != keys[2]
     assert compare.recipe_label({key: value for key, value in config.items() if key != "recipe_defaults"}) == "vit-small-data"
 
 

@@ -105,6 +105,50 @@ def test_two_ranks_with_half_batches_equal_one_process_with_the_whole_batch(odd_
             assert torch.allclose(value, two[key], atol=1e-5), key
 
 
+# train.py under torchrun, its DDP counting the rounds of gradient all-reduce (the hook on the
+# first bucket runs once per synchronised backward), printed by rank 0 at the end.
+COUNTING_ALL_REDUCES = """
+import os
+import sys
+sys.path.insert(0, {root!r})
+from torch.distributed.algorithms.ddp_comm_hooks.default_hooks import allreduce_hook
+import train
+
+rounds = []
+
+
+def count_and_all_reduce(state, bucket):
+    rounds.extend([1] if bucket.index() == 0 else [])
+    return allreduce_hook(None, bucket)
+
+
+class CountingDDP(train.DistributedDataParallel):
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.register_comm_hook(None, count_and_all_reduce)
+
+
+train.DistributedDataParallel = CountingDDP
+code = train.main()
+print(f"all-reduce rounds {{len(rounds)}} on rank {{os.environ['RANK']}}", flush=True)
+sys.exit(code)
+"""
+
+
+def test_gradient_accumulation_under_torchrun_all_reduces_once_per_optimizer_step(odd_data, tmp_path):
+    """--grad-accum 3: the first two chunks' backward run under DDP's no_sync, so the gradients
+    cross the processes once per optimizer step (96 images / batch 24 = 4 steps), not per chunk."""
+    script = tmp_path / "counting.py"
+    script.write_text(COUNTING_ALL_REDUCES.format(root=ROOT))
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(script),
+               "--data-dir", odd_data, "--run-dir", str(tmp_path / "r"), "--epochs", "1", *COMMON[2:],
+               "--batch-size", "8", "--grad-accum", "3"]
+    result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "all-reduce rounds 4 on rank 0" in result.stdout and "all-reduce rounds 4 on rank 1" in result.stdout
+    assert load(tmp_path / "r" / "last.pt")["progress"]["step"] == 4
+
+
 def test_sigterm_stops_every_rank_cleanly(tmp_path):
     data_dir = str(tmp_path / "data")
     argv = ["--synthetic", "--data-dir", data_dir, "--classes", "4", "--train-per-class", "300", "--val-per-class", "5"]

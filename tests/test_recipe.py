@@ -173,13 +173,59 @@ def test_gradient_clipping_bounds_the_gradient_norm(clip):
     model = tiny_model()
     optimizer = build_optimizer(model, "adamw", 1e-3, 0.0, torch.device("cpu"))
     updater = Updater(optimizer, torch.amp.GradScaler("cpu", enabled=False), LRSchedule("constant", 1e-3, 0, 0, 1), grad_clip=clip)
-    loss = updater.loss(model(torch.randn(4, 3, 64, 64)), torch.tensor([0, 1, 2, 0]))
-    updater.step(loss, 0)
+    updater.train_step(model, torch.randn(4, 3, 64, 64), torch.tensor([0, 1, 2, 0]), 0, torch.device("cpu"), None)
     norm = torch.norm(torch.stack([p.grad.norm() for p in model.parameters()]))
     if clip:
         assert norm <= clip * 1.001
     else:
         assert norm > 1e-2  # unclipped: the real gradient
+
+
+@pytest.mark.parametrize("clip", [0.0, 1.0])
+def test_gradient_accumulation_updates_as_the_whole_batch_does_whatever_the_chunks(clip):
+    """Updater.train_step with accumulate N: the batch's forward and backward in N chunks, one
+    update (clipped, when on, after the chunks are summed); the same weights, logits and mean loss
+    as the whole batch at once (fp32, no BatchNorm or dropout), also when 7 images split 3/2/2.
+    (SGD: Adam would scale up the float noise of the attention's key bias, whose exact gradient
+    is zero; see test_distributed.)"""
+    x, y = torch.randn(7, 3, 64, 64), torch.tensor([0, 1, 2, 0, 1, 2, 0])
+
+    def train(accumulate):
+        model = tiny_model()
+        updater = Updater(build_optimizer(model, "sgd", 0.1, 5e-4, torch.device("cpu")),
+                          torch.amp.GradScaler("cpu", enabled=False), LRSchedule("constant", 0.1, 0, 0, 1),
+                          label_smoothing=0.1, grad_clip=clip, accumulate=accumulate)
+        results = [updater.train_step(model, x, y, step, torch.device("cpu"), None) for step in range(3)]
+        return model.state_dict(), results[-1]
+
+    whole, (logits, loss, _) = train(1)
+    for accumulate in (2, 3):
+        weights, (chunked_logits, chunked_loss, _) = train(accumulate)
+        assert chunked_logits.shape == logits.shape and torch.allclose(chunked_logits, logits, atol=1e-5)
+        assert chunked_loss.item() == pytest.approx(loss.item(), rel=1e-5)
+        for key, value in whole.items():
+            assert torch.allclose(weights[key], value, atol=1e-5), (accumulate, key)
+
+
+def test_grad_accum_2_at_batch_8_trains_as_batch_16_records_it_and_resumes_exactly(prepared_once, tmp_path, monkeypatch):
+    """train.py --grad-accum: the loader's batch is N x --batch-size (the same images, order and
+    augmentation as the whole batch); a run stopped mid-epoch resumes exactly, and its weights are
+    those of the whole batch; config.json records both numbers."""
+    common = ["--eval-batch-size", "16", "--device", "cpu", "--no-amp", "--dropout", "0", "--epochs", "1",
+              "--optimizer", "sgd", "--lr", "0.05"]  # (SGD: see the test above)
+    assert_resumes_exactly(monkeypatch, prepared_once, tmp_path, [*common, "--batch-size", "8", "--grad-accum", "2"],
+                           epoch=0, step=2)
+    assert train.main(["--data-dir", prepared_once, *common, "--batch-size", "16", "--run-dir", str(tmp_path / "whole")]) == 0
+    whole, chunks = (torch.load(tmp_path / run / "last.pt", weights_only=True) for run in ("whole", "straight"))
+    assert whole["progress"]["step"] == chunks["progress"]["step"] == 96 // 16  # optimizer steps, not chunks
+    for key, value in whole["model"].items():
+        assert torch.allclose(chunks["model"][key], value, atol=1e-5), key
+    config = json.load(open(tmp_path / "r" / "config.json"))
+    assert (config["batch_size"], config["grad_accum"]) == (8, 2)
+    older = torch.load(tmp_path / "whole" / "last.pt", weights_only=True)  # as a run from before --grad-accum saved it
+    del older["config"]["grad_accum"]
+    torch.save(older, tmp_path / "older.pt")
+    assert train.main(["--resume", str(tmp_path / "older.pt"), "--grad-accum", "2", "--epochs", "2", "--device", "cpu"]) == 2
 
 
 def test_ema_follows_the_weights_with_a_ramped_decay():
@@ -215,14 +261,14 @@ def test_the_lr_follows_the_schedule_step_by_step(prepared_once, tmp_path, monke
     worked out by hand: warm-up 0.5 epoch = 3 steps from 1e-5 to 3e-3, then a half cosine over
     the remaining 9 steps down to 1e-5."""
     seen = []
-    original_step = Updater.step
+    original_update = Updater.update
 
-    def step(self, loss, global_step):
-        skipped = original_step(self, loss, global_step)
+    def update(self, global_step):
+        skipped = original_update(self, global_step)
         seen.append(self.optimizer.param_groups[0]["lr"])
         return skipped
 
-    monkeypatch.setattr(Updater, "step", step)
+    monkeypatch.setattr(Updater, "update", update)
     run_dir = tmp_path / "r"
     assert train.main(["--data-dir", prepared_once, "--run-dir", str(run_dir), *FAST, "--epochs", "2", *FULL_RECIPE]) == 0
     low, peak = 1e-5, 3e-3
