@@ -30,6 +30,7 @@ from errors import DataError
 from evaluation import checked_data, data_dir_of
 from layout import check_output_path
 from model import has_batchnorm
+from runs import expand_globs
 from runtime import resolve_device
 
 CARRIED = ("classes", "class_names", "synthetic", "config")  # what evaluate.py reads besides the weights
@@ -44,34 +45,48 @@ def parse_args(argv):
     parser.add_argument("--batch-size", type=int, default=128, help="images per batch for BatchNorm's statistics")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N, mps")
     args = parser.parse_args(argv)
-    if len(args.checkpoints) < 2:
-        parser.error("give at least two checkpoints to average")
     for flag in ("bn_batches", "batch_size"):
         if getattr(args, flag) < 1:
             parser.error(f"--{flag.replace('_', '-')} must be at least 1, got {getattr(args, flag)}")
     return args
 
 
-def load_models(paths):
-    """[(checkpoint, model)] of each path, checked to be the same model on the same classes."""
-    loaded = [(checkpoint, model_from_checkpoint(checkpoint, path)) for path, checkpoint in
-              ((path, load_checkpoint(path)) for path in paths)]
-    (first, first_model), first_path = loaded[0], paths[0]
-    for path, (checkpoint, model) in zip(paths[1:], loaded[1:]):
-        if (model.model_name, model.config) != (first_model.model_name, first_model.config):
-            raise DataError(f"{path} holds another model than {first_path} ({model.model_name} {model.config} "
-                            f"against {first_model.model_name} {first_model.config}): only one model's weights average")
+def same_file(a, b):
+    return os.path.normcase(os.path.realpath(a)) == os.path.normcase(os.path.realpath(b))
+
+
+def check_paths(paths, out):
+    """No checkpoint given twice (it would count double), and -o none of them (it would be lost)."""
+    for index, path in enumerate(paths):
+        if any(same_file(path, earlier) for earlier in paths[:index]):
+            raise DataError(f"{path} is given twice: each checkpoint counts once in the average")
+        if same_file(path, out):
+            raise DataError(f"-o {out} is one of the checkpoints to average: write the average elsewhere")
+
+
+def averaged_model(paths):
+    """(the first checkpoint, a model holding the mean of all the checkpoints' weights): floating
+    tensors averaged in float64, one checkpoint in memory at a time; integer buffers (BatchNorm's
+    batch count) the last one's. Each must be the same model on the same classes as the first."""
+    first = load_checkpoint(paths[0])
+    model = model_from_checkpoint(first, paths[0])
+    sums = {key: value.double() for key, value in model.state_dict().items() if value.is_floating_point()}
+    last = model.state_dict()
+    for path in paths[1:]:
+        checkpoint = load_checkpoint(path)
+        other = model_from_checkpoint(checkpoint, path)
+        if (other.model_name, other.config) != (model.model_name, model.config):
+            raise DataError(f"{path} holds another model than {paths[0]} ({other.model_name} {other.config} "
+                            f"against {model.model_name} {model.config}): only one model's weights average")
         if checkpoint.get("classes") != first.get("classes"):
-            raise DataError(f"{path} was trained on other classes than {first_path}")
-    return loaded
-
-
-def average_weights(models):
-    """The models' mean state_dict: floating tensors averaged (in float64), integer buffers
-    (BatchNorm's batch count) from the last."""
-    states = [model.state_dict() for model in models]
-    return {key: torch.stack([state[key].double() for state in states]).mean(0).to(value.dtype)
-            if value.is_floating_point() else states[-1][key] for key, value in states[0].items()}
+            raise DataError(f"{path} was trained on other classes than {paths[0]}")
+        last = other.state_dict()
+        for key, total in sums.items():
+            total += last[key].double()
+    state = model.state_dict()
+    model.load_state_dict({key: (sums[key] / len(paths)).to(value.dtype) if key in sums else last[key]
+                           for key, value in state.items()})
+    return first, model
 
 
 def reestimate_batchnorm(model, checkpoint, path, args, device):
@@ -81,29 +96,26 @@ def reestimate_batchnorm(model, checkpoint, path, args, device):
     data = checked_data(checkpoint, model, path, data_dir)
     images, labels = make_splits(data)["train"]
     loader = BatchLoader(images, labels, min(args.batch_size, len(labels)), device, train=True, seed=0)
-    batches = [x for x, _ in itertools.islice(loader.iterate(0), args.bn_batches)]
-    with torch.no_grad():
-        update_bn(batches, model.to(device), device)
-    return len(batches)
+    batches = min(args.bn_batches, len(loader))
+    with torch.no_grad():  # (update_bn's forward passes need no graph)
+        update_bn((x for x, _ in itertools.islice(loader.iterate(0), batches)), model.to(device))
+    return batches
 
 
 def run(args):
-    device = resolve_device(args.device)
-    out = os.path.abspath(args.out)
-    if out in map(os.path.abspath, args.checkpoints):
-        raise DataError(f"-o {args.out} is one of the checkpoints to average: write the average elsewhere")
+    paths = expand_globs(args.checkpoints)  # (Windows shells pass epoch-*.pt through unexpanded)
+    if len(paths) < 2:
+        raise DataError(f"give at least two checkpoints to average ({' '.join(args.checkpoints)} is {len(paths)})")
+    check_paths(paths, args.out)
     check_output_path(args.out, "-o")
-    loaded = load_models(args.checkpoints)
-    checkpoints, models = [checkpoint for checkpoint, _ in loaded], [model for _, model in loaded]
-    model = models[0]
-    model.load_state_dict(average_weights(models))
+    first, model = averaged_model(paths)
     batchnorm = has_batchnorm(model)
-    batches = reestimate_batchnorm(model, checkpoints[0], args.checkpoints[0], args, device) if batchnorm else 0
-    payload = {**model_entries(model.cpu()), **{key: checkpoints[0][key] for key in CARRIED if key in checkpoints[0]},
-               "averaged_from": [os.path.abspath(path) for path in args.checkpoints], "bn_batches": batches}
+    batches = reestimate_batchnorm(model, first, paths[0], args, resolve_device(args.device)) if batchnorm else 0
+    payload = {**model_entries(model.cpu()), **{key: first[key] for key in CARRIED if key in first},
+               "averaged_from": [os.path.abspath(path) for path in paths], "bn_batches": batches}
     save_checkpoint(payload, args.out)
     bn = f"BatchNorm re-estimated on {batches} training batches" if batchnorm else "no BatchNorm"
-    print(f"averaged {len(models)} checkpoints of {model.model_name} ({bn}) -> {args.out}")
+    print(f"averaged {len(paths)} checkpoints of {model.model_name} ({bn}) -> {args.out}")
 
 
 def main(argv=None):

@@ -156,7 +156,8 @@ def read_checkpoint(path, data_dir, device, batch_size):
     folder = os.path.dirname(os.path.abspath(path))
     config = {**(checkpoint.get("config") or {}), "model": model.model_name, "model_config": asdict(model.config)}
     epoch = checkpoint.get("progress", {}).get("epoch")
-    in_a_run = "config" in checkpoint and is_run(folder)
+    averaged = checkpoint.get("averaged_from")  # average.py's: evaluated now, a row of its own
+    in_a_run = "config" in checkpoint and is_run(folder) and not averaged
     if in_a_run:
         state = run_state(folder)
         if state != "finished":
@@ -165,7 +166,9 @@ def read_checkpoint(path, data_dir, device, batch_size):
         weights = next((w for w in ("final", "best") if recorded.get(w, {}).get("epoch") == epoch), None)
         if weights:
             return run_record(config, path, weights, recorded[weights], path, speed_dir=folder)
-    if "config" in checkpoint:  # a train.py checkpoint on its own: as many epochs as it trained
+    if averaged:  # (what it averaged is part of its key: two averages of one run are two rows)
+        config["averaged_from"], weights = averaged, f"average of {len(averaged)} checkpoints"
+    elif "config" in checkpoint:  # a train.py checkpoint on its own: as many epochs as it trained
         config["epochs"], weights = epoch, f"epoch {epoch}"
     else:  # a foreign checkpoint (the study's Lightning runs): nothing says how it was trained, a row of its own
         config.update(recipe="?", checkpoint=os.path.abspath(path))

@@ -17,6 +17,7 @@ from layout import ensure_dir, write_csv
 START, END = 1e-7, 10.0  # the range swept: wide enough for Adam's and SGD's usual lrs
 SMOOTHING = 0.98  # of the loss: an exponential moving average, bias-corrected
 DIVERGED = 4.0  # stop once the smoothed loss is 4x its lowest
+CLEAR_DROP = 0.9  # a minimum counts when the smoothed loss fell below 90% of its first value
 CSV, PLOT = "lr_find.csv", "lr_find.png"
 FIELDS = ("step", "lr", "loss", "smoothed_loss")
 
@@ -26,13 +27,16 @@ def lr_at(step, steps, start=START, end=END):
     return start * (end / start) ** (step / max(steps - 1, 1))
 
 
-def range_test(model, updater, batches, steps, device, dtype):
+def range_test(model, updater, batches, steps, device, dtype, stop=None):
     """Train model with updater (whose schedule is the sweep's) on up to `steps` batches; one row
-    of FIELDS per step, until the loss diverges. The loss is read after every step (a sync) since
-    it decides whether to go on: this is a diagnostic of seconds, not a run."""
+    of FIELDS per step, until the loss diverges or stop() (Ctrl-C, SIGTERM) asks to end. The loss
+    is read after every step (a sync) since it decides whether to go on: this is a diagnostic of
+    seconds, not a run."""
     rows, average, lowest = [], 0.0, math.inf
     model.train()
     for step, (x, y) in zip(range(steps), batches):
+        if stop is not None and stop():
+            break
         _, loss, _ = updater.train_step(model, x, y, step, device, dtype)
         value = loss.item()
         average = SMOOTHING * average + (1 - SMOOTHING) * value
@@ -44,9 +48,20 @@ def range_test(model, updater, batches, steps, device, dtype):
     return rows
 
 
+def lowest_row(rows):
+    """The row of the lowest finite smoothed loss, or None."""
+    return min((row for row in rows if math.isfinite(row["smoothed_loss"])), key=lambda row: row["smoothed_loss"], default=None)
+
+
 def suggest(rows):
-    """A tenth of the lr at the lowest smoothed loss."""
-    return min(rows, key=lambda row: row["smoothed_loss"])["lr"] / 10
+    """A tenth of the lr at the lowest smoothed loss; None where the curve has no clear minimum:
+    the loss never fell below CLEAR_DROP of where it started, or it was still at its lowest on
+    the last step (the sweep ended before the loss turned)."""
+    lowest = lowest_row(rows)
+    first = next((row for row in rows if math.isfinite(row["smoothed_loss"])), None)
+    if lowest is None or lowest is rows[-1] or not lowest["smoothed_loss"] < CLEAR_DROP * first["smoothed_loss"]:
+        return None
+    return lowest["lr"] / 10
 
 
 def draw(rows, out, suggested):
@@ -55,7 +70,8 @@ def draw(rows, out, suggested):
     lrs = [row["lr"] for row in rows]
     ax.plot(lrs, [row["loss"] for row in rows], color="0.75", linewidth=0.8, label="loss")
     ax.plot(lrs, [row["smoothed_loss"] for row in rows], color="C0", label=f"smoothed ({SMOOTHING})")
-    ax.axvline(suggested, color="C3", linestyle="--", label=f"suggested --lr {suggested:.2g}")
+    if suggested is not None:
+        ax.axvline(suggested, color="C3", linestyle="--", label=f"suggested --lr {suggested:.2g}")
     ax.set_xscale("log")
     ax.set_xlabel("learning rate")
     ax.set_ylabel("training loss")
@@ -70,27 +86,34 @@ def draw(rows, out, suggested):
 
 def write_results(run_dir, rows, suggested):
     """lr_find.csv and (with matplotlib) lr_find.png in run_dir; returns the csv's path."""
-    ensure_dir(run_dir, f"--run-dir {run_dir}")
     path = os.path.join(run_dir, CSV)
     write_csv(path, FIELDS, ([row[key] for key in FIELDS] for row in rows))
     plot_or_note(lambda rows, out: draw(rows, out, suggested), rows, os.path.join(run_dir, PLOT))
     return path
 
 
-def report(rows, steps, suggested, seconds):
-    ended = "the loss diverged" if len(rows) < steps else "the sweep's end"
-    lowest = min(rows, key=lambda row: row["smoothed_loss"])
+def report(rows, steps, suggested, seconds, stopped):
+    lowest = lowest_row(rows)
+    diverged = lowest is None or not rows[-1]["smoothed_loss"] <= DIVERGED * lowest["smoothed_loss"]  # (NaN: diverged)
+    ended = "stopped by request" if stopped else "the loss diverged" if diverged else "the sweep's end"
+    found = (f"lowest smoothed loss {lowest['smoothed_loss']:.3f} at lr {lowest['lr']:.2g}" if lowest else "no finite loss")
+    advice = (f"suggested --lr {suggested:.2g}" if suggested is not None else
+              "no clear minimum, so no suggestion (more --lr-find-steps, or check the data and the model)")
     return (f"lr range test: {len(rows)} of {steps} steps, lr {rows[0]['lr']:.2g} to {rows[-1]['lr']:.2g} ({ended}), "
-            f"{seconds:.0f} s; lowest smoothed loss {lowest['smoothed_loss']:.3f} at lr {lowest['lr']:.2g}; "
-            f"suggested --lr {suggested:.2g}")
+            f"{seconds:.0f} s; {found}; {advice}")
 
 
-def find_lr(model, updater, batches, steps, device, dtype, run_dir):
-    """The whole test: sweep, suggest, write, say; returns the suggested lr."""
+def find_lr(model, updater, batches, steps, device, dtype, run_dir, stop=None):
+    """The whole test: sweep, suggest, write, say; returns the suggested lr (None: no clear
+    minimum). The run directory is made before the sweep: a bad --run-dir costs no sweep."""
+    ensure_dir(run_dir, f"--run-dir {run_dir}")
     start = time.perf_counter()
-    rows = range_test(model, updater, batches, steps, device, dtype)
+    rows = range_test(model, updater, batches, steps, device, dtype, stop)
+    if not rows:
+        print("lr range test: stopped before its first step; nothing written")
+        return None
     suggested = suggest(rows)
     csv_path = write_results(run_dir, rows, suggested)
-    print(report(rows, steps, suggested, time.perf_counter() - start))
+    print(report(rows, steps, suggested, time.perf_counter() - start, stop is not None and stop()))
     print(f"csv: {csv_path}")
     return suggested

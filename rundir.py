@@ -16,6 +16,7 @@ import csv
 import math
 import os
 import socket
+import sys
 import time
 
 from cli import resume_command
@@ -44,11 +45,17 @@ def top_epochs(history, k):
 
 
 def remove_epoch_checkpoints(run_dir, keep):
-    """Delete the epoch-NNN.pt files of the epochs not in keep."""
+    """Delete the epoch-NNN.pt files of the epochs not in keep. A file that cannot be deleted
+    (open in another program on Windows, say) is a warning, tried again after the next epoch:
+    never a reason to stop training."""
     for name in os.listdir(run_dir):
         stem = name.removeprefix("epoch-").removesuffix(".pt")
         if name != stem and stem.isdigit() and int(stem) not in keep:
-            os.remove(file_of(run_dir, name))
+            try:
+                os.remove(file_of(run_dir, name))
+            except OSError as error:
+                print(f"warning: could not delete {file_of(run_dir, name)} ({error.strerror or error}); "
+                      "trying again after the next epoch", file=sys.stderr)
 
 
 def file_of(run_dir, name):

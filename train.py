@@ -215,7 +215,7 @@ class Run:
 
 def run(args, stop, dist, device, started):
     if args.lr_find:
-        return range_test(args, dist, device)
+        return range_test(args, stop, dist, device)
     r = start_run(args, dist, device, started)
     with RunStatus(r.run_dir, enabled=dist.is_main) as status:
         for epoch in range(r.progress["epoch"], args.epochs):
@@ -277,7 +277,7 @@ def start_run(args, dist, device, started):
     return r
 
 
-def range_test(args, dist, device):
+def range_test(args, stop, dist, device):
     """--lr-find: lr_find.py's sweep on a fresh model with the run's data, batch and recipe (its
     lr schedule replaced by the sweep's), at the side the run would start at."""
     if dist.enabled:
@@ -291,8 +291,10 @@ def range_test(args, dist, device):
     loader.resolution = ResolutionSchedule(((first_side[0][0], 1.0),), 2**62) if first_side else None
     updater = new_updater(args, model, dtype, device, len(loader))
     updater.schedule = functools.partial(lr_at, steps=args.lr_find_steps)
+    print(f"lr range test on {device}: {args.model}, recipe {args.recipe}, batch {args.batch_size * args.grad_accum}"
+          + "".join(f"\nnote: {note}" for note in args.notes), flush=True)
     return find_lr(maybe_compile(model, args.compile, args.compile_mode), updater, probe_batches(loader),
-                   args.lr_find_steps, device, dtype, choose_run_dir(args))
+                   args.lr_find_steps, device, dtype, choose_run_dir(args), stop)
 
 
 def settle_settings(args, checkpoint, device):
@@ -433,20 +435,15 @@ def run_epoch(r, epoch, stop):
         # Every rank keeps them: the final test needs no best.pt, which only rank 0's disk holds.
         r.best_weights = {key: value.detach().to("cpu", copy=True) for key, value in evaluated_module(r).state_dict().items()}
         r.save("best.pt")
-    if args.save_top_k:
-        keep_top_checkpoints(r)
+    keep = top_epochs(progress["history"], args.save_top_k) if args.save_top_k else set()
+    if epoch + 1 in keep:
+        r.save(epoch_checkpoint(epoch + 1))
     r.save("last.pt")
+    if args.save_top_k:  # (after last.pt: a failed delete loses nothing)
+        on_main(r.dist, lambda: remove_epoch_checkpoints(r.run_dir, keep))
     if r.dist.is_main:
         print(epoch_line(epoch, args.epochs, train, val, row, improved, r.train_loader.augmentation.mixing.enabled))
     return True
-
-
-def keep_top_checkpoints(r):
-    """--save-top-k: this epoch's checkpoint when it is among the K best so far, the others' removed."""
-    keep = top_epochs(r.progress["history"], r.args.save_top_k)
-    if r.progress["epoch"] in keep:
-        r.save(epoch_checkpoint(r.progress["epoch"]))
-    on_main(r.dist, lambda: remove_epoch_checkpoints(r.run_dir, keep))
 
 
 def evaluated_module(r):

@@ -157,7 +157,7 @@ def parse_args(argv):
     if not (args.resume or args.steps or args.time_budget):
         args.warmup_epochs, warmup_note = warmup_epochs(args.warmup_spec, args.epochs)
         args.notes += [warmup_note] if warmup_note else []
-        if warmup_note and "warmup_epochs" in given:
+        if warmup_note and "warmup_epochs" in given and not args.lr_find:  # (the sweep replaces the schedule)
             parser.error(f"--warmup-epochs {args.warmup_spec} does not end before the run does (--epochs {args.epochs}): "
                          "give a shorter warm-up")
     # what the recipe set, as this run's epochs resolve it (kept on --resume): compare.py labels a
@@ -211,8 +211,10 @@ def check_length(parser, args, given):
 def check_lr_find(parser, args, given):
     """--lr-find trains no run: the flags that say how long a run is, or continue one, do not go with it."""
     if not args.lr_find:
+        if "lr_find_steps" in given:
+            parser.error("--lr-find-steps goes with --lr-find")
         return
-    clashing = [flag for flag in ("resume", "steps", "time_budget", "epochs") if flag in given]
+    clashing = [flag for flag in ("resume", "steps", "time_budget", "epochs", "save_top_k") if flag in given]
     if clashing:
         parser.error(f"--lr-find runs its own --lr-find-steps and trains no run: drop {flag_name(clashing[0])}")
 

@@ -9,11 +9,12 @@ import pytest
 import torch
 
 import average
+import compare
 import evaluate
 import train
 from checkpoint import load_checkpoint, model_from_checkpoint
 from data import BatchLoader, load_packed, make_splits
-from rundir import top_epochs
+from rundir import remove_epoch_checkpoints, top_epochs
 
 TINY_RESNET = ["--model", "resnet18", "--depth", "1", "--batch-size", "16", "--eval-batch-size", "16", "--device", "cpu",
                "--optimizer", "sgd", "--lr", "0.05"]
@@ -79,6 +80,7 @@ def test_an_averaged_checkpoint_evaluates_and_does_not_resume(top_two_of_four, t
     assert average.main([*paths, "-o", out, "--bn-batches", "2", "--device", "cpu"]) == 0
     assert evaluate.main([out, "--device", "cpu", "--batch-size", "16"]) == 0
     assert "top-1" in capsys.readouterr().out
+    assert compare.read_checkpoint(out, None, torch.device("cpu"), 16)["weights"] == "average of 2 checkpoints"
     assert train.main(["--resume", out, "--device", "cpu"]) == 2
     assert "not a train.py checkpoint" in capsys.readouterr().err
 
@@ -94,6 +96,18 @@ def test_bad_inputs_to_average_are_one_line(top_two_of_four, prepared_once, tmp_
         assert average.main([*paths, *argv, "--device", "cpu"]) == 2
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and said in err[0]
-    with pytest.raises(SystemExit) as exit_info:
-        average.parse_args([paths[0], "-o", str(tmp_path / "x.pt")])
-    assert exit_info.value.code == 2 and "at least two checkpoints" in capsys.readouterr().err
+    for argv, said in (([paths[0]], "at least two checkpoints"), ([*paths, paths[0]], "is given twice")):
+        assert average.main([*argv, "-o", str(tmp_path / "x.pt"), "--device", "cpu"]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and said in err[0]
+    assert not (tmp_path / "x.pt").exists()
+
+
+def test_epoch_checkpoints_outside_the_top_k_are_deleted_and_one_that_cannot_be_is_a_warning(tmp_path, capsys):
+    for epoch in (1, 2, 3):
+        (tmp_path / f"epoch-00{epoch}.pt").write_bytes(b"x")
+    (tmp_path / "epoch-004.pt").mkdir()  # os.remove fails on it, as on a file another program holds open on Windows
+    (tmp_path / "last.pt").write_bytes(b"x")
+    remove_epoch_checkpoints(str(tmp_path), keep={2, 3})
+    assert sorted(os.listdir(tmp_path)) == ["epoch-002.pt", "epoch-003.pt", "epoch-004.pt", "last.pt"]
+    assert "could not delete" in capsys.readouterr().err

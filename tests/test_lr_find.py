@@ -19,9 +19,15 @@ def test_the_sweep_grows_geometrically_from_its_start_to_its_end():
     assert ratios == pytest.approx([(lr_find.END / lr_find.START) ** (1 / 40)] * 40)
 
 
-def test_the_suggestion_is_a_tenth_of_the_lr_at_the_lowest_smoothed_loss():
-    rows = [{"lr": lr, "smoothed_loss": loss} for lr, loss in ((1e-4, 3.0), (1e-3, 2.0), (1e-2, 1.5), (1e-1, 9.0))]
-    assert lr_find.suggest(rows) == pytest.approx(1e-3)
+def curve(*losses):
+    return [{"lr": 10.0 ** (index - 5), "smoothed_loss": loss} for index, loss in enumerate(losses)]
+
+
+def test_the_suggestion_is_a_tenth_of_the_lr_at_the_lowest_smoothed_loss_where_there_is_a_clear_one():
+    assert lr_find.suggest(curve(3.0, 2.0, 1.5, 9.0)) == pytest.approx(1e-4)
+    assert lr_find.suggest(curve(float("nan"), 3.0, 1.5, float("nan"))) == pytest.approx(1e-4)  # NaN is no minimum
+    assert lr_find.suggest(curve(3.0, 2.9, 2.8, 3.5)) is None  # never fell to 90% of its start: no minimum
+    assert lr_find.suggest(curve(3.0, 2.0, 1.5, 1.0)) is None  # still falling at the end: not found yet
 
 
 def test_lr_find_sweeps_until_the_loss_diverges_writes_its_curve_and_leaves_no_run(prepared_once, tmp_path, capsys):
@@ -43,13 +49,22 @@ def test_lr_find_sweeps_until_the_loss_diverges_writes_its_curve_and_leaves_no_r
 
 
 @pytest.mark.parametrize("flags, said", [
-    (["--resume", "runs/x/last.pt"], "drop --resume"),
-    (["--time-budget", "5"], "drop --time-budget"),
-    (["--epochs", "3"], "drop --epochs"),
-    (["--lr-find-steps", "0"], "--lr-find-steps must be at least 1, got 0"),
+    (["--lr-find", "--resume", "runs/x/last.pt"], "drop --resume"),
+    (["--lr-find", "--time-budget", "5"], "drop --time-budget"),
+    (["--lr-find", "--epochs", "3"], "drop --epochs"),
+    (["--lr-find", "--save-top-k", "2"], "drop --save-top-k"),
+    (["--lr-find", "--lr-find-steps", "0"], "--lr-find-steps must be at least 1, got 0"),
+    (["--lr-find-steps", "50"], "--lr-find-steps goes with --lr-find"),
 ])
-def test_flags_that_belong_to_a_run_are_refused_with_lr_find_in_one_line(flags, said, capsys):
+def test_flags_that_belong_to_a_run_or_to_lr_find_alone_are_refused_in_one_line(flags, said, capsys):
     with pytest.raises(SystemExit) as exit_info:
-        train_flags.parse_args(["--lr-find", *flags])
+        train_flags.parse_args(flags)
     err = capsys.readouterr().err.strip().splitlines()
     assert exit_info.value.code == 2 and len(err) == 1 and said in err[0]
+
+
+def test_a_run_dir_that_is_a_file_is_refused_before_the_sweep(prepared_once, tmp_path, capsys):
+    (tmp_path / "taken").write_text("not a folder")
+    assert train.main(["--lr-find", "--data-dir", prepared_once, "--run-dir", str(tmp_path / "taken"), *FAST]) == 2
+    captured = capsys.readouterr()
+    assert "is a file" in captured.err and "lr range test:" not in captured.out.replace("lr range test on", "")
