@@ -52,7 +52,7 @@ FIGURES = {"top1": "top1", "top5": "top5", "f1": "macro_f1", "loss": "loss"}  # 
 # What may differ between the runs of one row besides the seed: where they were written, and
 # settings that change no figure (how often to log, the evaluation batch) or are derived.
 NOT_DEFINING = ("seed", "run_dir", "resume", "data_dir", "log_every", "eval_batch_size", "model_description",
-                "peak_memory_what", "budget_plan", "save_top_k")
+                "peak_memory_what", "budget_plan", "save_top_k", "logger", "wandb_id")
 # a --time-budget run's plan is measured, so each seed's length differs: its budget defines it
 PLANNED = ("steps", "epochs", "warmup_epochs", "recipe_defaults")
 LATENCY_WARMUP, LATENCY_RUNS, LATENCY_SECONDS = 10, 50, 1.0

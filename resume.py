@@ -24,7 +24,7 @@ from recipe import PRESET_MODEL_SETTINGS, RECIPE_FLAGS, warmup_epochs
 RUN_DEFINING = ("batch_size", "grad_accum", "seed", "recipe", *RECIPE_FLAGS)  # the model and its settings: from the checkpoint
 NOT_RECORDED_MEANT = {"grad_accum": 1}  # what a run from before a setting was recorded had
 ADOPTED = (*RUN_DEFINING, "epochs", "steps", "time_budget", "budget_plan", "eval_batch_size", "tta", "eval_amp", "data_dir",
-           "log_every", "earlier_data", "recipe_defaults", "save_top_k")  # (--sync-bn is the machine's)
+           "log_every", "earlier_data", "recipe_defaults", "save_top_k", "logger", "wandb_id")  # (--sync-bn is the machine's)
 
 
 class NothingToDo(Exception):

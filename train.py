@@ -37,13 +37,14 @@ from budget import fit_to_budget, probe_batches
 from curves import draw_curves_or_explain
 from data import BatchLoader, ResolutionSchedule, load_packed, make_splits
 from checkpoint import checkpoint_payload, load_checkpoint, model_from_checkpoint, rng_states, save_checkpoint
-from train_flags import augmentation_of, describe_recipe, model_settings, parse_args, resolve_length
+from train_flags import augmentation_of, model_settings, parse_args, resolve_length
 from evaluation import evaluate, evaluate_with_report, peak_memory, topk_correct, with_tta
 from totals import epoch_line, new_totals, plain_totals, resume_point, summarize
 from errors import DataError, TrainingError
 from layout import data_identity
+from loggers import Loggers, announce_resume, announce_run, check_installed, new_wandb_id
 from lr_find import find_lr, lr_at
-from model import MODELS, SETTINGS, build_model, changed_settings, count_parameters, describe_settings, has_batchnorm
+from model import MODELS, SETTINGS, build_model, changed_settings, describe_settings
 from recipe import EMA, LRSchedule, Updater, build_optimizer, total_steps
 from resume import (
     NothingToDo,
@@ -77,17 +78,19 @@ NOT_RECORDED = ("given", "notes", "lr_find", "lr_find_steps")  # which flags wer
 
 
 def train_one_epoch(model, loader, updater, device, dtype, totals, start_step, log_every, bar, stop=None, dist=None,
-                    end_step=None):
+                    end_step=None, on_log=None):
     """Train on the loader's batches from start_step to end_step (len(loader) but in a --steps
     run's last epoch), adding to totals; return the next step (end_step unless stop() asked to
     stop early: checked after each step, or under torchrun every log_every steps, where all ranks
     agree on it).
 
-    Metrics accumulate on the device; they are read (a CPU-GPU sync) only every log_every steps.
+    Metrics accumulate on the device; they are read (a CPU-GPU sync) only every log_every steps,
+    and handed to on_log(optimizer step, mean loss since the last call, images/s) when given
+    (the first call of an epoch: the epoch's mean so far).
     """
     dist, end_step = dist or Distributed(), end_step or len(loader)
     model.train()
-    start = time.perf_counter()
+    start, logged = time.perf_counter(), (0.0, 0.0)
     for step, (x, y) in enumerate(loader.iterate(start_step), start_step):
         logits, loss, skipped = updater.train_step(model, x, y, loader.epoch * len(loader) + step, device, dtype)
         if skipped is not None:
@@ -112,6 +115,9 @@ def train_one_epoch(model, loader, updater, device, dtype, totals, start_step, l
                 )
             images_per_s = (step + 1 - start_step) * len(y) * dist.world_size / (time.perf_counter() - start)
             bar.set_postfix_str(f"loss {mean_loss:.3f}, {images_per_s:.0f} img/s")
+            if on_log is not None:
+                on_log(loader.epoch * len(loader) + step + 1, (loss_sum - logged[0]) / (count - logged[1]), images_per_s)
+                logged = (loss_sum, count)
         bar.update(1)
         if stop_now or step + 1 == end_step:
             return step + 1
@@ -199,6 +205,7 @@ class Run:
     val_loader: BatchLoader
     progress: dict
     config: dict
+    loggers: Loggers = None  # --logger's (loggers.py): empty without it, and on every rank but 0
     best_weights: dict = None  # a CPU copy of the evaluated weights of the best epoch, on every rank
     started: float = 0.0  # time.monotonic() when train.py started
     minutes_before: float = 0.0  # wall minutes of the earlier processes of a resumed run, to their last epoch
@@ -217,7 +224,9 @@ def run(args, stop, dist, device, started):
     if args.lr_find:
         return range_test(args, stop, dist, device)
     r = start_run(args, dist, device, started)
-    with RunStatus(r.run_dir, enabled=dist.is_main) as status:
+    resumed_at_step = r.progress["step"] if args.resume else None
+    with RunStatus(r.run_dir, enabled=dist.is_main) as status, \
+            Loggers(args.logger, r.run_dir, r.config, resumed_at_step, enabled=dist.is_main) as r.loggers:
         for epoch in range(r.progress["epoch"], args.epochs):
             finished_epoch = run_epoch(r, epoch, stop)
             if not finished_epoch or dist.all_reduce(torch.tensor(float(stop()), device=device)).item():
@@ -229,6 +238,7 @@ def run(args, stop, dist, device, started):
             check_ranks_agree(r.model, dist, r.log)
         test_metrics = evaluate_test(r)
         on_main(dist, lambda: write_test_metrics(r.run_dir, test_metrics))
+        r.loggers.finish(test_metrics, r.progress["step"])
         status.set("finished")
     if args.time_budget:
         resumed = " (with the earlier processes' minutes to their last finished epoch)" if args.resume else ""
@@ -247,6 +257,7 @@ def start_run(args, dist, device, started):
     if args.sync_bn and device.type != "cuda":
         raise DataError("--sync-bn needs CUDA: SyncBatchNorm runs on GPUs only")
     checkpoint = load_on_every_rank(args.resume, dist) if args.resume else None
+    check_installed(args.logger)
     dtype = settle_settings(args, checkpoint, device)
     data, splits = load_data(args, checkpoint, dist)
     run_dir = dist.all_gather(choose_run_dir(args))[0]  # rank 0's clock names the run
@@ -267,12 +278,15 @@ def start_run(args, dist, device, started):
     updater = new_updater(args, model, dtype, device, len(train_loader))
     progress = restore(checkpoint, model, updater, args.resume, dist) if checkpoint is not None else new_progress()
     trained, evaluated = compiled_for_training(model, updater, args, dist, device)
+    if "wandb" in args.logger and not args.wandb_id:  # rank 0's, so that every rank records the same
+        args.wandb_id = dist.all_gather(new_wandb_id())[0]
     config = resolved_config(args, model, data, device, dtype, run_dir, dist)
     on_main(dist, lambda: write_config(run_dir, config))
     r = Run(args, dist, device, dtype, data, splits, run_dir, model, trained, evaluated, updater, train_loader, val_loader,
             progress, config, started=started, minutes_before=(progress["history"] or [{}])[-1].get("elapsed_minutes", 0.0))
     if checkpoint is not None:
         announce_resume(r, checkpoint)
+        bring_best_checkpoint(r, args.resume)
     announce_run(r)
     return r
 
@@ -363,33 +377,6 @@ def compiled_for_training(model, updater, args, dist, device):
     return trained, evaluated
 
 
-def announce_resume(r, checkpoint):
-    progress, args, updater = r.progress, r.args, r.updater
-    where = (f"at step {progress['step_in_epoch']} of epoch {progress['epoch'] + 1}" if progress["step_in_epoch"]
-             else f"after epoch {progress['epoch']}")  # numbered as the stop message numbered it
-    r.log(f"resuming {args.resume} {where}")
-    bring_best_checkpoint(r, args.resume)
-    saved_schedule = checkpoint.get("schedule")
-    if saved_schedule and saved_schedule != asdict(updater.schedule):
-        step = progress["step"]
-        r.log(f"note: the lr schedule now spans {args.epochs} epochs (it was {saved_schedule['total_steps'] // len(r.train_loader)}): "
-              f"the lr at step {step} goes from {LRSchedule(**saved_schedule)(step):.3g} to {updater.schedule(step):.3g}")
-
-
-def announce_run(r):
-    args, dist, splits = r.args, r.dist, r.splits
-    r.log(f"training on {r.device}{f' x {dist.world_size} processes' if dist.enabled else ''} "
-          f"({r.config['amp_dtype'] or 'fp32'}{', compiled' if args.compile else ''}): "
-          f"{len(splits['train'][1]):,} train / {len(splits['val'][1]):,} val images, "
-          f"{len(r.data.classes)} classes, {args.epochs} epoch{'s' if args.epochs != 1 else ''} -> {r.run_dir}")
-    r.log(f"model {args.model}: {count_parameters(r.model):,} parameters; recipe {args.recipe}: {describe_recipe(args)}")
-    for note in args.notes:
-        r.log(f"note: {note}")
-    if dist.enabled and has_batchnorm(r.model) and not args.sync_bn:
-        r.log(f"note: {args.model} has BatchNorm: each of the {dist.world_size} processes normalises its own share of "
-              "the batch, so this is not exactly one process's training (--sync-bn on CUDA makes it so)")
-
-
 def run_epoch(r, epoch, stop):
     """Train one epoch (or its rest, after a mid-epoch resume), validate, record and save.
     Returns False when a stop request interrupted it (an exact checkpoint is saved)."""
@@ -401,7 +388,7 @@ def run_epoch(r, epoch, stop):
     with progress_bar(end_step, f"epoch {epoch + 1}/{args.epochs}", "steps", initial=start_step, leave=False,
                       disable=not r.dist.is_main) as bar:
         next_step = train_one_epoch(r.trained, train_loader, r.updater, r.device, r.dtype, totals,
-                                    start_step, args.log_every, bar, stop, r.dist, end_step)
+                                    start_step, args.log_every, bar, stop, r.dist, end_step, step_logger(r))
     seconds = seconds_before + time.perf_counter() - start
     progress["step"] += next_step - start_step
     totals = sum_over_ranks(totals, r.dist)
@@ -431,6 +418,7 @@ def run_epoch(r, epoch, stop):
     if improved:
         progress.update(best_val_top1=val["top1"], best_val_loss=val["loss"], best_epoch=epoch + 1)
     on_main(r.dist, lambda: write_metrics(r.run_dir, progress["history"], r.train_loader.augmentation.mixing.enabled))
+    r.loggers.epoch(row, progress["step"])
     if improved:  # best.pt first: a kill between the two never leaves a best.pt older than last.pt says
         # Every rank keeps them: the final test needs no best.pt, which only rank 0's disk holds.
         r.best_weights = {key: value.detach().to("cpu", copy=True) for key, value in evaluated_module(r).state_dict().items()}
@@ -444,6 +432,14 @@ def run_epoch(r, epoch, stop):
     if r.dist.is_main:
         print(epoch_line(epoch, args.epochs, train, val, row, improved, r.train_loader.augmentation.mixing.enabled))
     return True
+
+
+def step_logger(r):
+    """train_one_epoch's on_log for --logger, or None."""
+    if not r.loggers:
+        return None
+    return lambda step, loss, images_per_s: r.loggers.scalars(
+        {"step/loss": loss, "step/lr": r.updater.optimizer.param_groups[0]["lr"], "step/images_per_s": images_per_s}, step)
 
 
 def evaluated_module(r):

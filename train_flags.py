@@ -17,6 +17,8 @@ from evaluation import TTA_CHOICES
 from model import DEFAULT_MODEL, MODELS, add_setting_flags, build_model, given_settings, settings_of
 from recipe import NO_AUGMENTATION, OPTIMIZERS, PRESET_MODEL_SETTINGS, PRESETS, RECIPE_FLAGS, warmup_epochs
 
+LOGGERS = ("tensorboard", "wandb")  # --logger's choices (loggers.py)
+
 DESCRIPTION = "Train a model on prepared Tiny ImageNet with a plain PyTorch loop."  # --help's first line
 
 
@@ -134,6 +136,9 @@ def add_system_flags(parser):
     system.add_argument("--save-top-k", type=int, default=0, metavar="K",
                         help="also keep the checkpoints of the K best epochs by val top-1 as epoch-NNN.pt (for average.py); "
                              "0: only best.pt and last.pt")
+    system.add_argument("--logger", nargs="+", default=[], choices=LOGGERS,
+                        help="also log to TensorBoard (event files in the run directory) and/or W&B (WANDB_MODE=offline "
+                             "works without a network); metrics.csv is always written; --resume keeps the run's loggers")
     system.add_argument("--log-every", type=int, default=20,
                         help="steps between progress updates and loss checks (a CPU-GPU sync)")
 
@@ -152,6 +157,7 @@ def parse_args(argv):
     args = parser.parse_args(argv)
     args.given = sorted(given)
     args.warmup_spec, args.notes, args.earlier_data, args.budget_plan = args.warmup_epochs, [], [], None
+    args.logger, args.wandb_id = sorted(set(args.logger)), None  # (the id: made when the run starts, or the run's)
     check_length(parser, args, given)
     # on --resume the run's own epochs apply; with --steps or --time-budget, they are known once the data is
     if not (args.resume or args.steps or args.time_budget):
@@ -214,7 +220,7 @@ def check_lr_find(parser, args, given):
         if "lr_find_steps" in given:
             parser.error("--lr-find-steps goes with --lr-find")
         return
-    clashing = [flag for flag in ("resume", "steps", "time_budget", "epochs", "save_top_k") if flag in given]
+    clashing = [flag for flag in ("resume", "steps", "time_budget", "epochs", "save_top_k", "logger") if flag in given]
     if clashing:
         parser.error(f"--lr-find runs its own --lr-find-steps and trains no run: drop {flag_name(clashing[0])}")
 

@@ -137,16 +137,18 @@ sys.exit(code)
 
 def test_gradient_accumulation_under_torchrun_all_reduces_once_per_optimizer_step(odd_data, tmp_path):
     """--grad-accum 3: the first two chunks' backward run under DDP's no_sync, so the gradients
-    cross the processes once per optimizer step (96 images / batch 24 = 4 steps), not per chunk."""
+    cross the processes once per optimizer step (96 images / batch 24 = 4 steps), not per chunk.
+    (Also, sharing this run: --logger writes one TensorBoard file, rank 0's.)"""
     script = tmp_path / "counting.py"
     script.write_text(COUNTING_ALL_REDUCES.format(root=ROOT))
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(script),
                "--data-dir", odd_data, "--run-dir", str(tmp_path / "r"), "--epochs", "1", *COMMON[2:],
-               "--batch-size", "8", "--grad-accum", "3"]
+               "--batch-size", "8", "--grad-accum", "3", "--logger", "tensorboard"]
     result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "all-reduce rounds 4 on rank 0" in result.stdout and "all-reduce rounds 4 on rank 1" in result.stdout
     assert load(tmp_path / "r" / "last.pt")["progress"]["step"] == 4
+    assert len(list((tmp_path / "r").glob("events.out.tfevents.*"))) == 1  # --logger: rank 0 alone logs
 
 
 def test_sigterm_stops_every_rank_cleanly(tmp_path):
