@@ -21,10 +21,12 @@ import torch
 from torch.utils._pytree import tree_map_only  # torch's map over nested containers (what torch.compile uses)
 
 from errors import DataError
-from layout import write_atomically
+from layout import read_json, write_atomically, write_json
 from model import DEFAULT_MODEL, MODELS, build_model, config_from_state_dict, make_config
 
 KEY_PREFIXES = ("model.", "_orig_mod.", "module.")  # Lightning, torch.compile, DDP
+HF_WEIGHTS, HF_CONFIG, HF_FORMAT = "model.safetensors", "config.json", "tiny-imagenet-kit"  # export.py --hf's folder
+SAFETENSORS_MISSING = "a Hugging Face-style folder needs the safetensors package: python -m pip install -r requirements-extras.txt"
 
 REFUSED_PICKLE = ("it is a PyTorch file, but it holds pickled Python objects (such as a whole model saved with "
                   "torch.save(model)), and loading those would run code from the file; save model.state_dict() "
@@ -53,7 +55,10 @@ def save_checkpoint(payload, path):
 
 
 def load_checkpoint(path):
-    """The checkpoint's dict, loaded without executing anything in it."""
+    """The checkpoint's dict, loaded without executing anything in it (also from a folder that
+    export.py --hf wrote)."""
+    if os.path.isdir(path) and os.path.isfile(os.path.join(path, HF_WEIGHTS)):
+        return read_hf_folder(path)
     if os.path.isdir(path):
         raise DataError(f"{path} is a directory: give a checkpoint file, such as {os.path.join(path, 'best.pt')} "
                         f"(or last.pt to resume)")
@@ -140,6 +145,8 @@ def model_from_checkpoint(checkpoint, path="checkpoint", use_ema=True, model_nam
     train.py evaluated) unless use_ema is False. For a foreign checkpoint, model_name and
     settings ({field: value or text}) say which architecture it holds when its keys and
     shapes cannot tell (a variant of a model, other heads)."""
+    if not use_ema and checkpoint.get("weights") == "ema":
+        raise DataError(f"{path} holds only the EMA's weights: export the checkpoint again with --no-ema for the trained ones")
     if use_ema and "ema" in checkpoint:
         state_dict = checkpoint["ema"]["model"]
     else:
@@ -203,6 +210,61 @@ def check_classes(checkpoint, classes, path):
     saved = checkpoint.get("classes")
     if saved is not None and class_difference(saved, classes):
         raise DataError(f"{path} was trained on other classes than the prepared data: {class_difference(saved, classes)}")
+
+
+# ---------------------------------------------------------------- export.py --hf's folder
+
+
+def write_hf_folder(checkpoint, model, folder, weights):
+    """A Hugging Face-style folder: model.safetensors (the model's state_dict, tensor for tensor)
+    and config.json (what rebuilds the model, id2label with the class names, the wnids, the input
+    size and normalisation, and the evaluation settings the run used)."""
+    try:
+        from safetensors.torch import save_file
+    except ImportError:
+        raise DataError(SAFETENSORS_MISSING) from None
+    from constants import IMAGE_SIZE, MEAN, STD
+
+    classes = checkpoint.get("classes") or [str(index) for index in range(model.config.num_classes)]
+    names = checkpoint.get("class_names") or classes
+    run = checkpoint.get("config", {})
+    config = {
+        "model_type": HF_FORMAT, "architectures": [model.model_name], "model_config": asdict(model.config),
+        "num_labels": len(classes), "id2label": {str(index): name for index, name in enumerate(names)},
+        "label2id": {name: index for index, name in enumerate(names)}, "wnids": list(classes),
+        "image_size": IMAGE_SIZE, "num_channels": 3, "image_mean": list(MEAN), "image_std": list(STD),
+        "input": "float RGB in [0, 1], normalised with image_mean and image_std before the model",
+        "weights": weights, "evaluation": {key: run[key] for key in ("tta", "eval_amp") if key in run},
+        "synthetic": bool(checkpoint.get("synthetic", False)),
+    }
+    os.makedirs(folder, exist_ok=True)
+    tensors = {key: value.detach().cpu().contiguous() for key, value in model.state_dict().items()}
+    write_atomically(os.path.join(folder, HF_WEIGHTS), lambda tmp: save_file(tensors, tmp, metadata={"format": "pt"}))
+    write_json(os.path.join(folder, HF_CONFIG), config)
+
+
+def read_hf_folder(folder):
+    """export.py --hf's folder as a checkpoint dict that every script reads (it does not resume)."""
+    try:
+        from safetensors import SafetensorError
+        from safetensors.torch import load_file
+    except ImportError:
+        raise DataError(SAFETENSORS_MISSING) from None
+    config_path = os.path.join(folder, HF_CONFIG)
+    if not os.path.isfile(config_path):
+        raise DataError(f"{folder} has {HF_WEIGHTS} but no {HF_CONFIG}: the model it holds is not known")
+    config = read_json(config_path) or {}
+    if config.get("model_type") != HF_FORMAT:
+        raise DataError(f"{folder} is a Hugging Face folder of another kind ({config.get('model_type')!r}), "
+                        f"not one export.py --hf wrote")
+    try:
+        weights = load_file(os.path.join(folder, HF_WEIGHTS))
+    except (SafetensorError, OSError) as error:
+        raise DataError(f"cannot load {os.path.join(folder, HF_WEIGHTS)}: {str(error).splitlines()[0][:200]}") from None
+    return {"model": weights, "weights": config.get("weights", "trained"),  # (the EMA's, when the run kept one)
+            "model_name": config["architectures"][0], "model_config": config["model_config"],
+            "classes": config["wnids"], "class_names": [config["id2label"][str(index)] for index in range(config["num_labels"])],
+            "synthetic": config.get("synthetic", False), "config": config.get("evaluation", {})}
 
 
 # ---------------------------------------------------------------- train.py's checkpoints

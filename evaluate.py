@@ -33,7 +33,7 @@ from cli import ArgumentParser, exit_code_of
 from data import BatchLoader, make_splits
 from errors import DataError
 from evaluation import (TTA_CHOICES, checked_data, data_dir_of, evaluate_with_report, evaluation_dtype, measure_throughput,
-                        peak_memory, with_tta)
+                        peak_memory, quantized_int8, with_tta)
 from layout import check_output_path, write_json
 from model import MODELS, add_setting_flags, count_parameters, given_settings
 from predict import TOP_K, class_names_for, short_name, load_any_image, own_image_files, test_image_files, write_predictions
@@ -57,15 +57,23 @@ def print_report(m, show=5):
         print(f"most confused (true -> predicted, images): {pairs}")
 
 
+def ready_for_inference(args, checkpoint, model, device):
+    """(the model on the device, the autocast dtype or None) as --amp and --quantize say: int8
+    replaces autocast, so a run's own --eval-amp does not apply to it."""
+    if args.quantize:
+        return quantized_int8(model, device, evaluation_dtype(args.amp, checkpoint, device) if args.amp else None), None
+    return model.to(device), evaluation_dtype(args.amp, checkpoint, device)
+
+
 def predict_own_images(args, checkpoint, model, data_dir):
     """--predict with --files: label the user's images; needs no prepared data."""
     classes, class_names = class_names_for(checkpoint, data_dir)
     if model.config.num_classes != len(classes):
         raise DataError(f"{args.checkpoint} predicts {model.config.num_classes} classes but lists {len(classes)}")
     device = resolve_device(args.device)
-    rows = write_predictions(model.to(device), own_image_files(args.files), load_any_image, lambda path: path,
-                             classes, class_names, device, evaluation_dtype(args.amp, checkpoint, device), args.batch_size,
-                             args.predict)
+    model, dtype = ready_for_inference(args, checkpoint, model, device)
+    rows = write_predictions(model, own_image_files(args.files), load_any_image, lambda path: path,
+                             classes, class_names, device, dtype, args.batch_size, args.predict)
     for row in rows[:5]:
         alternatives = [f"{short_name(row[i + 1])} {float(row[i + 2]):.1%}" for i in range(4, len(row), 3) if row[i]][:2]
         print(f"{row[0]}: {short_name(row[2])} ({row[1]}) {float(row[3]):.1%}" + "".join(f", then {a}" for a in alternatives))
@@ -76,7 +84,7 @@ def predict_own_images(args, checkpoint, model, data_dir):
 
 def parse_args(argv):
     parser = ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("checkpoint", help="a .pt file written by train.py (or a Lightning .ckpt)")
+    parser.add_argument("checkpoint", help="a .pt file written by train.py, a folder export.py --hf wrote, or a Lightning .ckpt")
     parser.add_argument("--model", choices=tuple(MODELS),
                         help="the architecture of a checkpoint that does not say (a Lightning .ckpt) when its "
                              "parameter names cannot tell; the study's own checkpoints are recognised; with the "
@@ -91,6 +99,9 @@ def parse_args(argv):
     parser.add_argument("--tta", choices=TTA_CHOICES,
                         help="test-time augmentation (flip: mean of the logits of each image and its mirror image); "
                              "default: what the checkpoint's run evaluated with, else none")
+    parser.add_argument("--quantize", choices=("int8",),
+                        help="int8: the Linear layers quantized to int8 dynamically (CPU only, fp32 elsewhere): faster "
+                             "CPU inference, measured against fp32 and bf16 in docs/usage.md")
     parser.add_argument("--no-ema", dest="ema", action="store_false",
                         help="evaluate the raw trained weights of a run that kept an EMA (default: the EMA weights)")
     parser.add_argument("--json", metavar="PATH", help="also write the whole report as JSON")
@@ -124,8 +135,7 @@ def run(args):
     data = checked_data(checkpoint, model, args.checkpoint, data_dir)
     test_images = test_image_files(data_dir) if args.predict else None  # before any work: fail fast
     device = resolve_device(args.device)
-    dtype = evaluation_dtype(args.amp, checkpoint, device)
-    model = model.to(device)
+    model, dtype = ready_for_inference(args, checkpoint, model, device)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     memory_before_mb, _ = peak_memory(device)  # on CPU: what the runtime, model and data already hold
@@ -136,11 +146,11 @@ def run(args):
     first_batch = next(iter(loader))[0]
     memory_mb, memory_what = peak_memory(device)
     metrics = {
-        "split": args.split, "checkpoint": args.checkpoint, "weights": "ema" if args.ema and "ema" in checkpoint else "trained",
+        "split": args.split, "checkpoint": args.checkpoint, "weights": checkpoint.get("weights") or ("ema" if args.ema and "ema" in checkpoint else "trained"),
         "tta": tta,
         **metrics, "model": model.model_name, "parameters": count_parameters(model),
         "images_per_s": measure_throughput(model, first_batch, device, dtype), "batch_size": len(first_batch),
-        "device": str(device), "precision": str(dtype).replace("torch.", "") if dtype else "fp32",
+        "device": str(device), "precision": "int8 (Linear layers)" if args.quantize else str(dtype).replace("torch.", "") if dtype else "fp32",
         "peak_memory_mb": None if math.isnan(memory_mb) else memory_mb, "peak_memory_what": memory_what,
         "peak_memory_added_by_evaluation_mb": None if math.isnan(memory_mb) else memory_mb - memory_before_mb,
         "per_class": report["per_class"], "most_confused": report["most_confused"],

@@ -6,6 +6,7 @@ build on it. Not here: the command line (evaluate.py), loading checkpoints (chec
 """
 import sys
 import time
+import warnings
 
 import torch
 import torch.nn.functional as F
@@ -90,6 +91,24 @@ def evaluation_dtype(amp, checkpoint, device):
         return None
     same_kind = torch.device(config.get("device", "cpu")).type == device.type
     return amp_dtype(device, True, config["amp_dtype"] if same_kind else "auto")
+
+
+def quantized_int8(model, device, dtype):
+    """The model with its Linear layers quantized to int8 dynamically (weights int8 ahead of time,
+    activations per batch; convolutions, LayerNorm and BatchNorm stay fp32): torch's CPU-only
+    int8 inference (evaluate.py --quantize int8). torch deprecates these quantized modules in
+    favour of torchao, without removing them as of 2.14."""
+    if device.type != "cpu":
+        raise DataError(f"--quantize int8 runs on the CPU (torch's quantized kernels): add --device cpu (not {device})")
+    if dtype is not None:
+        raise DataError("--quantize int8 replaces autocast: drop --amp (or give --no-amp)")
+    try:
+        from torch.ao.quantization import quantize_dynamic
+    except ImportError:
+        raise DataError("this torch has no torch.ao.quantization.quantize_dynamic: --quantize int8 cannot run") from None
+    with warnings.catch_warnings():  # the deprecation, once per layer: said once in the docs instead
+        warnings.simplefilter("ignore")
+        return quantize_dynamic(model.eval(), {torch.nn.Linear}, dtype=torch.qint8)
 
 
 def with_tta(model, tta):

@@ -56,7 +56,8 @@ class ViT(nn.Module):
 
     def forward(self, x):
         x = to_tokens(self.patch_embed(x))
-        x = torch.cat([self.cls_token.expand(len(x), -1, -1), x], dim=1)
+        # x.shape[0], not len(x): torch.export (export.py --onnx) keeps a shape dynamic, a len() it fixes
+        x = torch.cat([self.cls_token.expand(x.shape[0], -1, -1), x], dim=1)
         x = self.dropout(x + self.pos_embed)
         for block in self.blocks:
             x = block(x)
