@@ -8,16 +8,21 @@ each function corrupts one PIL image with numpy, scipy, scikit-image, OpenCV and
 Here every corruption takes x, a (B, 3, 64, 64) float batch in [0, 1], and a torch.Generator on
 x's device, and returns the corrupted batch in [0, 1]; `corrupt` then stores it as uint8 by
 truncation, as the script's np.uint8 does. Where this differs from the script, it says so at
-the function. Not reproduced: the script saves every corrupted image as JPEG (quality 85), which
+the function. frost blends in the authors' five frost photographs, shrunk as the script shrinks
+them (assets/frost, made by assets/frost/derive.py). Not reproduced: the script saves every corrupted image as JPEG (quality 85), which
 adds a mild JPEG artefact to all 15 corruptions of the released set.
 
     x_uint8 = corrupt(x_uint8, "fog", 3, torch.Generator().manual_seed(0))   # (B, 64, 64, 3) uint8
 """
+import functools
 import math
+import os
 import warnings
 
+import numpy as np
 import torch
 import torch.nn.functional as F
+from PIL import Image
 
 # ---------------------------------------------------------------- the constants of the 64 px script, by severity 1-5
 
@@ -36,6 +41,8 @@ BRIGHTNESS = (0.1, 0.2, 0.3, 0.4, 0.5)  # added to HSV's value
 CONTRAST = (0.4, 0.3, 0.2, 0.1, 0.05)  # the factor on the deviation from each channel's mean
 ELASTIC = tuple((64 * a, 64 * s, 64 * j) for a, s, j in ((0, 0, 0.08), (0.05, 0.3, 0.06), (0.1, 0.08, 0.06),
                                                          (0.1, 0.03, 0.03), (0.16, 0.03, 0.02)))  # alpha, sigma, affine jitter
+FROST = ((1, 0.3), (0.9, 0.4), (0.8, 0.45), (0.75, 0.5), (0.7, 0.55))  # the image's weight, the frost's
+FROST_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "assets", "frost")  # how they were made: derive.py there
 PIXELATE = (0.9, 0.8, 0.7, 0.6, 0.5)  # the side kept, as a share of 64
 JPEG_QUALITY = (65, 58, 50, 40, 25)
 GAUSSIAN_BLUR = (0.5, 0.75, 1, 1.25, 1.5)
@@ -282,6 +289,36 @@ def plasma_fractal(batch, decay, generator, device, size=64):
     return (heights / heights.amax(dim=(1, 2), keepdim=True)).float()
 
 
+@functools.cache
+def frost_images():
+    """The five frost photographs as the script uses them (shrunk to 0.3): ((5, 3, H, W) uint8,
+    padded to the largest, and each one's (height, width))."""
+    images = [torch.from_numpy(np.array(Image.open(os.path.join(FROST_DIR, f"frost{index}.png")).convert("RGB")))
+              for index in range(1, 6)]
+    sizes = torch.tensor([image.shape[:2] for image in images])
+    height, width = sizes.max(dim=0).values.tolist()
+    stacked = torch.zeros((5, 3, height, width), dtype=torch.uint8)
+    for index, image in enumerate(images):
+        stacked[index, :, : image.shape[0], : image.shape[1]] = image.permute(2, 0, 1)
+    return stacked, sizes
+
+
+def frost(x, severity, generator):
+    """One of the five frost images for each image (U{0..4}), a random 64x64 crop of it (top row in
+    [0, H-64), left column in [0, W-64)), blended: clip(a·image + b·frost) on the 0-255 scale."""
+    weight, frost_weight = FROST[severity - 1]
+    stacked, sizes = frost_images()
+    batch, _, size, _ = x.shape
+    which = torch.randint(0, 5, (batch,), generator=generator, device=x.device).cpu()
+    limits = sizes[which] - size  # (B, 2)
+    starts = (torch.rand((batch, 2), generator=generator, device=x.device).cpu() * limits).floor().long()
+    rows = starts[:, 0, None] + torch.arange(size)
+    cols = starts[:, 1, None] + torch.arange(size)
+    crops = stacked[which[:, None, None], :, rows[:, :, None], cols[:, None, :]]  # (B, 64, 64, 3)
+    frost_255 = crops.permute(0, 3, 1, 2).to(x.device, x.dtype)
+    return ((weight * x * 255 + frost_weight * frost_255).clamp(0, 255) / 255)
+
+
 def fog(x, severity, generator):
     """A fractal haze, the same on the three channels, added and the image scaled back by
     max/(max + strength), max being the image's brightest value before the fog."""
@@ -406,7 +443,7 @@ def jpeg_compression(x, severity, generator):
 CORRUPTIONS = {  # the 15 of Tiny-ImageNet-C, in the paper's order: noise, blur, weather, digital
     "gaussian_noise": gaussian_noise, "shot_noise": shot_noise, "impulse_noise": impulse_noise,
     "defocus_blur": defocus_blur, "glass_blur": glass_blur, "motion_blur": motion_blur, "zoom_blur": zoom_blur,
-    "snow": snow, "fog": fog, "brightness": brightness,
+    "snow": snow, "frost": frost, "fog": fog, "brightness": brightness,
     "contrast": contrast, "elastic_transform": elastic_transform, "pixelate": pixelate, "jpeg_compression": jpeg_compression,
 }
 EXTRA = {"speckle_noise": speckle_noise, "gaussian_blur": gaussian_blur}  # of the paper's 4 held-out ones
@@ -414,7 +451,6 @@ FAMILIES = {"noise": ("gaussian_noise", "shot_noise", "impulse_noise", "speckle_
             "blur": ("defocus_blur", "glass_blur", "motion_blur", "zoom_blur", "gaussian_blur"),
             "weather": ("snow", "frost", "fog", "brightness"),
             "digital": ("contrast", "elastic_transform", "pixelate", "jpeg_compression")}
-NOT_HERE = {"frost": "it blends in photographs of frost, which the kit does not ship"}
 SEVERITIES = (1, 2, 3, 4, 5)
 
 

@@ -11,6 +11,7 @@ a whole level can land on either side), and on average within 0.05 levels; the P
 import colorsys
 import io
 import math
+import os
 
 import numpy as np
 import pytest
@@ -18,7 +19,7 @@ import torch
 from PIL import Image
 from scipy import ndimage
 
-from corruptions import (BRIGHTNESS, CONTRAST, CORRUPTIONS, DEFOCUS_BLUR, ELASTIC, EXTRA, FOG, GAUSSIAN_BLUR,
+from corruptions import (BRIGHTNESS, CONTRAST, CORRUPTIONS, DEFOCUS_BLUR, ELASTIC, EXTRA, FOG, FROST, FROST_DIR, GAUSSIAN_BLUR,
                          GAUSSIAN_NOISE, GLASS_BLUR, IMPULSE_NOISE, JPEG_QUALITY, MOTION_BLUR, PIXELATE, SEVERITIES,
                          SHOT_NOISE, SNOW, SPECKLE_NOISE, ZOOM_BLUR, corrupt)
 
@@ -234,6 +235,24 @@ def test_snow(images):
         assert_matches(corrupt(images, "snow", severity, generator()), stored(np.stack(references)))
 
 
+def test_frost_blends_a_random_crop_of_one_of_the_five_frost_images(images):
+    frosts = [np.asarray(Image.open(os.path.join(FROST_DIR, f"frost{index}.png")).convert("RGB")).astype(float)
+              for index in range(1, 6)]
+    for severity in SEVERITIES:
+        weight, frost_weight = FROST[severity - 1]
+
+        def both(g):
+            return torch.randint(0, 5, (3,), generator=g), torch.rand((3, 2), generator=g)
+
+        which, where = draws(both)
+        references = []
+        for image, index, (u, v) in zip(images.numpy().astype(float), which.tolist(), where.tolist()):
+            frost = frosts[index]
+            top, left = int(u * (frost.shape[0] - 64)), int(v * (frost.shape[1] - 64))  # np.random.randint(0, H - 64)
+            references.append(np.clip(weight * image + frost_weight * frost[top : top + 64, left : left + 64], 0, 255) / 255)
+        assert_matches(corrupt(images, "frost", severity, generator()), stored(np.stack(references)))
+
+
 def plasma_fractal(uniform, decay, mapsize=64):
     """The script's diamond-square, its np.random.uniform(-w, w) replaced by uniform(shape) in [0, 1)."""
     maparray = np.zeros((mapsize, mapsize))
@@ -356,6 +375,12 @@ def test_jpeg_compression_is_pils_jpeg_at_the_scripts_quality(images):
 
 
 # ---------------------------------------------------------------- the whole
+
+
+def test_the_benchmark_is_the_papers_fifteen():
+    assert list(CORRUPTIONS) == ["gaussian_noise", "shot_noise", "impulse_noise", "defocus_blur", "glass_blur", "motion_blur",
+                                 "zoom_blur", "snow", "frost", "fog", "brightness", "contrast", "elastic_transform", "pixelate",
+                                 "jpeg_compression"]
 
 
 def test_every_corruption_is_reproducible_from_its_seed_and_keeps_the_batch_shape(images):
