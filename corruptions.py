@@ -18,6 +18,7 @@ import functools
 import math
 import os
 import warnings
+import zlib
 
 import numpy as np
 import torch
@@ -460,3 +461,59 @@ def corrupt(x_uint8, name, severity, generator):
     x = x_uint8.permute(0, 3, 1, 2).float() / 255
     corrupted = {**CORRUPTIONS, **EXTRA}[name](x, severity, generator)
     return torch.floor(corrupted * 255 + 1e-4).clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1)
+
+
+def parse_corruptions(text):
+    """--corruptions: 'all' (the 15), or a comma list of names (the 15 and the extra ones)."""
+    if text == "all":
+        return list(CORRUPTIONS)
+    names = list(dict.fromkeys(name.strip() for name in text.split(",") if name.strip()))
+    unknown = [name for name in names if name not in CORRUPTIONS and name not in EXTRA]
+    if unknown or not names:
+        raise ValueError(f"unknown corruption {unknown[0] if unknown else repr(text)}: choose from all, "
+                         f"{', '.join([*CORRUPTIONS, *EXTRA])}")
+    return names
+
+
+def setting_seed(seed, name, severity, first_image):
+    """The generator's seed for one batch of one setting: the same run after run and process
+    after process (Python's hash() of a string is not), independent of the other settings."""
+    return zlib.crc32(f"{seed}/{name}/{severity}/{first_image}".encode())
+
+
+# ---------------------------------------------------------------- the paper's figures
+
+
+def errors_by_corruption(rows):
+    """{corruption: [top-1 error at each severity, by severity]} and the clean error, from one
+    checkpoint's rows ({"corruption", "severity", "top1"}; the clean one named "clean")."""
+    clean = next(1 - row["top1"] for row in rows if row["corruption"] == "clean")
+    errors = {}
+    for row in sorted((row for row in rows if row["corruption"] != "clean"), key=lambda row: row["severity"]):
+        errors.setdefault(row["corruption"], []).append(1 - row["top1"])
+    return errors, clean
+
+
+def ratio(part, whole):
+    """part / whole, or NaN where the baseline has no error to divide by (it is then undefined)."""
+    return part / whole if whole else math.nan
+
+
+def corruption_summary(rows, baseline_rows=None):
+    """The paper's figures for one checkpoint: each corruption's error averaged over severities
+    (its CE, unnormalised) and their mean; with a baseline's rows, also CE_c = Σ_s E_s,c / Σ_s
+    E_s,c(baseline), mCE = their mean, and relative mCE = the mean over c of
+    Σ_s (E_s,c - E_clean) / Σ_s (E_s,c(baseline) - E_clean(baseline)) (1.0: the baseline's)."""
+    errors, clean = errors_by_corruption(rows)
+    summary = {"clean_error": clean, "ce": {name: sum(values) / len(values) for name, values in errors.items()}}
+    summary["mean_ce"] = sum(summary["ce"].values()) / len(summary["ce"])
+    if baseline_rows is not None:
+        base_errors, base_clean = errors_by_corruption(baseline_rows)
+        if {name: len(values) for name, values in base_errors.items()} != {name: len(values) for name, values in errors.items()}:
+            raise ValueError("the baseline was not measured on the same corruptions and severities")
+        normalised = {name: ratio(sum(values), sum(base_errors[name])) for name, values in errors.items()}
+        relative = {name: ratio(sum(e - clean for e in values), sum(e - base_clean for e in base_errors[name]))
+                    for name, values in errors.items()}
+        summary.update(normalised_ce=normalised, mce=sum(normalised.values()) / len(normalised),
+                       relative_mce=sum(relative.values()) / len(relative))
+    return summary

@@ -17,6 +17,17 @@ convolutional networks shift-invariant again"), adapted to 64x64: the image padd
 with the fill, two 64x64 crops at independent random offsets in [0, 2k] (seeded: the same
 offsets for every checkpoint and fill), and the share of images whose two top-1 predictions
 agree. At shift 0 the top-1 is evaluate.py's on the same split, exactly.
+
+Common corruptions (--corruptions): Tiny-ImageNet-C's 15 corruptions at 5 severities
+(corruptions.py: the 64 px constants of the authors' script, on whole batches on the device),
+top-1 for each on the split, a "clean" row equal to evaluate.py's top-1 (the checkpoint's own
+flip TTA and precision), the corruption error CE = 1 - top-1 averaged over severities, its mean
+over corruptions, and with --baseline CKPT the paper's mCE and relative mCE normalised by that
+model's errors:
+
+    python robustness.py runs/cvt/best.pt --corruptions all --json corrupt.json --plot corrupt.png
+    python robustness.py runs/a/best.pt runs/b/best.pt --corruptions all --baseline runs/cvt/best.pt
+    python robustness.py runs/cvt/best.pt --corruptions fog,snow --severities 1 3 5 --show grid.png
 """
 import sys
 
@@ -26,6 +37,7 @@ if __name__ == "__main__":  # before the imports below, which take a moment
     exit_quietly_on_ctrl_c()
 
 import argparse
+import math
 import os
 
 import torch
@@ -37,13 +49,16 @@ from figures import plot_or_note, pyplot, save_figure
 from constants import IMAGE_SIZE
 from data import load_packed, make_splits, normalize
 from model import MODELS, add_setting_flags, given_settings
-from evaluation import checked_data, data_dir_of, top_predictions
+from corruptions import FAMILIES, SEVERITIES, corrupt, corruption_summary, parse_corruptions, setting_seed
+from evaluation import checked_data, data_dir_of, evaluation_dtype, top_predictions, with_tta
 from layout import check_output_path, write_rows
 from runtime import amp_dtype, autocast, resolve_device
 
 FILLS = ("zero", "reflect", "circular")
 DIRECTIONS = ((1, 0), (-1, 0), (0, 1), (0, -1), (1, 1), (-1, -1))  # horizontal, vertical, diagonal
 KEYS = ("checkpoint", "model", "split", "images", "fill", "dx", "dy", "top1", "agreement", "kl", "consistency", "k")
+CORRUPTION_KEYS = ("checkpoint", "model", "split", "images", "corruption", "severity", "top1", "error", "seed")
+TRANSLATION_ONLY = ("shifts", "fill", "consistency_k")  # the flags that --corruptions does not take
 
 
 # ---------------------------------------------------------------- the shift
@@ -220,6 +235,143 @@ def write_outputs(rows, args):
         plot_or_note(draw_plot, rows, args.plot)
 
 
+# ---------------------------------------------------------------- common corruptions
+
+
+@torch.no_grad()
+def corruption_sweep(model, x, y, device, dtype, settings, batch_size, seed, bar=None):
+    """[clean top-1, then the top-1 under each (corruption, severity) of settings] over the images
+    x (uint8) with labels y: each batch corrupted on the device by a generator seeded for that
+    batch and setting; the hits stay on the device and are read once at the end."""
+    model.eval()
+    hits = torch.zeros(len(settings) + 1, device=device)
+    x, y = x.to(device), y.to(device)
+
+    def correct(images, labels):
+        with autocast(device, dtype):
+            return (model(normalize(images)).float().argmax(dim=1) == labels).sum()
+
+    for start in range(0, len(y), batch_size):
+        images, labels = x[start : start + batch_size], y[start : start + batch_size]
+        hits[0] += correct(images, labels)
+        for index, (name, severity) in enumerate(settings, 1):
+            generator = torch.Generator(device).manual_seed(setting_seed(seed, name, severity, start))
+            hits[index] += correct(corrupt(images, name, severity, generator), labels)
+        if bar is not None:
+            bar.update(len(labels) * (len(settings) + 1))
+    return (hits / len(y)).tolist()  # one sync
+
+
+def corruption_rows(path, model_name, split, images, settings, top1, seed):
+    common = {"checkpoint": path, "model": model_name, "split": split, "images": images, "seed": seed}
+    named = [("clean", 0), *settings]
+    return [{**common, "corruption": name, "severity": severity, "top1": value, "error": 1 - value}
+            for (name, severity), value in zip(named, top1)]
+
+
+def percent(value):
+    return "n/a" if math.isnan(value) else f"{value:.1%}"  # (NaN: a baseline with no error to divide by)
+
+
+def print_corruption_report(rows, baseline_rows=None, baseline=None):
+    """A table of top-1 (%) per corruption and severity with each corruption's CE, then the mean CE
+    (and, against a baseline, mCE and relative mCE)."""
+    first, summary = rows[0], corruption_summary(rows, baseline_rows)
+    severities = sorted({row["severity"] for row in rows if row["corruption"] != "clean"})
+    print(f"{first['checkpoint']} ({first['model']}), {first['split']} split, {first['images']:,} images, seed {first['seed']}: "
+          f"clean top-1 {1 - summary['clean_error']:.2%}")
+    print(f"  {'top-1 %':<18}" + "".join(f"{'s' + str(s):>7}" for s in severities) + f"{'CE %':>8}"
+          + (f"{'CE/base':>9}" if baseline_rows else ""))
+    for name, ce in summary["ce"].items():
+        values = [row["top1"] for row in rows if row["corruption"] == name]
+        line = f"  {name:<18}" + "".join(f"{v * 100:>7.2f}" for v in values) + f"{ce * 100:>8.2f}"
+        print(line + (f"{percent(summary['normalised_ce'][name]):>9}" if baseline_rows else ""))
+    against = (f"; mCE {percent(summary['mce'])}, relative mCE {percent(summary['relative_mce'])} against {short_label(baseline)} (100%)"
+               if baseline_rows else "")
+    print(f"  mean CE (unnormalised) {summary['mean_ce']:.2%} over {len(summary['ce'])} corruptions{against}")
+    return summary
+
+
+def draw_corruption_plot(rows, out):
+    """Top-1 against severity (0: clean), one panel per family, a colour per corruption and a line
+    style per checkpoint."""
+    plt = pyplot()
+    measured = list(dict.fromkeys(row["corruption"] for row in rows if row["corruption"] != "clean"))
+    families = [(family, [name for name in names if name in measured]) for family, names in FAMILIES.items()]
+    families = [(family, names) for family, names in families if names]
+    fig, axes = plt.subplots(1, len(families), figsize=(4.2 * len(families), 4.6), sharey=True, squeeze=False)
+    checkpoints = list(dict.fromkeys(row["checkpoint"] for row in rows))
+    for ax, (family, names) in zip(axes[0], families):
+        for c, checkpoint in enumerate(checkpoints):
+            mine = [row for row in rows if row["checkpoint"] == checkpoint]
+            clean = next(row["top1"] for row in mine if row["corruption"] == "clean")
+            for n, name in enumerate(names):
+                points = [(0, clean)] + [(row["severity"], row["top1"]) for row in mine if row["corruption"] == name]
+                ax.plot([p[0] for p in points], [p[1] * 100 for p in points], ("-", "--", ":", "-.")[c % 4], marker="o",
+                        markersize=3, color=f"C{n}", label=name if c == 0 else None)
+        ax.set_title(family)
+        ax.set_xlabel("severity (0: clean)")
+        ax.grid(True, alpha=0.3)
+        ax.legend(fontsize="small")
+    axes[0][0].set_ylabel(f"{rows[0]['split']} top-1 (%)")
+    styles = ", ".join(f"{('solid', 'dashed', 'dotted', 'dash-dot')[c % 4]}: {short_label(path)}" for c, path in enumerate(checkpoints))
+    fig.suptitle(f"top-1 under common corruptions ({rows[0]['images']:,} images per point; {styles})", fontsize="medium")
+    fig.tight_layout()
+    save_figure(fig, out)
+
+
+def draw_corruption_grid(image, settings, seed, out):
+    """One image under each corruption (rows) at each severity (columns; the first: clean)."""
+    plt = pyplot()
+    names = list(dict.fromkeys(name for name, _ in settings))
+    severities = sorted({severity for _, severity in settings})
+    fig, axes = plt.subplots(len(names), len(severities) + 1, figsize=(1.3 * (len(severities) + 1), 1.3 * len(names)),
+                             squeeze=False)
+    for r, name in enumerate(names):
+        axes[r][0].imshow(image.cpu().numpy())
+        axes[r][0].set_ylabel(name, rotation=0, ha="right", va="center", fontsize="small")
+        for c, severity in enumerate(severities, 1):
+            generator = torch.Generator(image.device).manual_seed(setting_seed(seed, name, severity, 0))
+            axes[r][c].imshow(corrupt(image[None], name, severity, generator)[0].cpu().numpy())
+    for c, title in enumerate(["clean", *(f"severity {s}" for s in severities)]):
+        axes[0][c].set_title(title, fontsize="small")
+    for ax in axes.flat:
+        ax.set_xticks([])
+        ax.set_yticks([])
+    fig.tight_layout()
+    save_figure(fig, out)
+
+
+def run_corruptions(args):
+    """--corruptions: every checkpoint (and --baseline) over the settings; the report, the outputs."""
+    settings = [(name, severity) for name in args.corruptions for severity in args.severities]
+    device = resolve_device(args.device)
+    paths = list(dict.fromkeys([*args.checkpoints, *([args.baseline] if args.baseline else [])]))
+    data_dirs = [checked_data_dir(path, args) for path in paths]  # all checked before the first sweep
+    rows, by_path, splits = [], {}, {}
+    for path, data_dir in zip(paths, data_dirs):
+        checkpoint = load_checkpoint(path)
+        model = with_tta(load_model(checkpoint, path, args).to(device), checkpoint.get("config", {}).get("tta") or "none")
+        dtype = evaluation_dtype(args.amp or None, checkpoint, device)  # as evaluate.py evaluates it
+        if os.path.realpath(data_dir) not in splits:
+            x, y = make_splits(load_packed(data_dir))[args.split]
+            splits[os.path.realpath(data_dir)] = x[: args.limit], y[: args.limit]
+        x, y = splits[os.path.realpath(data_dir)]
+        if args.show and not rows:
+            plot_or_note(lambda image, out: draw_corruption_grid(image, settings, args.seed, out), x[0].to(device), args.show)
+        with progress_bar(len(y) * (len(settings) + 1), f"corrupt {short_label(path)}", "img") as bar:
+            top1 = corruption_sweep(model, x, y, device, dtype, settings, args.batch_size, args.seed, bar)
+        by_path[path] = corruption_rows(path, getattr(model, "model_name", None), args.split, len(y), settings, top1, args.seed)
+        rows += by_path[path]
+        del model
+    for path in paths:
+        print_corruption_report(by_path[path], by_path.get(args.baseline), args.baseline)
+    write_rows(rows, CORRUPTION_KEYS, args.json, args.csv)
+    if args.plot:
+        plot_or_note(draw_corruption_plot, rows, args.plot)
+    return rows
+
+
 # ---------------------------------------------------------------- command line
 
 
@@ -245,9 +397,17 @@ def parse_args(argv):
                              "evaluate.py (with the model settings below where they differ from its defaults)")
     parser.add_argument("--json", metavar="PATH", help="write the rows as JSON")
     parser.add_argument("--csv", metavar="PATH", help="write the rows as CSV")
-    parser.add_argument("--plot", metavar="OUT.png", help="draw top-1 against the shift")
+    parser.add_argument("--plot", metavar="OUT.png", help="draw top-1 against the shift (or the severity)")
+    corruption = parser.add_argument_group("common corruptions (Tiny-ImageNet-C) instead of translation")
+    corruption.add_argument("--corruptions", metavar="all|NAME,...",
+                            help="all: the 15 of Tiny-ImageNet-C; or a comma list (also speckle_noise, gaussian_blur)")
+    corruption.add_argument("--severities", nargs="+", type=int, default=list(SEVERITIES), metavar="S",
+                            help="severities 1-5 (default: all)")
+    corruption.add_argument("--baseline", metavar="CKPT", help="normalise by this model's errors: the paper's mCE and relative mCE")
+    corruption.add_argument("--show", metavar="OUT.png", help="draw the split's first image under each corruption and severity")
     add_setting_flags(parser)
     args = parser.parse_args(argv)
+    check_corruption_flags(parser, args, {key for key, value in vars(args).items() if value != parser.get_default(key)})
     if args.batch_size < 1:
         parser.error("--batch-size must be at least 1")
     if args.limit is not None and args.limit < 1:
@@ -258,6 +418,24 @@ def parse_args(argv):
         parser.error("--consistency-k must be at least 0")
     args.fill = list(dict.fromkeys(args.fill))
     return args
+
+
+def check_corruption_flags(parser, args, given):
+    if args.corruptions is None:
+        for flag in ("baseline", "show", "severities"):
+            if flag in given:
+                parser.error(f"--{flag} goes with --corruptions")
+        return
+    clashing = [flag for flag in TRANSLATION_ONLY if flag in given]
+    if clashing:
+        parser.error(f"--{clashing[0].replace('_', '-')} is translation's: --corruptions does not take it")
+    try:
+        args.corruptions = parse_corruptions(args.corruptions)
+    except ValueError as error:
+        parser.error(f"--corruptions: {error}")
+    if not all(s in SEVERITIES for s in args.severities):
+        parser.error("--severities are between 1 and 5")
+    args.severities = sorted(set(args.severities))
 
 
 def load_model(checkpoint, path, args):
@@ -273,9 +451,11 @@ def checked_data_dir(path, args):
 
 
 def run(args):
-    for path, flag in ((args.json, "--json"), (args.csv, "--csv"), (args.plot, "--plot")):
+    for path, flag in ((args.json, "--json"), (args.csv, "--csv"), (args.plot, "--plot"), (args.show, "--show")):
         if path:  # before any work: an unwritable output must not waste the sweep
             check_output_path(path, flag)
+    if args.corruptions:
+        return run_corruptions(args)
     device = resolve_device(args.device)
     dtype = amp_dtype(device, args.amp)
     data_dirs = [checked_data_dir(path, args) for path in args.checkpoints]  # all checked before the first sweep

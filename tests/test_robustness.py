@@ -1,4 +1,6 @@
-"""robustness.py: the shift as docs/robustness.md defines it, the figures it reports, and its outputs."""
+"""robustness.py: the shift as docs/robustness.md defines it, the figures it reports, and its
+outputs; and with --corruptions, Tiny-ImageNet-C's rows, CE, mCE and pictures (the corruptions
+themselves: test_corruptions.py)."""
 import csv
 import gc
 import json
@@ -16,6 +18,7 @@ import robustness
 import train
 from data import BatchLoader
 from model import MODELS
+from corruptions import CORRUPTIONS, corruption_summary
 from robustness import FILLS, crop_offsets, shift_list, sweep, translate
 from test_zoo import tiny
 
@@ -231,3 +234,57 @@ def test_checkpoints_are_swept_one_model_at_a_time_over_one_shared_copy_of_the_s
     assert robustness.main([*checkpoints, "--shifts", "1", "--fill", "zero", "--limit", "4"]) == 0
     assert [alive for alive, _ in swept] == [1, 1, 1]
     assert all(x is swept[0][1] for _, x in swept)
+
+
+# ---------------------------------------------------------------- common corruptions
+
+
+def test_corruptions_give_a_row_per_setting_and_a_clean_row_equal_to_evaluate_pys(tiny_run, tmp_path, capsys):
+    out = {kind: str(tmp_path / f"c.{kind}") for kind in ("json", "csv", "png")}
+    checkpoint = str(tiny_run / "best.pt")
+    assert robustness.main([checkpoint, "--corruptions", "all", "--severities", "1", "5", "--limit", "8",
+                            "--json", out["json"], "--csv", out["csv"], "--plot", out["png"],
+                            "--show", str(tmp_path / "grid.png")]) == 0
+    assert evaluate.main([checkpoint, "--json", str(tmp_path / "eval.json")]) == 0
+    rows = json.load(open(out["json"]))
+    assert [(row["corruption"], row["severity"]) for row in rows] == [("clean", 0)] + [
+        (name, severity) for name in CORRUPTIONS for severity in (1, 5)]
+    assert all(row["error"] == pytest.approx(1 - row["top1"]) and row["images"] == 8 for row in rows)
+    assert robustness.main([checkpoint, "--corruptions", "contrast", "--severities", "1", "--json", out["json"]]) == 0
+    assert json.load(open(out["json"]))[0]["top1"] == json.load(open(tmp_path / "eval.json"))["top1"]  # the whole split
+    with open(out["csv"]) as f:
+        assert len(list(csv.DictReader(f))) == len(rows)
+    for picture in (out["png"], str(tmp_path / "grid.png")):
+        with Image.open(picture) as image:
+            assert image.size[0] > 300
+    printed = capsys.readouterr().out
+    assert "mean CE (unnormalised)" in printed and "gaussian_noise" in printed
+
+
+def test_mce_and_relative_mce_follow_the_papers_definitions():
+    def rows(clean, errors):
+        return [{"corruption": "clean", "severity": 0, "top1": 1 - clean}] + [
+            {"corruption": name, "severity": s, "top1": 1 - e} for name, values in errors.items() for s, e in enumerate(values, 1)]
+
+    model = rows(0.2, {"fog": [0.3, 0.5], "snow": [0.4, 0.4]})
+    baseline = rows(0.4, {"fog": [0.6, 0.8], "snow": [0.5, 0.7]})
+    summary = corruption_summary(model, baseline)
+    assert summary["ce"] == {"fog": pytest.approx(0.4), "snow": pytest.approx(0.4)} and summary["mean_ce"] == pytest.approx(0.4)
+    assert summary["normalised_ce"] == {"fog": pytest.approx(0.8 / 1.4), "snow": pytest.approx(0.8 / 1.2)}
+    assert summary["mce"] == pytest.approx((0.8 / 1.4 + 0.8 / 1.2) / 2)
+    # relative: sum over severities of (E - E_clean), over the baseline's
+    assert summary["relative_mce"] == pytest.approx(((0.1 + 0.3) / (0.2 + 0.4) + (0.2 + 0.2) / (0.1 + 0.3)) / 2)
+    assert corruption_summary(baseline, baseline)["mce"] == pytest.approx(1.0)
+
+
+def test_a_baseline_normalises_and_bad_corruption_flags_are_one_line(tiny_run, capsys):
+    checkpoint = str(tiny_run / "best.pt")
+    assert robustness.main([checkpoint, "--corruptions", "fog", "--severities", "2", "--limit", "8",
+                            "--baseline", checkpoint]) == 0
+    assert "mCE 100.0%, relative mCE 100.0%" in capsys.readouterr().out
+    for flags in (["--corruptions", "fgo"], ["--corruptions", "fog", "--shifts", "1"], ["--baseline", checkpoint],
+                  ["--corruptions", "fog", "--severities", "6"]):
+        with pytest.raises(SystemExit) as exit_info:
+            robustness.main([checkpoint, *flags])
+        assert exit_info.value.code == 2
+        assert ": error: --" in capsys.readouterr().err.strip().splitlines()[-1]
