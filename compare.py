@@ -41,13 +41,15 @@ from errors import DataError
 from layout import check_output_path, data_identity, write_rows
 from model import MODELS, build_model, count_parameters, flops_per_image
 from recipe import RECIPE_FLAGS
-from rundir import is_run, read_config, read_metrics, read_test_metrics
+from corruptions import corruption_summary
+from rundir import is_run, read_config, read_corruption_rows, read_metrics, read_test_metrics
 from runs import describe_model, expand_globs, find_runs, not_a_run, run_state
 from runtime import amp_dtype, autocast, configure_backends, resolve_device, synchronize
 
 KEYS = ("model", "recipe", "epochs", "seeds", "top1_mean", "top1_std", "top5_mean", "top5_std", "f1_mean", "f1_std",
         "loss_mean", "loss_std", "params", "gflops", "train_images_per_s", "seconds_per_epoch", "latency_ms_batch1",
-        "images_per_s_batch256", "runs")
+        "images_per_s_batch256", "runs", "mean_ce_mean", "mean_ce_std", "mce_mean", "mce_std")
+CORRUPTION_COLUMNS = {"mean_ce": "mean CE % (corruptions)", "mce": "mCE %"}
 FIGURES = {"top1": "top1", "top5": "top5", "f1": "macro_f1", "loss": "loss"}  # JSON name -> the recorded one's
 # What may differ between the runs of one row besides the seed: where they were written, and
 # settings that change no figure (how often to log, the evaluation batch) or are derived.
@@ -145,7 +147,22 @@ def read_run(run_dir, weights):
     if "model_config" not in config:  # a run from before the model registry: its checkpoint knows
         model = model_from_checkpoint(load_checkpoint(checkpoint), checkpoint)
         config = {**config, "model": model.model_name, "model_config": asdict(model.config)}
-    return run_record(config, run_dir, weights, test, checkpoint, speed_dir=run_dir)
+    record = run_record(config, run_dir, weights, test, checkpoint, speed_dir=run_dir)
+    return {**record, **corruption_figures(run_dir, checkpoint)}
+
+
+def corruption_figures(run_dir, checkpoint):
+    """{"mean_ce", "mce"} of the checkpoint from the run's corruptions.json (robustness.py
+    --corruptions all --json RUN/corruptions.json), None where there is none (mCE: where the file
+    also holds the baseline's rows)."""
+    mine, baseline = read_corruption_rows(run_dir, checkpoint)
+    if not mine or len({row["corruption"] for row in mine}) < 2:
+        return {"mean_ce": None, "mce": None}
+    try:
+        summary = corruption_summary(mine, baseline or None)
+    except (ValueError, KeyError, StopIteration):  # not the same settings as the baseline's, or no clean row
+        summary = corruption_summary(mine) if any(row["corruption"] == "clean" for row in mine) else {"mean_ce": None}
+    return {"mean_ce": summary["mean_ce"], "mce": summary.get("mce")}
 
 
 def read_checkpoint(path, data_dir, device, batch_size):
@@ -274,6 +291,8 @@ def summarize(group, speed):
     row["seconds_per_epoch"] = mean_std([r["seconds_per_epoch"] for r in group])[0]
     row["latency_ms_batch1"], row["images_per_s_batch256"] = speed[0](model) if speed else (None, None)
     row["runs"] = [r["source"] for r in group]
+    for figure in ("mean_ce", "mce"):  # (robustness.py --corruptions, where the runs carry it)
+        row[f"{figure}_mean"], row[f"{figure}_std"] = mean_std([r.get(figure) for r in group])
     memory = [r["peak_memory_mb"] for r in group if r["peak_memory_mb"] is not None]
     row.update(
         weights=first["weights"], seed_values=[r["seed"] for r in group], data=first["data"],
@@ -303,6 +322,8 @@ def markdown_table(rows):
                "GFLOPs", "train img/s", "s/epoch", "trained on", "latency ms (batch 1)", "img/s (batch 256)",
                "train peak MB", "data")
     text = ("model", "recipe", "trained on", "data")
+    corrupted = [figure for figure in ("mean_ce", "mce") if any(row[f"{figure}_mean"] is not None for row in rows)]
+    columns += tuple(CORRUPTION_COLUMNS[figure] for figure in corrupted)  # where the runs carry robustness.py's rows
     lines = ["| " + " | ".join(columns) + " |", "|" + "".join("---|" if c in text else "---:|" for c in columns)]
     for row in rows:
         model = row["model"] + ("" if row["weights"] == "final" else f" [{row['weights']} weights]")
@@ -312,7 +333,8 @@ def markdown_table(rows):
                  plus_minus(row["loss_mean"], row["loss_std"], 1, 3), f"{row['params']:,}", f"{row['gflops']:.3f}",
                  cell(row["train_images_per_s"], ",.0f"), cell(row["seconds_per_epoch"], ",.1f"), row["trained_on"],
                  cell(row["latency_ms_batch1"], ".2f"), cell(row["images_per_s_batch256"], ",.0f"),
-                 cell(row["peak_train_memory_mb"], ",.0f"), row["data"]]
+                 cell(row["peak_train_memory_mb"], ",.0f"), row["data"],
+                 *(plus_minus(row[f"{figure}_mean"], row[f"{figure}_std"], digits=1) for figure in corrupted)]
         lines.append("| " + " | ".join(map(str, cells)) + " |")
     return "\n".join(lines)
 
@@ -326,6 +348,10 @@ def footnote(rows):
     if rows[0]["inference_on"]:
         lines.append(f"Inference measured now on {rows[0]['inference_on']}, eager, random images: latency is the median "
                      f"of at least {LATENCY_RUNS} single-image forwards after {LATENCY_WARMUP} warm-up ones.")
+    if any(row["mean_ce_mean"] is not None for row in rows):
+        lines.append("mean CE: 1 - top-1 under each corruption averaged over its severities, then over the corruptions "
+                     "(robustness.py --corruptions' rows in each run's corruptions.json); mCE: each corruption's errors "
+                     "over the baseline's in that file, averaged (100%: the baseline).")
     memory = sorted({row["peak_train_memory_what"] for row in rows if row["peak_train_memory_what"]})
     if memory:
         lines.append(f"Train peak MB: {'; '.join(memory)}.")

@@ -396,6 +396,7 @@ def bilinear_reflect101(x, rows, cols):
     return bilinear_at(padded, (rows + size).clamp(0, 3 * size - 1), (cols + size).clamp(0, 3 * size - 1))
 
 
+@functools.cache
 def box_weights(in_size, out_size, device):
     """The (out, in) matrix of PIL's BOX resampling along one axis (Resample.c precompute_coeffs):
     output pixel i averages the input pixels whose centres lie within half its (scaled) width of

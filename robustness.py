@@ -57,7 +57,7 @@ from runtime import amp_dtype, autocast, resolve_device
 FILLS = ("zero", "reflect", "circular")
 DIRECTIONS = ((1, 0), (-1, 0), (0, 1), (0, -1), (1, 1), (-1, -1))  # horizontal, vertical, diagonal
 KEYS = ("checkpoint", "model", "split", "images", "fill", "dx", "dy", "top1", "agreement", "kl", "consistency", "k")
-CORRUPTION_KEYS = ("checkpoint", "model", "split", "images", "corruption", "severity", "top1", "error", "seed")
+CORRUPTION_KEYS = ("checkpoint", "model", "split", "images", "corruption", "severity", "top1", "error", "seed", "baseline")
 TRANSLATION_ONLY = ("shifts", "fill", "consistency_k")  # the flags that --corruptions does not take
 
 
@@ -262,8 +262,8 @@ def corruption_sweep(model, x, y, device, dtype, settings, batch_size, seed, bar
     return (hits / len(y)).tolist()  # one sync
 
 
-def corruption_rows(path, model_name, split, images, settings, top1, seed):
-    common = {"checkpoint": path, "model": model_name, "split": split, "images": images, "seed": seed}
+def corruption_rows(path, model_name, split, images, settings, top1, seed, baseline=False):
+    common = {"checkpoint": path, "model": model_name, "split": split, "images": images, "seed": seed, "baseline": baseline}
     named = [("clean", 0), *settings]
     return [{**common, "corruption": name, "severity": severity, "top1": value, "error": 1 - value}
             for (name, severity), value in zip(named, top1)]
@@ -361,7 +361,8 @@ def run_corruptions(args):
             plot_or_note(lambda image, out: draw_corruption_grid(image, settings, args.seed, out), x[0].to(device), args.show)
         with progress_bar(len(y) * (len(settings) + 1), f"corrupt {short_label(path)}", "img") as bar:
             top1 = corruption_sweep(model, x, y, device, dtype, settings, args.batch_size, args.seed, bar)
-        by_path[path] = corruption_rows(path, getattr(model, "model_name", None), args.split, len(y), settings, top1, args.seed)
+        by_path[path] = corruption_rows(path, getattr(model, "model_name", None), args.split, len(y), settings, top1, args.seed,
+                                        baseline=path == args.baseline)
         rows += by_path[path]
         del model
     for path in paths:

@@ -8,6 +8,7 @@
       curves.png         drawn from metrics.csv (curves.py)
       last.pt, best.pt   checkpoints (their contents: checkpoint.py)
       epoch-NNN.pt       with --save-top-k K: the checkpoints of the K best epochs by val top-1
+      corruptions.json   robustness.py --corruptions' rows, where the user wrote them there (compare.py's mean CE)
 
 train.py writes them; runs.py, curves.py, compare.py, resume.py and benchmarks/study.py read them.
 Not here: what a checkpoint holds (checkpoint.py), drawing (curves.py).
@@ -24,6 +25,7 @@ from errors import DataError
 from layout import ensure_dir, read_json, write_csv, write_json
 
 CONFIG, METRICS, STATUS, TEST_METRICS, CURVES = "config.json", "metrics.csv", "status.json", "test_metrics.json", "curves.png"
+CORRUPTION_ROWS = "corruptions.json"
 LAST, BEST = "last.pt", "best.pt"
 METRIC_FIELDS = (
     "epoch", "train_loss", "train_top1", "train_top5", "val_loss", "val_top1", "val_top5",
@@ -81,6 +83,20 @@ def read_test_metrics(run_dir):
     """test_metrics.json as a dict ({} before the run's test)."""
     metrics = read_json(file_of(run_dir, TEST_METRICS))
     return metrics if isinstance(metrics, dict) else {}
+
+
+def read_corruption_rows(run_dir, checkpoint):
+    """The rows of robustness.py --corruptions in the run's corruptions.json that are this
+    checkpoint's (its path, or, for rows written from another folder, its file name where only
+    one checkpoint of the file has it), and the rows of the baseline they were normalised by:
+    ([], []) when the file is absent or holds no row of the checkpoint."""
+    rows = read_json(file_of(run_dir, CORRUPTION_ROWS))
+    rows = [row for row in rows if isinstance(row, dict) and isinstance(row.get("checkpoint"), str)] if isinstance(rows, list) else []
+    mine = [row for row in rows if os.path.realpath(row["checkpoint"]) == os.path.realpath(checkpoint)]
+    if not mine:
+        named = {row["checkpoint"] for row in rows if os.path.basename(row["checkpoint"]) == os.path.basename(checkpoint)}
+        mine = [row for row in rows if row["checkpoint"] in named] if len(named) == 1 else []
+    return mine, [row for row in rows if row.get("baseline")]
 
 
 def write_test_metrics(run_dir, metrics):

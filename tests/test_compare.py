@@ -13,6 +13,7 @@ import pytest
 import compare
 import evaluate
 import prepare_data
+import robustness
 import train
 from layout import data_identity, read_meta
 from model import cost_row
@@ -220,3 +221,22 @@ def test_each_unusable_input_is_one_line_and_the_rest_is_compared(real_run, tmp_
     assert compare.main([str(tmp_path / "empty"), str(crashed)]) == 2
     assert capsys.readouterr().err.strip().splitlines()[-1] == \
         "error: nothing to compare: no run with test figures among the paths given"
+
+
+def test_runs_that_carry_corruption_rows_get_their_mean_ce_in_the_table(real_run, tmp_path, capsys):
+    """robustness.py --corruptions --json RUN/corruptions.json: compare.py's row holds the mean
+    corruption error over seeds (and the table a column for it); runs without the file have none."""
+    first, second = copy_run(real_run, tmp_path / "s0", seed=0), copy_run(real_run, tmp_path / "s1", seed=1)
+    assert robustness.main([str(first / "last.pt"), "--corruptions", "fog,contrast", "--severities", "1", "5",
+                            "--limit", "8", "--json", str(first / "corruptions.json")]) == 0
+    measured = json.load(open(first / "corruptions.json"))
+    expected_first = sum(row["error"] for row in measured if row["corruption"] != "clean") / 4
+    made_up = [{**row, "checkpoint": str(second / "last.pt"), "error": 0.5, "top1": 0.5} for row in measured]
+    json.dump(made_up, open(second / "corruptions.json", "w"))
+    [row] = compare_json(tmp_path, first, second)
+    assert row["mean_ce_mean"] == pytest.approx((expected_first + 0.5) / 2) and row["mce_mean"] is None
+    [plain] = compare_json(tmp_path, copy_run(real_run, tmp_path / "plain"))
+    assert plain["mean_ce_mean"] is None
+    capsys.readouterr()
+    assert compare.main([str(first), str(second), "--no-speed"]) == 0
+    assert "mean CE % (corruptions)" in capsys.readouterr().out
