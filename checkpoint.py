@@ -234,10 +234,17 @@ def write_hf_folder(checkpoint, model, folder, weights):
         "label2id": {name: index for index, name in enumerate(names)}, "wnids": list(classes),
         "image_size": IMAGE_SIZE, "num_channels": 3, "image_mean": list(MEAN), "image_std": list(STD),
         "input": "float RGB in [0, 1], normalised with image_mean and image_std before the model",
-        "weights": weights, "evaluation": {key: run[key] for key in ("tta", "eval_amp") if key in run},
+        "weights": weights, "evaluation": {key: run[key] for key in ("tta", "eval_amp", "amp_dtype", "device") if key in run},
         "synthetic": bool(checkpoint.get("synthetic", False)),
     }
-    os.makedirs(folder, exist_ok=True)
+    existing = read_json(os.path.join(folder, HF_CONFIG))
+    if isinstance(existing, dict) and existing.get("model_type") != HF_FORMAT:  # a run directory's, say
+        raise DataError(f"{folder} already has a {HF_CONFIG} that export.py did not write (a run directory?): "
+                        "give a new folder")
+    try:
+        os.makedirs(folder, exist_ok=True)
+    except OSError as error:
+        raise DataError(f"cannot create {folder} ({error.strerror or error})") from None
     tensors = {key: value.detach().cpu().contiguous() for key, value in model.state_dict().items()}
     write_atomically(os.path.join(folder, HF_WEIGHTS), lambda tmp: save_file(tensors, tmp, metadata={"format": "pt"}))
     write_json(os.path.join(folder, HF_CONFIG), config)
@@ -261,10 +268,13 @@ def read_hf_folder(folder):
         weights = load_file(os.path.join(folder, HF_WEIGHTS))
     except (SafetensorError, OSError) as error:
         raise DataError(f"cannot load {os.path.join(folder, HF_WEIGHTS)}: {str(error).splitlines()[0][:200]}") from None
-    return {"model": weights, "weights": config.get("weights", "trained"),  # (the EMA's, when the run kept one)
-            "model_name": config["architectures"][0], "model_config": config["model_config"],
-            "classes": config["wnids"], "class_names": [config["id2label"][str(index)] for index in range(config["num_labels"])],
-            "synthetic": config.get("synthetic", False), "config": config.get("evaluation", {})}
+    try:
+        return {"model": weights, "weights": config.get("weights", "trained"),  # (the EMA's, when the run kept one)
+                "model_name": config["architectures"][0], "model_config": config["model_config"],
+                "classes": config["wnids"], "class_names": [config["id2label"][str(index)] for index in range(config["num_labels"])],
+                "synthetic": config.get("synthetic", False), "config": config.get("evaluation", {})}
+    except (KeyError, IndexError, TypeError) as error:
+        raise DataError(f"{config_path} lacks what rebuilds the model ({error}): export the checkpoint again") from None
 
 
 # ---------------------------------------------------------------- train.py's checkpoints

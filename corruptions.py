@@ -226,11 +226,11 @@ def shuffle_locally(x, positions, offsets):
 
 
 def motion_blur(x, severity, generator):
-    """ImageMagick's motion blur along an angle drawn from U(-45°, 45°) for each image. (The script
-    hands ImageMagick the uint8 image and gets a uint8 one back; here the blur runs on floats.)"""
+    """ImageMagick's motion blur along an angle drawn from U(-45°, 45°) for each image, rounded to
+    whole levels as ImageMagick's 8-bit output is (it blurs the uint8 image in floats)."""
     radius, sigma = MOTION_BLUR[severity - 1]
     angles = uniform(-45, 45, (x.shape[0],), generator, x.device)
-    return motion_blur_with(x, radius, sigma, angles).clamp(0, 1)
+    return torch.round(motion_blur_with(x, radius, sigma, angles).clamp(0, 1) * 255) / 255  # ImageMagick's 8-bit result
 
 
 def zoom_blur(x, severity, generator):
@@ -260,7 +260,7 @@ def snow(x, severity, generator):
     layer = clipped_zoom(layer, zoom)
     layer = torch.floor(torch.where(layer < threshold, 0, layer).clamp(0, 1) * 255) / 255
     angles = uniform(-135, -45, (batch,), generator, x.device)
-    layer = motion_blur_with(layer, radius, sigma, angles)
+    layer = torch.round(motion_blur_with(layer, radius, sigma, angles) * 255) / 255  # ImageMagick's 8-bit result
     gray = (0.299 * x[:, 0] + 0.587 * x[:, 1] + 0.114 * x[:, 2]).unsqueeze(1)  # OpenCV's RGB2GRAY
     x = blend * x + (1 - blend) * torch.maximum(x, gray * 1.5 + 0.5)
     return (x + layer + layer.flip(2, 3)).clamp(0, 1)
@@ -291,9 +291,9 @@ def plasma_fractal(batch, decay, generator, device, size=64):
 
 
 @functools.cache
-def frost_images():
-    """The five frost photographs as the script uses them (shrunk to 0.3): ((5, 3, H, W) uint8,
-    padded to the largest, and each one's (height, width))."""
+def frost_images(device):
+    """The five frost photographs as the script uses them (shrunk to 0.3), on the device: ((5, 3,
+    H, W) uint8, padded to the largest, and each one's (height, width))."""
     images = [torch.from_numpy(np.array(Image.open(os.path.join(FROST_DIR, f"frost{index}.png")).convert("RGB")))
               for index in range(1, 6)]
     sizes = torch.tensor([image.shape[:2] for image in images])
@@ -301,22 +301,22 @@ def frost_images():
     stacked = torch.zeros((5, 3, height, width), dtype=torch.uint8)
     for index, image in enumerate(images):
         stacked[index, :, : image.shape[0], : image.shape[1]] = image.permute(2, 0, 1)
-    return stacked, sizes
+    return stacked.to(device), sizes.to(device)
 
 
 def frost(x, severity, generator):
     """One of the five frost images for each image (U{0..4}), a random 64x64 crop of it (top row in
     [0, H-64), left column in [0, W-64)), blended: clip(a·image + b·frost) on the 0-255 scale."""
     weight, frost_weight = FROST[severity - 1]
-    stacked, sizes = frost_images()
+    stacked, sizes = frost_images(x.device)
     batch, _, size, _ = x.shape
-    which = torch.randint(0, 5, (batch,), generator=generator, device=x.device).cpu()
+    which = torch.randint(0, 5, (batch,), generator=generator, device=x.device)
     limits = sizes[which] - size  # (B, 2)
-    starts = (torch.rand((batch, 2), generator=generator, device=x.device).cpu() * limits).floor().long()
-    rows = starts[:, 0, None] + torch.arange(size)
-    cols = starts[:, 1, None] + torch.arange(size)
+    starts = (torch.rand((batch, 2), generator=generator, device=x.device) * limits).floor().long()
+    rows = starts[:, 0, None] + torch.arange(size, device=x.device)
+    cols = starts[:, 1, None] + torch.arange(size, device=x.device)
     crops = stacked[which[:, None, None], :, rows[:, :, None], cols[:, None, :]]  # (B, 64, 64, 3)
-    frost_255 = crops.permute(0, 3, 1, 2).to(x.device, x.dtype)
+    frost_255 = crops.permute(0, 3, 1, 2).to(x.dtype)
     return ((weight * x * 255 + frost_weight * frost_255).clamp(0, 255) / 255)
 
 
@@ -500,6 +500,10 @@ def ratio(part, whole):
     return part / whole if whole else math.nan
 
 
+def settings_of(rows):
+    return {(row["corruption"], row["severity"]) for row in rows}
+
+
 def corruption_summary(rows, baseline_rows=None):
     """The paper's figures for one checkpoint: each corruption's error averaged over severities
     (its CE, unnormalised) and their mean; with a baseline's rows, also CE_c = Σ_s E_s,c / Σ_s
@@ -510,7 +514,7 @@ def corruption_summary(rows, baseline_rows=None):
     summary["mean_ce"] = sum(summary["ce"].values()) / len(summary["ce"])
     if baseline_rows is not None:
         base_errors, base_clean = errors_by_corruption(baseline_rows)
-        if {name: len(values) for name, values in base_errors.items()} != {name: len(values) for name, values in errors.items()}:
+        if settings_of(baseline_rows) != settings_of(rows):
             raise ValueError("the baseline was not measured on the same corruptions and severities")
         normalised = {name: ratio(sum(values), sum(base_errors[name])) for name, values in errors.items()}
         relative = {name: ratio(sum(e - clean for e in values), sum(e - base_clean for e in base_errors[name]))

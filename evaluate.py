@@ -100,8 +100,8 @@ def parse_args(argv):
                         help="test-time augmentation (flip: mean of the logits of each image and its mirror image); "
                              "default: what the checkpoint's run evaluated with, else none")
     parser.add_argument("--quantize", choices=("int8",),
-                        help="int8: the Linear layers quantized to int8 dynamically (CPU only, fp32 elsewhere): faster "
-                             "CPU inference, measured against fp32 and bf16 in docs/usage.md")
+                        help="int8: the Linear layers quantized to int8 dynamically (CPU only, fp32 elsewhere); measured "
+                             "against fp32 and bf16 in benchmarks/README.md")
     parser.add_argument("--no-ema", dest="ema", action="store_false",
                         help="evaluate the raw trained weights of a run that kept an EMA (default: the EMA weights)")
     parser.add_argument("--json", metavar="PATH", help="also write the whole report as JSON")
@@ -135,6 +135,7 @@ def run(args):
     data = checked_data(checkpoint, model, args.checkpoint, data_dir)
     test_images = test_image_files(data_dir) if args.predict else None  # before any work: fail fast
     device = resolve_device(args.device)
+    parameters = count_parameters(model)  # (before --quantize packs the Linear weights out of the parameters)
     model, dtype = ready_for_inference(args, checkpoint, model, device)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
@@ -148,7 +149,7 @@ def run(args):
     metrics = {
         "split": args.split, "checkpoint": args.checkpoint, "weights": checkpoint.get("weights") or ("ema" if args.ema and "ema" in checkpoint else "trained"),
         "tta": tta,
-        **metrics, "model": model.model_name, "parameters": count_parameters(model),
+        **metrics, "model": model.model_name, "parameters": parameters,
         "images_per_s": measure_throughput(model, first_batch, device, dtype), "batch_size": len(first_batch),
         "device": str(device), "precision": "int8 (Linear layers)" if args.quantize else str(dtype).replace("torch.", "") if dtype else "fp32",
         "peak_memory_mb": None if math.isnan(memory_mb) else memory_mb, "peak_memory_what": memory_what,

@@ -94,9 +94,12 @@ def largest_difference(graph, path):
         import onnxruntime
     except ImportError:
         return None
-    session = onnxruntime.InferenceSession(path, providers=["CPUExecutionProvider"])
     images = torch.rand(CHECK_IMAGES, 3, IMAGE_SIZE, IMAGE_SIZE, generator=torch.Generator().manual_seed(0))
-    (logits,) = session.run(["logits"], {"images": images.numpy()})
+    try:
+        session = onnxruntime.InferenceSession(path, providers=["CPUExecutionProvider"])
+        (logits,) = session.run(["logits"], {"images": images.numpy()})
+    except Exception as error:  # onnxruntime's own exception types: the graph does not run there
+        raise DataError(f"onnxruntime cannot run {path}: {str(error).strip().splitlines()[0][:300]}") from None
     with torch.no_grad():
         return (torch.from_numpy(logits) - graph(images)).abs().max().item()
 
@@ -113,10 +116,13 @@ def write_onnx(args, checkpoint, model):
         print(f"not checked: onnxruntime is not installed ({EXTRAS})")
     else:
         print(f"onnxruntime against the eager model on {CHECK_IMAGES} random images: largest logit difference {difference:.2e}")
+        if difference > 1e-3:  # float32 reorderings give about 1e-6: more means the graph computes something else
+            raise DataError(f"{args.onnx} does not compute what the model computes (logits differ by {difference:.2e}); "
+                            "please report it with the model's name")
 
 
 def write_hf(args, checkpoint, model):
-    weights = "ema" if args.ema and "ema" in checkpoint else "trained"
+    weights = checkpoint.get("weights") or ("ema" if args.ema and "ema" in checkpoint else "trained")
     write_hf_folder(checkpoint, model, args.hf, weights)
     print(f"Hugging Face folder: {args.hf} ({HF_WEIGHTS}: {len(model.state_dict())} tensors, {weights} weights; "
           f"{HF_CONFIG}: {model.model_name}, {model.config.num_classes} labels); evaluate it: {shell_command('evaluate.py', args.hf)}")

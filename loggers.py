@@ -11,7 +11,8 @@ every --log-every steps the mean loss of those steps, the lr and images/s (step/
 epoch its row of metrics.csv (train/..., val/...); once, the run's settings; at the end the test
 metrics (test/...). Rank 0 alone logs. A resumed run continues the same curves: TensorBoard
 hides what an interrupted process logged after its last checkpoint (purge_step), W&B resumes
-the run id that config.json records (wandb_id).
+the run id that config.json records (wandb_id), though it keeps what a hard-killed process
+logged after its last checkpoint (W&B has no purge).
 
 The packages are extras (requirements-extras.txt), imported only when asked for.
 """
@@ -54,10 +55,15 @@ class Loggers:
         self.loggers = []
         if not enabled:
             return
-        if "tensorboard" in names:
-            self.loggers.append(TensorBoardLogger(run_dir, config, resumed_at_step))
-        if "wandb" in names:
-            self.loggers.append(WandbLogger(run_dir, config))
+        try:
+            if "tensorboard" in names:
+                self.loggers.append(TensorBoardLogger(run_dir, config, resumed_at_step))
+            if "wandb" in names:
+                self.loggers.append(WandbLogger(run_dir, config))
+        except Exception as error:  # not logged in, no network, a wandb or tensorboard that fails to start: one line
+            self.close(failed=True)
+            hint = " (WANDB_MODE=offline logs without a network; `wandb login` for online)" if "wandb" in names else ""
+            raise DataError(f"--logger {' '.join(names)} could not start: {str(error).strip().splitlines()[0][:200] if str(error).strip() else type(error).__name__}{hint}") from None
 
     def __bool__(self):
         return bool(self.loggers)

@@ -352,7 +352,7 @@ def run_corruptions(args):
     for path, data_dir in zip(paths, data_dirs):
         checkpoint = load_checkpoint(path)
         model = with_tta(load_model(checkpoint, path, args).to(device), checkpoint.get("config", {}).get("tta") or "none")
-        dtype = evaluation_dtype(args.amp or None, checkpoint, device)  # as evaluate.py evaluates it
+        dtype = evaluation_dtype(args.amp, checkpoint, device)  # as evaluate.py evaluates it
         if os.path.realpath(data_dir) not in splits:
             x, y = make_splits(load_packed(data_dir))[args.split]
             splits[os.path.realpath(data_dir)] = x[: args.limit], y[: args.limit]
@@ -390,8 +390,9 @@ def parse_args(argv):
     parser.add_argument("--data-dir", help="prepared data (default: the one each checkpoint was trained on, else data)")
     parser.add_argument("--batch-size", type=int, default=256, help="images per forward pass")
     parser.add_argument("--device", default="auto", help="auto (cuda, else mps, else cpu), cpu, cuda, cuda:N, mps")
-    parser.add_argument("--amp", action=argparse.BooleanOptionalAction, default=False,
-                        help="bf16 autocast (fp16 on GPUs without bf16), as in evaluate.py; off: fp32")
+    parser.add_argument("--amp", action=argparse.BooleanOptionalAction,
+                        help="bf16 autocast (fp16 on GPUs without bf16), as in evaluate.py; --no-amp: fp32; default: fp32 "
+                             "under translation, the checkpoint's own evaluation precision under --corruptions")
     parser.add_argument("--no-ema", dest="ema", action="store_false", help="the raw trained weights of a run that kept an EMA")
     parser.add_argument("--model", choices=tuple(MODELS),
                         help="the architecture of a foreign checkpoint whose parameter names cannot tell, as in "

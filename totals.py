@@ -21,8 +21,8 @@ def summarize(totals):
 def resume_point(progress, device):
     """(first step, metric totals, seconds already spent) for the epoch about to run."""
     partial = progress["partial"]
-    if not partial:
-        return 0, new_totals(device), 0.0
+    if not partial:  # (under torchrun rank 0 alone carries a mid-epoch resume's totals: the others start from zero)
+        return progress.get("step_in_epoch", 0), new_totals(device), 0.0
     totals = {key: partial[key] if key == "count" else torch.tensor(partial[key], device=device)
               for key in ("loss_sum", "correct", "count", "skipped")}
     return progress["step_in_epoch"], totals, partial["seconds"]

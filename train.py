@@ -85,12 +85,14 @@ def train_one_epoch(model, loader, updater, device, dtype, totals, start_step, l
     agree on it).
 
     Metrics accumulate on the device; they are read (a CPU-GPU sync) only every log_every steps,
-    and handed to on_log(optimizer step, mean loss since the last call, images/s) when given
-    (the first call of an epoch: the epoch's mean so far).
+    and handed to on_log(optimizer step, mean loss since the last call, images/s) when given.
     """
     dist, end_step = dist or Distributed(), end_step or len(loader)
     model.train()
-    start, logged = time.perf_counter(), (0.0, 0.0)
+    start = time.perf_counter()
+    # (loss sum, count) at the last on_log; resumed mid-epoch, the totals restored (rank 0's: all
+    # ranks' sums, as the sync point's all-reduce gives them), read once
+    logged = (float(totals["loss_sum"]), float(totals["count"])) if on_log is not None and start_step else (0.0, 0.0)
     for step, (x, y) in enumerate(loader.iterate(start_step), start_step):
         logits, loss, skipped = updater.train_step(model, x, y, loader.epoch * len(loader) + step, device, dtype)
         if skipped is not None:
@@ -257,8 +259,8 @@ def start_run(args, dist, device, started):
     if args.sync_bn and device.type != "cuda":
         raise DataError("--sync-bn needs CUDA: SyncBatchNorm runs on GPUs only")
     checkpoint = load_on_every_rank(args.resume, dist) if args.resume else None
-    check_installed(args.logger)
     dtype = settle_settings(args, checkpoint, device)
+    check_installed(args.logger)  # (after --resume adopted the run's loggers)
     data, splits = load_data(args, checkpoint, dist)
     run_dir = dist.all_gather(choose_run_dir(args))[0]  # rank 0's clock names the run
     on_main(dist, lambda: prepare_run_dir(run_dir, args.resume))

@@ -68,11 +68,11 @@ def main(argv=None):
                                           len(sample), torch.device("cpu"), minimum_seconds=0.5)
             rows.append({"corruption": name, "severity": severity, "batched_images_per_s": ours,
                          "reference_images_per_s": reference})
-            print(f"| {name} | {severity} | {ours:,.0f} | {reference:,.0f} | {ours / reference:,.0f}x |", flush=True)
+            print(f"| {name} | {severity} | {ours:,.0f} | {reference:,.0f} | {ours / reference:,.1f}x |", flush=True)
     total_ours = len(rows) / sum(1 / row["batched_images_per_s"] for row in rows)
     total_reference = len(rows) / sum(1 / row["reference_images_per_s"] for row in rows)
     print(f"| all {len(rows)} settings (harmonic mean: one image through every setting) | | {total_ours:,.0f} | "
-          f"{total_reference:,.0f} | {total_ours / total_reference:,.0f}x |")
+          f"{total_reference:,.0f} | {total_ours / total_reference:,.1f}x |")
     if args.json:
         write_json(args.json, rows)
     return 0

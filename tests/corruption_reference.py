@@ -19,9 +19,32 @@ import torch
 from PIL import Image
 from scipy import ndimage
 
-from corruptions import (BRIGHTNESS, CONTRAST, DEFOCUS_BLUR, ELASTIC, FOG, FROST, FROST_DIR, GAUSSIAN_BLUR, GAUSSIAN_NOISE,
-                         GLASS_BLUR, IMPULSE_NOISE, JPEG_QUALITY, MOTION_BLUR, PIXELATE, SHOT_NOISE, SNOW, SPECKLE_NOISE,
-                         ZOOM_BLUR)
+from corruptions import FROST_DIR
+
+# The script's constants by severity, copied from make_tinyimagenet_c.py (not imported from
+# corruptions.py: a wrong constant there must fail the comparison).
+GAUSSIAN_NOISE = [0.04, 0.08, .12, .15, .18]
+SHOT_NOISE = [250, 100, 50, 30, 15]
+IMPULSE_NOISE = [.01, .02, .05, .08, .14]
+SPECKLE_NOISE = [.15, .2, 0.25, 0.3, 0.35]
+DEFOCUS_BLUR = [(0.5, 0.6), (1, 0.1), (1.5, 0.1), (2.5, 0.01), (3, 0.1)]
+GLASS_BLUR = [(0.1, 1, 1), (0.5, 1, 1), (0.6, 1, 2), (0.7, 2, 1), (0.9, 2, 2)]
+MOTION_BLUR = [(10, 1), (10, 1.5), (10, 2), (10, 2.5), (12, 3)]
+ZOOM_BLUR = [np.arange(1, 1.06, 0.01), np.arange(1, 1.11, 0.01), np.arange(1, 1.16, 0.01),
+             np.arange(1, 1.21, 0.01), np.arange(1, 1.26, 0.01)]
+GAUSSIAN_BLUR = [.5, .75, 1, 1.25, 1.5]
+SNOW = [(0.1, 0.2, 1, 0.6, 8, 3, 0.8), (0.1, 0.2, 1, 0.5, 10, 4, 0.8), (0.15, 0.3, 1.75, 0.55, 10, 4, 0.7),
+        (0.25, 0.3, 2.25, 0.6, 12, 6, 0.65), (0.3, 0.3, 1.25, 0.65, 14, 12, 0.6)]
+FROST = [(1, 0.3), (0.9, 0.4), (0.8, 0.45), (0.75, 0.5), (0.7, 0.55)]
+FOG = [(.4, 3), (.7, 3), (1, 2.5), (1.5, 2), (2, 1.75)]
+BRIGHTNESS = [.1, .2, .3, .4, .5]
+CONTRAST = [.4, .3, .2, .1, 0.05]
+IMSIZE = 64
+ELASTIC = [(IMSIZE * 0, IMSIZE * 0, IMSIZE * 0.08), (IMSIZE * 0.05, IMSIZE * 0.3, IMSIZE * 0.06),
+           (IMSIZE * 0.1, IMSIZE * 0.08, IMSIZE * 0.06), (IMSIZE * 0.1, IMSIZE * 0.03, IMSIZE * 0.03),
+           (IMSIZE * 0.16, IMSIZE * 0.03, IMSIZE * 0.02)]
+PIXELATE = [0.9, 0.8, 0.7, 0.6, 0.5]
+JPEG_QUALITY = [65, 58, 50, 40, 25]
 
 # ---------------------------------------------------------------- building blocks
 
@@ -205,12 +228,12 @@ def glass_blur(image, severity, draw):
 
 
 def motion_blur(image, severity, draw):
-    return imagemagick_motion_blur(image, *MOTION_BLUR[severity - 1], float(draw["angle"]))
+    """ImageMagick returns whole levels: the script's motion_blur returns its uint8 result."""
+    return np.round(imagemagick_motion_blur(image, *MOTION_BLUR[severity - 1], float(draw["angle"])) * 255) / 255
 
 
 def zoom_blur(image, severity, draw):
-    factors = np.arange(1, [1.06, 1.11, 1.16, 1.21, 1.26][severity - 1], 0.01)  # the script's own
-    assert len(factors) == ZOOM_BLUR[severity - 1]
+    factors = ZOOM_BLUR[severity - 1]
     image = image.astype(np.float32)
     out = np.zeros_like(image)
     for factor in factors:
@@ -227,7 +250,7 @@ def snow(image, severity, draw):
     layer = clipped_zoom((draw["noise"] * std + mean)[..., None], zoom)
     layer[layer < threshold] = 0
     layer = (np.clip(layer, 0, 1) * 255).astype(np.uint8) / 255.0
-    layer = imagemagick_motion_blur(layer, radius, sigma, float(draw["angle"]))
+    layer = np.round(imagemagick_motion_blur(layer, radius, sigma, float(draw["angle"])) * 255) / 255  # (8-bit PNG back)
     gray = (image @ np.array([0.299, 0.587, 0.114]))[..., None]
     x = blend * image + (1 - blend) * np.maximum(image, gray * 1.5 + 0.5)
     return x + layer + np.rot90(layer, k=2)

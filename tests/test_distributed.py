@@ -16,6 +16,7 @@ import resume
 import train
 from conftest import ROOT, train_saying_after_the_first_step, wait_for_line
 from errors import DataError
+from totals import resume_point
 
 pytestmark = pytest.mark.slow
 COMMON = ["--batch-size", "16", "--eval-batch-size", "16", "--log-every", "2", "--device", "cpu", "--no-amp"]
@@ -302,3 +303,12 @@ def test_a_rank_that_cannot_read_the_resume_checkpoint_stops_every_rank_saying_w
     message = str(raised.value)
     assert message.startswith(f"--resume {path}: rank 1 on node-b: no checkpoint at r/last.pt.")
     assert "every machine needs it at this path" in message and "rank 0" not in message
+
+
+def test_a_rank_without_the_partial_totals_resumes_mid_epoch_at_rank_0s_step():
+    """Rank 0 alone carries a mid-epoch checkpoint's running totals (they are over all ranks); the
+    other ranks start from zero totals but at the same step, or their steps and collectives
+    would no longer pair up with rank 0's."""
+    step, totals, seconds = resume_point({"step_in_epoch": 5, "partial": None}, torch.device("cpu"))
+    assert step == 5 and totals["count"] == 0 and seconds == 0.0
+    assert resume_point({"step_in_epoch": 0, "partial": None}, torch.device("cpu"))[0] == 0

@@ -16,9 +16,9 @@ from safetensors.torch import load_file
 import evaluate
 import export
 import train
-from checkpoint import load_checkpoint, model_from_checkpoint
+from checkpoint import load_checkpoint, model_from_checkpoint, write_hf_folder
 from data import load_packed, make_splits, normalize
-from evaluation import FlipTTA, quantized_int8
+from evaluation import FlipTTA, evaluation_dtype, quantized_int8
 from model import MODELS, SETTINGS, build_model
 
 FAST = ["--batch-size", "16", "--eval-batch-size", "16", "--device", "cpu"]
@@ -115,3 +115,14 @@ def test_quantize_int8_makes_every_linear_layer_int8_and_keeps_the_logits_close(
                           "--json", str(report)]) == 0
     assert json.loads(report.read_text())["precision"] == "int8 (Linear layers)"
     assert evaluate.main([str(flip_ema_run / "best.pt"), "--data-dir", prepared_once, "--quantize", "int8", "--amp"]) == 2
+
+
+def test_the_hf_folder_keeps_the_runs_evaluation_precision_and_never_overwrites_a_run(flip_ema_run, tmp_path):
+    checkpoint = load_checkpoint(str(flip_ema_run / "best.pt"))
+    checkpoint["config"] = {**checkpoint["config"], "eval_amp": True, "amp_dtype": "bfloat16", "device": "cpu"}
+    model = model_from_checkpoint(checkpoint)
+    write_hf_folder(checkpoint, model, str(tmp_path / "hf"), "ema")
+    folder = load_checkpoint(str(tmp_path / "hf"))
+    assert evaluation_dtype(None, folder, torch.device("cpu")) == evaluation_dtype(None, checkpoint, torch.device("cpu")) == torch.bfloat16
+    assert export.main([str(flip_ema_run / "best.pt"), "--hf", str(flip_ema_run)]) == 2  # the run's own config.json
+    assert json.loads((flip_ema_run / "config.json").read_text())["epochs"] == 1

@@ -10,6 +10,7 @@ import sys
 import pytest
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from tensorboard.plugins.hparams.plugin_data_pb2 import HParamsPluginData
+from torch.utils.tensorboard import SummaryWriter
 from wandb.proto import wandb_internal_pb2
 
 import train
@@ -38,43 +39,34 @@ def tensorboard_scalars(run_dir):
 
 
 def test_tensorboard_holds_the_metrics_at_their_steps_and_a_resume_continues_the_curves(prepared_once, tmp_path, monkeypatch):
+    """Stopped mid-epoch and resumed; a killed process's events after the checkpoint hidden."""
     run_dir = tmp_path / "r"
     argv = ["--data-dir", prepared_once, "--run-dir", str(run_dir), "--epochs", "2", "--logger", "tensorboard", *FLAGS]
     with monkeypatch.context() as patch:
-        signal_during_training(patch, epoch=1, step=3)  # stopped in the middle of epoch 2
+        signal_during_training(patch, epoch=1, step=3)  # stopped in the middle of epoch 2, saved at step 10
         assert train.main(argv) == 130
+    with SummaryWriter(str(run_dir)) as dead:  # what a process killed after the checkpoint would have logged past it
+        dead.add_scalar("step/loss", 99.0, 12)
+        dead.add_scalar("val/top1", 0.99, 12)
     assert train.main(["--resume", str(run_dir / "last.pt"), "--device", "cpu"]) == 0  # the loggers are the run's
-    assert len(glob.glob(str(run_dir / "events.out.tfevents.*"))) == 2  # one per process, in the run directory
+    assert len(glob.glob(str(run_dir / "events.out.tfevents.*"))) == 3  # one per process, in the run directory
 
     scalars = tensorboard_scalars(run_dir)
     rows = metrics_csv(run_dir)
     for tag, column in (("val/top1", "val_top1"), ("train/loss", "train_loss"), ("val/loss", "val_loss"), ("epoch/lr", "lr")):
         assert scalars[tag] == [(int(row["epoch"]) * STEPS_PER_EPOCH, pytest.approx(float(row[column]))) for row in rows], tag
     step_losses = [step for step, _ in scalars["step/loss"]]
-    assert step_losses == [2, 4, 6, 8, 10, 12]  # every --log-every steps, and each step once across the two processes
+    assert step_losses == [2, 4, 6, 8, 10, 12]  # every --log-every steps, each once across the processes
+    assert 99.0 not in [value for _, value in scalars["step/loss"]]  # what the dead process logged is hidden
+    straight = tmp_path / "straight"  # resume is exact on the CPU: the same losses, the window across the stop included
+    assert train.main([*argv[:2], "--run-dir", str(straight), *argv[4:]]) == 0
+    assert scalars["step/loss"] == [(step, pytest.approx(value)) for step, value in tensorboard_scalars(straight)["step/loss"]]
     assert [step for step, _ in scalars["step/lr"]] == step_losses
     with open(run_dir / "test_metrics.json") as f:
         assert scalars["test/top1"] == [(12, pytest.approx(json.load(f)["final"]["top1"]))]
     hparams = tensorboard_events(run_dir).PluginTagToContent("hparams")  # the settings, once
     settings = HParamsPluginData.FromString(hparams["_hparams_/session_start_info"]).session_start_info.hparams
     assert settings["lr"].number_value == 0.001 and settings["model"].string_value == "cvt-simplified"
-
-
-def test_tensorboard_hides_what_a_dead_process_logged_after_its_last_checkpoint(prepared_once, tmp_path):
-    """A process killed after logging but before saving (kill -9): its later events are purged
-    when the resumed process logs from the checkpoint's step on."""
-    run_dir = tmp_path / "r"
-    argv = ["--data-dir", prepared_once, "--run-dir", str(run_dir), "--logger", "tensorboard", *FLAGS]
-    assert train.main([*argv, "--epochs", "1"]) == 0
-    from torch.utils.tensorboard import SummaryWriter
-
-    with SummaryWriter(str(run_dir)) as dead:  # what the dead process wrote past step 6
-        dead.add_scalar("step/loss", 99.0, 8)
-        dead.add_scalar("val/top1", 0.99, 12)
-    assert train.main(["--resume", str(run_dir / "last.pt"), "--epochs", "2", "--device", "cpu"]) == 0
-    scalars = tensorboard_scalars(run_dir)
-    assert 99.0 not in [value for _, value in scalars["step/loss"]]
-    assert [value for _, value in scalars["val/top1"]] == [pytest.approx(float(row["val_top1"])) for row in metrics_csv(run_dir)]
 
 
 def wandb_records(path):
