@@ -20,13 +20,13 @@ from dataclasses import asdict
 import torch
 from torch.utils._pytree import tree_map_only  # torch's map over nested containers (what torch.compile uses)
 
-from errors import DataError
+from errors import INSTALL_EXTRAS, DataError
 from layout import read_json, write_atomically, write_json
 from model import DEFAULT_MODEL, MODELS, build_model, config_from_state_dict, make_config
 
 KEY_PREFIXES = ("model.", "_orig_mod.", "module.")  # Lightning, torch.compile, DDP
 HF_WEIGHTS, HF_CONFIG, HF_FORMAT = "model.safetensors", "config.json", "tiny-imagenet-kit"  # export.py --hf's folder
-SAFETENSORS_MISSING = "a Hugging Face-style folder needs the safetensors package: python -m pip install -r requirements-extras.txt"
+SAFETENSORS_MISSING = f"a Hugging Face-style folder needs the safetensors package: {INSTALL_EXTRAS}"
 
 REFUSED_PICKLE = ("it is a PyTorch file, but it holds pickled Python objects (such as a whole model saved with "
                   "torch.save(model)), and loading those would run code from the file; save model.state_dict() "

@@ -5,6 +5,10 @@ them without importing each other.
 """
 
 
+# What a missing optional package's one-line error tells the user to run (--logger, export.py, --hf folders)
+INSTALL_EXTRAS = "python -m pip install -r requirements-extras.txt"
+
+
 class DataError(Exception):
     """A problem with the user's data or inputs: reported as one line, exit code 2."""
 

@@ -27,12 +27,11 @@ import torch
 from checkpoint import HF_CONFIG, HF_WEIGHTS, load_checkpoint, model_from_checkpoint, write_hf_folder
 from cli import ArgumentParser, exit_code_of, shell_command
 from constants import IMAGE_SIZE, MEAN, STD
-from errors import DataError
+from errors import INSTALL_EXTRAS, DataError
 from evaluation import TTA_CHOICES, with_tta
 from layout import check_output_path, write_atomically
 from model import MODELS, add_setting_flags, given_settings
 
-EXTRAS = "python -m pip install -r requirements-extras.txt"
 CHECK_IMAGES = 3  # onnxruntime's check runs another batch size than the export's example (2): the batch is dynamic
 
 
@@ -75,7 +74,7 @@ def export_onnx(graph, path, model_name):
         import onnx  # noqa: F401  (what the exporter needs: said here in one line, not deep in its traceback)
         import onnxscript  # noqa: F401
     except ImportError as error:
-        raise DataError(f"--onnx needs the {error.name} package, which is not installed: {EXTRAS}") from None
+        raise DataError(f"--onnx needs the {error.name} package, which is not installed: {INSTALL_EXTRAS}") from None
     example = torch.rand(2, 3, IMAGE_SIZE, IMAGE_SIZE)
     batch = torch.export.Dim("batch", min=1)
     try:
@@ -113,7 +112,7 @@ def write_onnx(args, checkpoint, model):
           f"in [0, 1], output 'logits' (N, {model.config.num_classes}), N dynamic)")
     difference = largest_difference(graph, args.onnx)
     if difference is None:
-        print(f"not checked: onnxruntime is not installed ({EXTRAS})")
+        print(f"not checked: onnxruntime is not installed ({INSTALL_EXTRAS})")
     else:
         print(f"onnxruntime against the eager model on {CHECK_IMAGES} random images: largest logit difference {difference:.2e}")
         if difference > 1e-3:  # float32 reorderings give about 1e-6: more means the graph computes something else

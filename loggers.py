@@ -22,12 +22,11 @@ import secrets
 import string
 from dataclasses import asdict
 
-from errors import DataError
+from errors import INSTALL_EXTRAS, DataError
 from model import count_parameters, has_batchnorm
 from recipe import LRSchedule
 from train_flags import describe_recipe
 
-EXTRAS = "python -m pip install -r requirements-extras.txt"
 WANDB_PROJECT = "tiny-imagenet-cvt"
 EPOCH_SCALARS = {"train/loss": "train_loss", "train/top1": "train_top1", "train/top5": "train_top5",
                  "val/loss": "val_loss", "val/top1": "val_top1", "val/top5": "val_top5", "epoch/lr": "lr",
@@ -39,7 +38,7 @@ def check_installed(names):
     before any data is read, not after the first epoch."""
     for name in names:
         if importlib.util.find_spec(name) is None:
-            raise DataError(f"--logger {name} needs the {name} package, which is not installed: {EXTRAS}")
+            raise DataError(f"--logger {name} needs the {name} package, which is not installed: {INSTALL_EXTRAS}")
 
 
 def new_wandb_id():
