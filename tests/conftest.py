@@ -8,6 +8,14 @@ import sys
 import pytest
 import torch
 
+# pytest-xdist's workers (pytest.ini: -n auto) share the cores: each worker, and each process it
+# starts, computes with its share of them, so the workers run side by side without
+# oversubscribing the CPU (which slows every test several-fold). Set before any test runs.
+if "PYTEST_XDIST_WORKER_COUNT" in os.environ:
+    THREADS = max(1, (os.cpu_count() or 1) // int(os.environ["PYTEST_XDIST_WORKER_COUNT"]))
+    os.environ["OMP_NUM_THREADS"] = str(THREADS)
+    torch.set_num_threads(THREADS)
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 

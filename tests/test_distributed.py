@@ -49,31 +49,31 @@ def load(path):
     return torch.load(path, weights_only=True)
 
 
-def test_two_ranks_train_with_identical_parameters_and_plain_checkpoints(odd_data, tmp_path):
-    """With the improved recipe plus an EMA: clipping sees the all-reduced gradients."""
+def evaluates_to(checkpoint, expected, tmp_path, split="test"):
+    """evaluate.py on `checkpoint` gives the top-1, top-5 and loss the run recorded."""
+    out = tmp_path / f"{split}.json"
+    assert evaluate.main([str(checkpoint), "--split", split, "--batch-size", "16", "--device", "cpu", "--json", str(out)]) == 0
+    measured = json.load(open(out))
+    assert (measured["top1"], measured["top5"]) == (expected["top1"], expected["top5"]), split
+    assert abs(measured["loss"] - expected["loss"]) < 1e-5, split
+
+
+def test_two_ranks_train_a_batchnorm_model_with_an_ema_identically_and_record_what_evaluate_py_gives(odd_data, tmp_path):
+    """With the improved recipe (clipping sees the all-reduced gradients) and an EMA: each rank's
+    EMA averages its own rank's BatchNorm statistics; rank 0's are evaluated and saved, so the
+    checkpoint reproduces the recorded figures."""
+    tiny_cnn = ["--model", "cnn", "--channels", "8,16", "--hidden-dim", "32"]
     recipe = ["--recipe", "improved", "--ema-decay", "0.9"]
-    result = torchrun("--data-dir", odd_data, "--run-dir", str(tmp_path / "r"), "--epochs", "2", *COMMON, *recipe)
+    result = torchrun("--data-dir", odd_data, "--run-dir", str(tmp_path / "r"), "--epochs", "2", *COMMON, *tiny_cnn, *recipe)
     assert "parameters identical on all 2 ranks" in result.stdout
+    assert "cnn has BatchNorm: each of the 2 processes normalises its own share" in result.stdout
     assert result.stdout.count("epoch 2/2:") == 1  # only rank 0 prints
     assert "test (final EMA weights, epoch 2)" in result.stdout
     checkpoint = load(tmp_path / "r" / "last.pt")
     assert checkpoint["config"]["world_size"] == 2 and checkpoint["config"]["grad_clip"] == 1.0
     assert checkpoint["ema"]["updates"] == 2 * 6  # 96 images / 16 a step, 2 epochs
     assert not any(key.startswith(("module.", "_orig_mod.")) for key in checkpoint["model"])
-
-
-def test_distributed_evaluation_equals_single_process_on_odd_splits(odd_data, tmp_path):
-    run_dir = tmp_path / "r"
-    torchrun("--data-dir", odd_data, "--run-dir", str(run_dir), "--epochs", "1", "--lr", "1e-5", *COMMON)
-    reported = json.load(open(run_dir / "test_metrics.json"))["final"]
-    history = load(run_dir / "last.pt")["progress"]["history"][-1]
-    for split, expected in (("test", reported), ("val", {"top1": history["val_top1"], "top5": history["val_top5"], "loss": history["val_loss"]})):
-        out = tmp_path / f"{split}.json"
-        assert evaluate.main([str(run_dir / "last.pt"), "--split", split, "--batch-size", "16", "--device", "cpu", "--json", str(out)]) == 0
-        measured = json.load(open(out))
-        assert measured["top1"] == expected["top1"] and measured["top5"] == expected["top5"], split
-        assert abs(measured["loss"] - expected["loss"]) < 1e-5, split
-    assert reported["images"] == 29 and 0 < reported["top1"] < 1  # not a trivially perfect model
+    evaluates_to(tmp_path / "r" / "last.pt", json.load(open(tmp_path / "r" / "test_metrics.json"))["final"], tmp_path)
 
 
 def test_more_ranks_than_evaluation_images_leave_a_rank_an_empty_shard_and_still_count_every_image(tmp_path):
@@ -87,8 +87,9 @@ def test_more_ranks_than_evaluation_images_leave_a_rank_an_empty_shard_and_still
     assert json.load(open(run_dir / "test_metrics.json"))["final"]["images"] == 4
 
 
-def test_two_ranks_with_half_batches_equal_one_process_with_the_whole_batch(odd_data, tmp_path):
-    """Dropout off. Augmentation stays on: every rank augments the same global batch."""
+def test_two_ranks_with_half_batches_equal_one_process_with_the_whole_batch_and_evaluate_as_it_does(odd_data, tmp_path):
+    """Dropout off. Augmentation stays on: every rank augments the same global batch. The ranks'
+    evaluation of the odd splits (val 7, test 29 images: uneven shards) counts every image once."""
     args = ["--data-dir", odd_data, "--epochs", "1", "--dropout", "0", *COMMON]
     torchrun(*args, "--run-dir", str(tmp_path / "two"))
     single(*args, "--run-dir", str(tmp_path / "one"))
@@ -104,6 +105,12 @@ def test_two_ranks_with_half_batches_equal_one_process_with_the_whole_batch(odd_
             assert torch.allclose(value, other, atol=1e-5), key
         else:
             assert torch.allclose(value, two[key], atol=1e-5), key
+    run_dir = tmp_path / "two"
+    reported = json.load(open(run_dir / "test_metrics.json"))["final"]
+    assert reported["images"] == 29 and 0 < reported["top1"] < 1  # not a trivially perfect model
+    history = load(run_dir / "last.pt")["progress"]["history"][-1]
+    evaluates_to(run_dir / "last.pt", reported, tmp_path)
+    evaluates_to(run_dir / "last.pt", {"top1": history["val_top1"], "top5": history["val_top5"], "loss": history["val_loss"]}, tmp_path, "val")
 
 
 # train.py under torchrun, its DDP counting the rounds of gradient all-reduce (the hook on the
@@ -220,20 +227,6 @@ def test_a_bad_input_under_torchrun_is_one_line_per_rank_and_leaves_no_process_g
     assert "exitcode  : 2" in result.stderr
     assert result.stderr.count("error: --batch-size 1000 is larger than the training set (96 images)") == 2
     assert result.stdout.count("group initialised at exit: False") == 2, result.stdout
-
-
-def test_a_batchnorm_model_with_an_ema_records_what_evaluate_py_gives(odd_data, tmp_path):
-    """Each rank's EMA averages its own ranks' BatchNorm statistics: rank 0's are what is
-    evaluated and saved, so the checkpoint reproduces the recorded figures."""
-    tiny_cnn = ["--model", "cnn", "--channels", "8,16", "--hidden-dim", "32", "--ema-decay", "0.9"]
-    result = torchrun("--data-dir", odd_data, "--run-dir", str(tmp_path / "r"), "--epochs", "2", *COMMON, *tiny_cnn)
-    assert "cnn has BatchNorm: each of the 2 processes normalises its own share" in result.stdout
-    reported = json.load(open(tmp_path / "r" / "test_metrics.json"))["final"]
-    out = tmp_path / "test.json"
-    assert evaluate.main([str(tmp_path / "r" / "last.pt"), "--batch-size", "16", "--device", "cpu", "--json", str(out)]) == 0
-    measured = json.load(open(out))
-    assert (measured["top1"], measured["top5"]) == (reported["top1"], reported["top5"])
-    assert abs(measured["loss"] - reported["loss"]) < 1e-5
 
 
 SEPARATE_DISKS = """

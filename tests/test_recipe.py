@@ -90,11 +90,11 @@ def test_linear_schedule_goes_straight_from_lr_to_min_lr_at_the_last_step():
 
 
 def test_sgd_is_nesterov_with_l2_decay_on_the_weights_and_resumes_exactly(prepared_once, tmp_path, monkeypatch):
-    model = build_model("resnet18", 5, depth=1)
+    model = build_model("convnet", 5, channels=(8, 16))
     optimizer = build_optimizer(model, "sgd", 0.1, 5e-4, torch.device("cpu"))
     assert isinstance(optimizer, torch.optim.SGD) and optimizer.defaults["nesterov"] and optimizer.defaults["momentum"] == 0.9
     assert [group["weight_decay"] for group in optimizer.param_groups] == [5e-4, 0.0]
-    flags = [*FAST, "--model", "resnet18", "--depth", "1", "--optimizer", "sgd", "--lr", "0.05", "--weight-decay", "5e-4",
+    flags = [*FAST, "--model", "convnet", "--channels", "8,16", "--optimizer", "sgd", "--lr", "0.05", "--weight-decay", "5e-4",
              "--lr-schedule", "linear", "--min-lr", "0", "--epochs", "2"]
     assert_resumes_exactly(monkeypatch, prepared_once, tmp_path, flags, epoch=1, step=2)
 

@@ -119,7 +119,7 @@ def test_the_grid_extends_a_run_of_every_recipe_as_train_py_resume_does(recipe, 
 def test_a_grid_killed_mid_run_resumes_that_run(prepared_once, tmp_path):
     out = tmp_path / "grid"
     command = [sys.executable, STUDY, "--data-dir", prepared_once, "--out-dir", str(out), "--quiet", "--no-table",
-               "--seeds", "0", "1", "--epochs", "6", *FAST]
+               "--seeds", "0", "1", "--epochs", "3", *FAST]
     process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                                start_new_session=True)
     second = out / "cvt-simplified-seed-s1"
@@ -130,15 +130,15 @@ def test_a_grid_killed_mid_run_resumes_that_run(prepared_once, tmp_path):
     process.wait()
     saved = torch.load(second / "last.pt", weights_only=True)["progress"]["epoch"]  # (metrics.csv may be a row ahead)
     before = list(csv.DictReader(open(second / "metrics.csv")))[:saved]
-    assert not (second / "test_metrics.json").exists() and 1 <= saved < 6
-    resumed = study(prepared_once, out, "--seeds", "0", "1", "--epochs", "6", "--no-table")
+    assert not (second / "test_metrics.json").exists() and 1 <= saved < 3
+    resumed = study(prepared_once, out, "--seeds", "0", "1", "--epochs", "3", "--no-table")
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     lines = progress_lines(resumed.stdout)
-    assert lines[0] == "[1/2] cvt-simplified-seed-s0: finished before (6 epochs), skipped"
-    assert lines[1].startswith(f"[2/2] cvt-simplified-seed-s1: resuming from its last.pt ({len(before)} of 6 epochs done")
+    assert lines[0] == "[1/2] cvt-simplified-seed-s0: finished before (3 epochs), skipped"
+    assert lines[1].startswith(f"[2/2] cvt-simplified-seed-s1: resuming from its last.pt ({len(before)} of 3 epochs done")
     assert "--resume" in lines[1]
     after = list(csv.DictReader(open(second / "metrics.csv")))
-    assert epochs_in(second) == [str(e) for e in range(1, 7)] and after[:len(before)] == before  # continued, not redone
+    assert epochs_in(second) == [str(e) for e in range(1, 4)] and after[:len(before)] == before  # continued, not redone
 
 
 def test_a_failed_run_is_reported_and_the_others_go_on(prepared_once, tmp_path):
