@@ -200,6 +200,11 @@ class ResolutionSchedule:
         return next((side for side, end in self.phases if step < end * self.total_steps), IMAGE_SIZE)
 
     @staticmethod
+    def first_side(text):
+        """The side a run with --low-res `text` starts training at."""
+        return ResolutionSchedule(ResolutionSchedule.parse(text))(0)
+
+    @staticmethod
     def parse(text):
         """'32:60%,48:85%' -> ((32, 0.6), (48, 0.85)), or ValueError saying what is wrong."""
         phases = []
@@ -213,6 +218,21 @@ class ResolutionSchedule:
                 raise ValueError(f"{part!r}: each side in [8, {IMAGE_SIZE}), each end after the last, up to 100%")
             phases.append((side, end))
         return tuple(phases)
+
+
+def resized(x, side):
+    """Normalised images at side x side (progressive resizing): antialiased, as PIL resizes."""
+    if side == x.shape[-1]:
+        return x
+    return F.interpolate(x, size=(side, side), mode="bilinear", antialias=True, align_corners=False)
+
+
+def image_sample(images, count, side, seed):
+    """`count` of the uint8 images drawn at random (by seed), normalised and at `side` as training
+    sees them, without augmentation: what a data-dependent init (--whiten-init) looks at."""
+    generator = torch.Generator().manual_seed(seed)
+    index = torch.randperm(len(images), generator=generator)[:count].sort().values
+    return resized(normalize(images[index]), side)
 
 
 class BatchLoader:
@@ -303,9 +323,7 @@ class BatchLoader:
         if augmentation.policy:
             x = apply_policy(x, augmentation.draw_policy(len(y), host_generator(*at, POLICY), x.shape[1]))
         x = normalize(x)
-        side = self.resolution(self.epoch * len(self) + step) if self.resolution else IMAGE_SIZE
-        if side != x.shape[-1]:  # progressive resizing: antialiased, as PIL resizes
-            x = F.interpolate(x, size=(side, side), mode="bilinear", antialias=True, align_corners=False)
+        x = resized(x, self.resolution(self.epoch * len(self) + step) if self.resolution else IMAGE_SIZE)
         if augmentation.erase:
             x = erase(x, erasing_boxes(len(y), host_generator(*at, ERASING), *x.shape[-2:], augmentation.erase))
         if augmentation.mixing.enabled:

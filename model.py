@@ -215,6 +215,8 @@ SETTING_HELP = {
     "hidden_dim": "CNN classifier hidden width",
     "enhanced_embedding": "true: two convs sharing one LayerNorm; false: one conv",
     "conv_projection": "true: depthwise conv -> BatchNorm -> pointwise before q, k, v (cvt-original)",
+    "identity_init": "true: each conv after the first starts as the identity on its inputs (airbench's init)",
+    "whiten_init": "true: the first conv starts as the PCA whitening of 3x3 patches of 1,000 training images (airbench's)",
 }
 
 

@@ -85,14 +85,15 @@ def model_differences(args, saved_name, saved_config, model_from_saved):
         return [f"--model {args.model} (the run has {saved_name})"]
     config_class = MODELS[saved_name].config
     saved, given = config_class(**saved_config), given_settings(args)
-    unknown = [key for key in given if key not in saved_config]
+    known = asdict(saved)  # (settings added since the run was saved: their defaults)
+    unknown = [key for key in given if key not in known]
     if unknown:
         return [f"{flag(key)} ({saved_name} has no such setting)" for key in unknown]
     try:
         if model_from_saved:
             wanted = config_class(**{**saved_config, **{key: parse_setting(config_class, key, text) for key, text in given.items()}})
         else:
-            preset = {key: value for key, value in PRESET_MODEL_SETTINGS.get(args.recipe, {}).items() if key in saved_config}
+            preset = {key: value for key, value in PRESET_MODEL_SETTINGS.get(args.recipe, {}).items() if key in known}
             wanted = make_config(saved_name, saved.num_classes, **{**preset, **given})
     except ValueError as error:
         raise DataError(str(error)) from None

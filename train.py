@@ -35,7 +35,7 @@ from torch.nn.parallel import DistributedDataParallel
 from cli import StopSignal, progress_bar, resume_command, shell_command
 from budget import fit_to_budget, probe_batches
 from curves import draw_curves_or_explain
-from data import BatchLoader, ResolutionSchedule, load_packed, make_splits
+from data import BatchLoader, ResolutionSchedule, image_sample, load_packed, make_splits
 from checkpoint import checkpoint_payload, load_checkpoint, model_from_checkpoint, rng_states, save_checkpoint
 from train_flags import augmentation_of, model_settings, parse_args, resolve_length
 from evaluation import evaluate, evaluate_with_report, peak_memory, topk_correct, with_tta
@@ -129,11 +129,14 @@ def train_one_epoch(model, loader, updater, device, dtype, totals, start_step, l
 # ---------------------------------------------------------------- setup
 
 
-def new_model(args, checkpoint, num_classes, dist, device):
-    """The run's model, initialised from the current seed (on --resume, the checkpoint's model
-    and config), with SyncBatchNorm under torchrun when asked."""
+def new_model(args, checkpoint, num_classes, dist, device, train_images):
+    """The run's model, initialised from the current seed (and from the training images with
+    --whiten-init; on --resume, the checkpoint's model and config), with SyncBatchNorm under
+    torchrun when asked."""
     if checkpoint is None:
         model = build_model(args.model, num_classes, **model_settings(args))
+        if getattr(model.config, "whiten_init", False):
+            model.whiten_stem(image_sample(train_images, 1000, ResolutionSchedule.first_side(args.low_res), args.seed))
     else:
         try:
             model = build_model(args.model, config=MODELS[args.model].config(**checkpoint["model_config"]))
@@ -266,7 +269,7 @@ def start_run(args, dist, device, started):
     on_main(dist, lambda: prepare_run_dir(run_dir, args.resume))
 
     torch.manual_seed(args.seed)  # the same initial weights on every rank
-    model = new_model(args, checkpoint, len(data.classes), dist, device)
+    model = new_model(args, checkpoint, len(data.classes), dist, device, splits["train"][0])
     if dist.enabled:
         torch.manual_seed(args.seed * 1_000_003 + dist.rank)  # but different dropout on each rank
     train_loader = new_train_loader(args, data, splits, device, dist)
@@ -301,10 +304,10 @@ def range_test(args, stop, dist, device):
     dtype = settle_settings(args, None, device)
     data, splits = load_data(args, None, dist)
     torch.manual_seed(args.seed)
-    model = new_model(args, None, len(data.classes), dist, device)
+    model = new_model(args, None, len(data.classes), dist, device, splits["train"][0])
     loader = new_train_loader(args, data, splits, device, dist)
-    first_side = ResolutionSchedule.parse(args.low_res)[:1]
-    loader.resolution = ResolutionSchedule(((first_side[0][0], 1.0),), 2**62) if first_side else None
+    side = ResolutionSchedule.first_side(args.low_res)
+    loader.resolution = ResolutionSchedule(((side, 1.0),), 2**62) if args.low_res else None
     updater = new_updater(args, model, dtype, device, len(loader))
     updater.schedule = functools.partial(lr_at, steps=args.lr_find_steps)
     print(f"lr range test on {device}: {args.model}, recipe {args.recipe}, batch {args.batch_size * args.grad_accum}"

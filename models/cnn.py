@@ -5,7 +5,9 @@ convnet, a small conv-BatchNorm-GELU net that takes any image size (the CPU-hour
 import functools
 from dataclasses import dataclass
 
+import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
 from constants import IMAGE_SIZE
 from models.blocks import Dropout, ModelConfig
@@ -25,6 +27,8 @@ class ConvNetConfig(ModelConfig):
     """convnet: a small VGG-style net for the CPU hour (benchmarks/README.md, "The CPU hour")."""
 
     channels: tuple = (64, 192, 256)  # one block (two conv-BN-GELU and a 2x2 max-pool) per value
+    identity_init: bool = False  # airbench's: every conv but the first starts as the identity on its inputs
+    whiten_init: bool = False  # airbench's: the first conv starts as the whitening of the training images' patches
 
 
 @dataclass
@@ -116,9 +120,32 @@ class ConvNet(nn.Module):
             layers.append(nn.MaxPool2d(2))
         self.features = nn.Sequential(*layers)
         self.head = nn.Linear(width, c.num_classes)
+        if c.identity_init:
+            # The first in_channels filters of each later conv pass its input through (nn.init.dirac_),
+            # as airbench starts its convs: the net begins close to a shallow one.
+            for conv in [m for m in self.features if isinstance(m, nn.Conv2d)][1:]:
+                nn.init.dirac_(conv.weight[: conv.in_channels])
 
     def forward(self, x):
         return self.head(self.features(x).mean(dim=(2, 3)))
+
+    @torch.no_grad()
+    def whiten_stem(self, images, eps=5e-4):
+        """--whiten-init (airbench's, a data-dependent init of a new model): the first conv's
+        filters become the principal directions of the images' 3x3 patches, strongest first, each
+        scaled to unit variance on them, and their negatives (so GELU keeps both signs); filters
+        beyond twice the patch size keep their random init. images: normalised training images
+        at the side training starts at."""
+        conv = self.features[0]
+        moment, count = 0, 0
+        for chunk in images.split(100):  # (all 1,000 images' patches at once: 1.7 GB at 64 px)
+            patches = F.unfold(chunk.float(), conv.kernel_size).double()  # (images, C*kh*kw, positions)
+            moment, count = moment + (patches @ patches.mT).sum(0), count + patches.shape[0] * patches.shape[2]
+        eigenvalues, eigenvectors = torch.linalg.eigh(moment / count)  # ascending
+        k = min(conv.out_channels // 2, len(eigenvalues))
+        filters = eigenvectors.T.flip(0)[:k] / (eigenvalues.flip(0)[:k, None] + eps).sqrt()
+        filters = filters.view(k, *conv.weight.shape[1:]).to(conv.weight)
+        conv.weight[: 2 * k] = torch.cat([filters, -filters])
 
     def token_grids(self):
         return [(IMAGE_SIZE >> i, IMAGE_SIZE >> i) for i in range(1, len(self.config.channels) + 1)]

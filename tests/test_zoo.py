@@ -278,6 +278,7 @@ def test_bad_settings_are_one_clear_error(settings, message):
     (["--model", "cvt-recurrent", "--embed-dim", "8,16"], "--embed-dim has 2 values for 3 stages"),
     (["--model", "cnn", "--dropout", "1.5"], "--dropout must be in [0, 1)"),
     (["--model", "cvt-original", "--conv-projection", "maybe"], "--conv-projection takes true or false"),
+    (["--model", "convnet", "--identity-init", "true", "--whiten-init", "maybe"], "--whiten-init takes true or false"),
 ])
 def test_train_refuses_bad_model_settings_before_any_work(argv, message, capsys):
     with pytest.raises(SystemExit) as exit_info:
@@ -298,6 +299,65 @@ def test_the_vits_class_token_and_position_embeddings_are_not_decayed():
     decayed, undecayed = ({id(p) for p in group["params"]} for group in parameter_groups(model, 0.05))
     assert {id(model.cls_token), id(model.pos_embed)} <= undecayed
     assert id(model.patch_embed.weight) in decayed and id(model.blocks[0].proj_q.weight) in decayed
+
+
+# ---------------------------------------------------------------- the convnet's airbench inits
+
+
+def photo_like_images(count, seed=0):
+    """uint8 (N, 64, 64, 3) images whose neighbouring pixels correlate, as a photograph's do, plus
+    independent noise (so that no patch direction has zero variance)."""
+    generator = torch.Generator().manual_seed(seed)
+    smooth = F.interpolate(torch.rand(count, 3, 8, 8, generator=generator), size=(64, 64), mode="bilinear")
+    noisy = smooth * 180 + 38 + 30 * torch.randn(count, 3, 64, 64, generator=generator)
+    return noisy.clamp(0, 255).round().to(torch.uint8).permute(0, 2, 3, 1).contiguous()
+
+
+def whitens(weight, images):
+    """Whether the filters' responses over every position of the images are decorrelated, each
+    with a second moment of about 1: below 1 by eps / (eigenvalue + eps) for the weakest
+    directions, which whiten_stem's eps keeps from blowing up."""
+    responses = F.conv2d(images, weight).transpose(0, 1).flatten(1)
+    moment = responses @ responses.T / responses.shape[1]
+    off_diagonal = moment - torch.diag(moment.diagonal())
+    return bool(off_diagonal.abs().max() < 0.02 and ((0.9 < moment.diagonal()) & (moment.diagonal() < 1.02)).all())
+
+
+def test_whitening_init_makes_the_first_convs_responses_to_the_images_decorrelated_with_unit_variance():
+    images = normalize(photo_like_images(64))
+    model = build_model("convnet", 5, channels=(64, 8))
+    random_init = model.features[0].weight.clone()
+    model.whiten_stem(images)
+    weight, patch_size = model.features[0].weight, 3 * 3 * 3
+    assert whitens(weight[:patch_size], images)
+    norms = weight[:patch_size].flatten(1).norm(dim=1)  # 1 / sqrt(eigenvalue + eps): the strongest direction first
+    assert (norms[1:] >= norms[:-1]).all()
+    assert torch.equal(weight[patch_size : 2 * patch_size], -weight[:patch_size])  # both signs pass the GELU
+    assert torch.equal(weight[2 * patch_size :], random_init[2 * patch_size :])  # the 10 filters left over keep theirs
+
+
+def test_a_new_run_whitens_its_first_conv_at_the_side_training_starts_at():
+    """--whiten-init true with --low-res 32:50%: the first conv whitens the images at 32 px (where
+    neighbouring pixels correlate less than at 64), not at the full size."""
+    images = photo_like_images(100)
+    args = train_flags.parse_args(["--model", "convnet", "--channels", "64,8", "--whiten-init", "true", "--low-res", "32:50%"])
+    weight = train.new_model(args, None, 5, None, "cpu", images).features[0].weight[:27]
+    full_size = normalize(images)
+    at_32 = F.interpolate(full_size, size=(32, 32), mode="bilinear", antialias=True)
+    assert whitens(weight, at_32) and not whitens(weight, full_size)
+    plain = train.new_model(train_flags.parse_args(["--model", "convnet", "--channels", "64,8"]), None, 5, None, "cpu", images)
+    assert not whitens(plain.features[0].weight[:27], at_32)
+
+
+def test_identity_init_starts_every_conv_after_the_first_as_the_identity_on_its_inputs():
+    model = build_model("convnet", 5, channels=(8, 16), identity_init=True)
+    convs = [layer for layer in model.features if isinstance(layer, torch.nn.Conv2d)]
+    for conv in convs[1:]:
+        x = torch.randn(2, conv.in_channels, 6, 6)
+        assert torch.allclose(F.conv2d(x, conv.weight[: conv.in_channels], padding=1), x)
+    second_conv_by_default = build_model("convnet", 5, channels=(8, 16)).features[3]
+    x = torch.randn(2, 8, 6, 6)
+    assert not torch.allclose(second_conv_by_default(x), x, atol=0.3)
 
 
 def test_the_ema_averages_batchnorm_statistics_and_copies_its_batch_count():
@@ -391,7 +451,7 @@ def test_sync_bn_needs_cuda_under_torchrun_and_converts_the_batchnorms(prepared_
             train.start_run(train_flags.parse_args([*argv, "--sync-bn"]), processes, torch.device("cpu"), time.monotonic())
     assert not (tmp_path / "r").exists()  # refused before any work
     args = train_flags.parse_args(["--model", "cnn", "--sync-bn"])
-    converted = train.new_model(args, None, 4, dist, torch.device("cpu"))
+    converted = train.new_model(args, None, 4, dist, torch.device("cpu"), train_images=None)
     assert sum(isinstance(m, torch.nn.SyncBatchNorm) for m in converted.modules()) == 8
     assert set(converted.state_dict()) == set(build_model("cnn", 4).state_dict())  # checkpoints unchanged
 
