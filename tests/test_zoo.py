@@ -405,6 +405,17 @@ def test_each_family_trains_resumes_bit_exactly_and_evaluates_to_what_it_recorde
     assert measured["loss"] == pytest.approx(recorded["loss"], abs=1e-5)
 
 
+def test_a_run_saved_before_a_setting_existed_takes_it_at_its_default_on_resume():
+    from resume import model_differences
+
+    saved = {"num_classes": 200, "in_channels": 3, "channels": (64, 192, 256)}  # a convnet saved before its inits
+    for model_from_saved in (True, False):
+        same = train_flags.parse_args(["--model", "convnet", "--whiten-init", "false"])
+        assert model_differences(same, "convnet", saved, model_from_saved) == []
+        other = train_flags.parse_args(["--model", "convnet", "--whiten-init", "true"])
+        assert model_differences(other, "convnet", saved, model_from_saved) == ["--whiten-init true (the run has false)"]
+
+
 def test_resume_refuses_another_model_or_other_settings(prepared_once, tmp_path, capsys):
     run = tmp_path / "r"
     assert train.main(["--data-dir", prepared_once, *FAST, "--epochs", "1", "--run-dir", str(run), *FAMILIES["CNN (+ EMA of BatchNorm statistics)"]]) == 0
